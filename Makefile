@@ -1,0 +1,27 @@
+# The two commands set themselves up: `make stylize` and `make test` create .venv when it is missing.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+CONFIG ?= configs/example.yaml
+STAMP := $(VENV)/.installed
+
+.PHONY: stylize test bench install clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+stylize: $(STAMP)
+	$(BIN)/stylize run $(CONFIG)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+bench: $(STAMP)
+	$(BIN)/python -m bench
+
+clean:
+	rm -rf out bench/out .pytest_cache

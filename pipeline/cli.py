@@ -1,0 +1,142 @@
+"""The `stylize` command line: parses arguments and calls the shell, nothing more."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from pipeline.config import ConfigError, OptimizeConfig, load_config
+from pipeline.discover import InputError, discover
+from pipeline.images import ImageError
+from pipeline.model import WeightsError
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_LOCKED = 0, 1, 2, 75
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Batch neural style transfer (Gatys et al., VGG-19).")
+
+
+def _log(message: str) -> None:
+    typer.echo(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}", err=True)
+
+
+def _fail(message: str, code: int = EXIT_USAGE) -> None:
+    typer.echo(f"stylize: error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def _plan(config_path: Path):
+    from pipeline.plan import plan
+
+    try:
+        config = load_config(config_path)
+        sources = discover(config.inputs, exclude=config.output.dir)
+        return config, plan(config, sources)
+    except (ConfigError, InputError, WeightsError) as exc:
+        _fail(str(exc))
+
+
+@app.command()
+def run(
+    config_path: Path = typer.Argument(..., metavar="CONFIG", help="YAML config"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="list what would run, run nothing"),
+) -> None:
+    """Run the batch described by CONFIG. Exit 0: all done; 1: some jobs failed; 2: bad config."""
+    from pipeline.execute import execute
+
+    config, jobs = _plan(config_path)
+    if dry_run:
+        _show_plan(config, jobs)
+        return
+    _log(f"{len(jobs)} jobs from {config_path}")
+    outcomes = execute(config, jobs, _log)
+    failed = [o for o in outcomes if o.record.state == "failed"]
+    ran = sum(not o.skipped for o in outcomes)
+    _log(f"finished: {ran} run, {len(outcomes) - ran} skipped, {len(failed)} failed; manifest in {config.output.dir}")
+    for o in failed:
+        _log(f"FAILED {o.job.name}: {o.record.error}")
+    raise typer.Exit(EXIT_FAILED if failed else EXIT_OK)
+
+
+def _show_plan(config, jobs) -> None:
+    from pipeline.execute import relative_output
+    from pipeline.manifest import Manifest
+
+    manifest = Manifest(config.output.dir)
+    counts: dict[str, int] = {}
+    for job in jobs:
+        rel = relative_output(job, config.output.dir)
+        record = manifest.records.get(rel)
+        if manifest.is_done(rel, job.key, job.output.is_file()):
+            state = "done"
+        elif record is not None and record.state == "failed" and record.key == job.key:
+            state = "failed"
+        else:
+            state = "pending"
+        counts[state] = counts.get(state, 0) + 1
+        extra = f"  ({record.error})" if state == "failed" and record else ""
+        typer.echo(f"{state:8} {job.source.relative} × {job.style.name} -> {rel}{extra}")
+    summary = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+    typer.echo(f"{len(jobs)} jobs: {summary or 'none'}")
+
+
+@app.command("plan")
+def plan_cmd(config_path: Path = typer.Argument(..., metavar="CONFIG", help="YAML config")) -> None:
+    """List the jobs of CONFIG as pending, done or failed, without running them."""
+    _show_plan(*_plan(config_path))
+
+
+@app.command()
+def image(
+    content: Path = typer.Argument(..., help="content image"),
+    styles: List[Path] = typer.Argument(..., metavar="STYLE...", help="style image(s), blended equally"),
+    output: Path = typer.Option(..., "-o", "--output", help="output image (.png, .jpg, .webp)"),
+    size: int = typer.Option(512, help="longest side of the output, px"),
+    iterations: int = typer.Option(300, help="iterations at the finest scale"),
+    scales: int = typer.Option(3, help="coarse-to-fine levels"),
+    style_weight: float = typer.Option(OptimizeConfig().style_weight, help="style loss weight"),
+    content_weight: float = typer.Option(OptimizeConfig().content_weight, help="content loss weight"),
+    tv_weight: float = typer.Option(OptimizeConfig().tv_weight, help="total variation weight"),
+    optimizer: str = typer.Option("lbfgs", help="lbfgs | adam"),
+    init: str = typer.Option("content", help="content | noise | style | PATH"),
+    preserve_colors: bool = typer.Option(False, "--preserve-colors", help="keep the content's colours"),
+    seed: int = typer.Option(0, help="random seed"),
+    device: str = typer.Option("auto", help="auto | cpu | cuda:N"),
+    weights: str = typer.Option("bundled", help="bundled | torchvision | PATH to a .pth"),
+) -> None:
+    """Stylise one image with one or more style images."""
+    from pydantic import ValidationError
+
+    from pipeline.execute import pick_device
+    from pipeline.progress import progress_callback
+    from pipeline.render import Renderer
+
+    try:
+        opts = OptimizeConfig(
+            size=size, iterations=iterations, scales=scales, style_weight=style_weight, content_weight=content_weight,
+            tv_weight=tv_weight, optimizer=optimizer, init=init, preserve_colors=preserve_colors, seed=seed,
+        )
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        _fail(f"--{str(err['loc'][0]).replace('_', '-')}: {err['msg']}")
+    for path in (content, *styles):
+        if not path.is_file():
+            _fail(f"{path}: file not found")
+    try:
+        renderer = Renderer(opts.settings(), device=pick_device(device), weights=weights, init_path=opts.init_path)
+        with progress_callback(sys.stderr.isatty()) as callback:
+            result = renderer.render(content, [(s, 1.0) for s in styles], output, callback=callback)
+    except (ImageError, WeightsError) as exc:
+        _fail(str(exc), EXIT_FAILED)
+    _log(
+        f"wrote {output} in {result.seconds:.1f}s on {result.device}: loss {result.loss:.4g} "
+        f"(content {result.content:.4g}, style {result.style:.4g}, tv {result.tv:.4g})"
+    )
+
+
+def main() -> None:
+    """Entry point: typer's own usage errors exit 2 already."""
+    app()

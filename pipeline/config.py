@@ -1,0 +1,217 @@
+"""YAML config to validated settings.
+
+Every error is one line naming the file, the key path and the problem; an
+unknown key comes with the nearest valid one. Relative paths resolve against
+the config file's folder.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from pipeline.optimize import Settings
+
+
+class ConfigError(ValueError):
+    """A config cannot be used; the message is one line."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class StyleConfig(_Strict):
+    """One named style: several images are blended by their weights."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="used in output names")
+    images: list[Path] = Field(min_length=1, description="style image files")
+    weights: list[float] | None = Field(default=None, description="blend weights, one per image (default equal)")
+
+    @model_validator(mode="after")
+    def _weights_match(self) -> "StyleConfig":
+        if self.weights is not None:
+            if len(self.weights) != len(self.images):
+                raise ValueError(f"weights has {len(self.weights)} entries for {len(self.images)} images")
+            if any(w < 0 for w in self.weights) or sum(self.weights) <= 0:
+                raise ValueError("weights must be non-negative with a positive sum")
+        return self
+
+    @property
+    def blend(self) -> list[tuple[Path, float]]:
+        weights = self.weights or [1.0] * len(self.images)
+        return list(zip(self.images, weights))
+
+
+class OutputConfig(_Strict):
+    dir: Path = Field(description="output folder; images mirror the input tree inside it")
+    format: Literal["png", "jpg", "same"] = Field(default="png", description="png | jpg | same (as the input)")
+
+
+class OptimizeConfig(_Strict):
+    size: int = Field(default=512, ge=32, le=8192, description="longest side of the output, px")
+    scales: int = Field(default=3, ge=1, le=6, description="coarse-to-fine levels (each half the next)")
+    iterations: int = Field(default=300, ge=1, le=100_000, description="iterations at the finest scale")
+    coarse_iterations: float = Field(default=Settings.coarse_iterations, gt=0, le=8, description="each coarser level runs this many times the iterations of the next finer one")
+    optimizer: Literal["lbfgs", "adam"] = Field(default="lbfgs", description="lbfgs | adam")
+    learning_rate: float = Field(default=Settings.learning_rate, gt=0, description="Adam step size (image in [0, 1])")
+    content_weight: float = Field(default=Settings.content_weight, ge=0)
+    style_weight: float = Field(default=Settings.style_weight, ge=0)
+    tv_weight: float = Field(default=Settings.tv_weight, ge=0, description="total variation weight")
+    content_layers: list[str] = Field(default=list(Settings.content_layers), min_length=1)
+    style_layers: dict[str, float] = Field(default_factory=lambda: dict(Settings().style_layers), min_length=1, description="layer: weight")
+    init: str = Field(default="content", description="content | noise | style | PATH to an image")
+    preserve_colors: bool = Field(default=False, description="luminance-only transfer: keep the content's colours")
+    seed: int = Field(default=0, ge=0)
+
+    @field_validator("content_layers", "style_layers")
+    @classmethod
+    def _known_layers(cls, value: Any) -> Any:
+        from pipeline.model import LAYER_INDEX
+
+        for name in value:
+            if name not in LAYER_INDEX:
+                near = difflib.get_close_matches(name, LAYER_INDEX, n=1)
+                raise ValueError(f"unknown layer {name!r}" + (f" (did you mean {near[0]!r}?)" if near else ""))
+        return value
+
+    def settings(self) -> Settings:
+        """The core's settings for this section (an init path becomes init 'image')."""
+        data = self.model_dump()
+        data["content_layers"] = tuple(data["content_layers"])
+        if data["init"] not in ("content", "noise", "style"):
+            data["init"] = "image"
+        return Settings(**data)
+
+    @property
+    def init_path(self) -> Path | None:
+        return None if self.init in ("content", "noise", "style") else Path(self.init)
+
+
+class ModelConfig(_Strict):
+    weights: str = Field(default="bundled", description="bundled | torchvision | PATH to a .pth state dict")
+    pooling: Literal["max", "avg"] = Field(default="max", description="max | avg")
+
+
+class VideoConfig(_Strict):
+    temporal: bool = Field(default=True, description="flow-warped init and temporal loss")
+    temporal_weight: float = Field(default=1.0e2, ge=0)
+    reassemble: bool = Field(default=True, description="write a video file from the stylised frames")
+
+
+class Config(_Strict):
+    """The whole batch config."""
+
+    inputs: list[str] = Field(min_length=1, description="files, folders (recursive) and globs")
+    styles: list[StyleConfig] = Field(min_length=1)
+    output: OutputConfig
+    optimize: OptimizeConfig = OptimizeConfig()
+    model: ModelConfig = ModelConfig()
+    video: VideoConfig = VideoConfig()
+    devices: Union[Literal["auto", "cpu"], list[str]] = Field(default="auto", description="auto | cpu | [cuda:0, cuda:1]")
+    executor: Literal["local", "dask"] = Field(default="local")
+    scheduler: str | None = Field(default=None, description="with executor: dask: local | tcp://host:8786")
+    cache_dir: Path = Field(default=Path("~/.cache/stylize"), description="style Gram cache")
+
+    @field_validator("styles")
+    @classmethod
+    def _unique_names(cls, styles: list[StyleConfig]) -> list[StyleConfig]:
+        names = [s.name for s in styles]
+        dup = next((n for n in names if names.count(n) > 1), None)
+        if dup:
+            raise ValueError(f"style name {dup!r} is used twice")
+        return styles
+
+
+def _key_path(loc: tuple[Any, ...]) -> str:
+    return ".".join(f"[{p}]" if isinstance(p, int) else str(p) for p in loc).replace(".[", "[")
+
+
+def _valid_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
+    """The valid keys of the section that `loc` points into."""
+    for part in loc[:-1]:
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(str(part))
+        if field is None:
+            return []
+        annotation = field.annotation
+        inner = getattr(annotation, "__args__", (annotation,))
+        nested = next((a for a in inner if isinstance(a, type) and issubclass(a, BaseModel)), None)
+        if nested is None:
+            return []
+        model = nested
+    return list(model.model_fields)
+
+
+def _format_error(path: Path, exc: ValidationError) -> str:
+    err = exc.errors()[0]
+    loc = tuple(err["loc"])
+    where = _key_path(loc) or "(top level)"
+    if err["type"] == "extra_forbidden":
+        near = difflib.get_close_matches(str(loc[-1]), _valid_keys(Config, loc), n=1)
+        hint = f"; did you mean {near[0]!r}?" if near else ""
+        return f"{path}: {where}: unknown key{hint}"
+    msg = err["msg"].removeprefix("Value error, ")
+    return f"{path}: {where}: {msg}"
+
+
+def _resolve(base: Path, p: Path) -> Path:
+    """`p` made absolute against `base`, with `..` folded (symlinks are left alone)."""
+    return Path(os.path.normpath(base / p.expanduser()))
+
+
+def load_config(path: Path) -> Config:
+    """Read, validate and resolve a YAML config; raise ConfigError with a one-line message."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config ({exc.strerror or exc})") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{path}: invalid YAML{where}: {getattr(exc, 'problem', exc)}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of keys at the top level")
+    try:
+        config = Config.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(_format_error(path, exc)) from None
+    base = path.resolve().parent
+    styles = [
+        s.model_copy(update={"images": [_resolve(base, p) for p in s.images]}) for s in config.styles
+    ]
+    for i, style in enumerate(styles):
+        for j, image in enumerate(style.images):
+            if not image.is_file():
+                raise ConfigError(f"{path}: styles[{i}].images[{j}]: file not found: {image}")
+    optimize = config.optimize
+    if optimize.init_path is not None:
+        init = _resolve(base, optimize.init_path)
+        if not init.is_file():
+            raise ConfigError(f"{path}: optimize.init: not content, noise, style or an existing file: {init}")
+        optimize = optimize.model_copy(update={"init": str(init)})
+    model = config.model
+    if model.weights not in ("bundled", "torchvision"):
+        weights = _resolve(base, Path(model.weights))
+        if not weights.is_file():
+            raise ConfigError(f"{path}: model.weights: not bundled, torchvision or an existing file: {weights}")
+        model = model.model_copy(update={"weights": str(weights)})
+    inputs = [str(_resolve(base, Path(p))) for p in config.inputs]
+    return config.model_copy(
+        update={
+            "inputs": inputs,
+            "styles": styles,
+            "optimize": optimize,
+            "model": model,
+            "output": config.output.model_copy(update={"dir": _resolve(base, config.output.dir)}),
+            "cache_dir": _resolve(base, config.cache_dir),
+        }
+    )

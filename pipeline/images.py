@@ -1,0 +1,82 @@
+"""Image files in and out: decoding with EXIF orientation, resizing, atomic writes."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"})
+_SAVE_FORMATS = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".webp": "WEBP", ".bmp": "BMP", ".tif": "TIFF", ".tiff": "TIFF"}
+
+
+class ImageError(ValueError):
+    """An input image cannot be used; the message names the file."""
+
+
+def fit_longest(shape: tuple[int, int], size: int) -> tuple[int, int]:
+    """(height, width) scaled so that the longest side is `size`, aspect kept."""
+    h, w = shape
+    ratio = size / max(h, w)
+    return max(1, round(h * ratio)), max(1, round(w * ratio))
+
+
+def read_image(path: Path, size: int | None = None) -> torch.Tensor:
+    """Decode an image file to (1, 3, H, W) float RGB in [0, 1], upright per EXIF.
+
+    With `size`, the longest side is resized to it (Lanczos).
+    """
+    try:
+        with Image.open(path) as im:
+            im = ImageOps.exif_transpose(im)
+            im = im.convert("RGB")
+            if size is not None:
+                h, w = fit_longest((im.height, im.width), size)
+                im = im.resize((w, h), Image.Resampling.LANCZOS)
+            array = np.array(im, dtype=np.uint8)
+    except FileNotFoundError:
+        raise ImageError(f"{path}: file not found") from None
+    except UnidentifiedImageError:
+        raise ImageError(f"{path}: not a readable image") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise ImageError(f"{path}: cannot decode image ({exc})") from None
+    return torch.from_numpy(array).permute(2, 0, 1).unsqueeze(0).float().div_(255.0).contiguous()
+
+
+def to_pil(image: torch.Tensor) -> Image.Image:
+    """(1, 3, H, W) RGB [0, 1] tensor to an 8-bit PIL image."""
+    array = image.detach()[0].clamp(0, 1).mul(255).round().byte().permute(1, 2, 0).cpu().numpy()
+    return Image.fromarray(array, "RGB")
+
+
+@contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; on success rename it over `path`.
+
+    A crash or error leaves no file at `path` (nor a stray temporary).
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, path)
+    finally:
+        tmp_path.unlink(missing_ok=True)
+
+
+def write_image(image: torch.Tensor, path: Path) -> None:
+    """Write a (1, 3, H, W) RGB [0, 1] tensor atomically; the format follows the suffix."""
+    fmt = _SAVE_FORMATS.get(path.suffix.lower())
+    if fmt is None:
+        raise ImageError(f"{path}: unsupported output format {path.suffix!r}")
+    options = {"quality": 95} if fmt in ("JPEG", "WEBP") else {}
+    with atomic_path(path) as tmp:
+        to_pil(image).save(tmp, format=fmt, **options)

@@ -1,0 +1,53 @@
+"""The run manifest: one JSON record per output, written atomically."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from pipeline.images import atomic_path
+
+MANIFEST_NAME = "manifest.json"
+
+
+@dataclass(frozen=True)
+class Record:
+    """The state of one job's output."""
+
+    output: str  # relative to the output dir
+    source: str
+    style: str
+    key: str
+    state: str  # done | failed
+    error: str | None = None
+    losses: dict[str, float] | None = None
+    iterations: int | None = None
+    device: str | None = None
+    seconds: float | None = None
+
+
+class Manifest:
+    """Records keyed by output path, loaded from and saved to `<out_dir>/manifest.json`."""
+
+    def __init__(self, out_dir: Path) -> None:
+        self.path = out_dir / MANIFEST_NAME
+        self.records: dict[str, Record] = {}
+        try:
+            data: dict[str, Any] = json.loads(self.path.read_text(encoding="utf-8"))
+            self.records = {k: Record(**v) for k, v in data.get("jobs", {}).items()}
+        except (OSError, ValueError, TypeError):
+            self.records = {}  # no manifest (or an unreadable one): nothing counts as done
+
+    def is_done(self, output: str, key: str, exists: bool) -> bool:
+        record = self.records.get(output)
+        return exists and record is not None and record.state == "done" and record.key == key
+
+    def put(self, record: Record) -> None:
+        self.records[record.output] = record
+
+    def save(self) -> None:
+        payload = {"version": 1, "jobs": {k: asdict(v) for k, v in sorted(self.records.items())}}
+        with atomic_path(self.path) as tmp:
+            tmp.write_text(json.dumps(payload, indent=1), encoding="utf-8")

@@ -1,0 +1,83 @@
+"""One job end to end on one device: read the inputs, build style targets, optimise, write."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from pipeline.images import read_image, write_image
+from pipeline.model import VGGFeatures, resolve_weights
+from pipeline.optimize import Callback, Settings, StyleTargets, scale_shapes, style_targets, stylize
+
+
+@dataclass(frozen=True)
+class Rendered:
+    """What a finished job reports."""
+
+    content: float
+    style: float
+    tv: float
+    loss: float
+    iterations: int
+    seconds: float
+    device: str
+
+
+class Renderer:
+    """A worker's state: the model on its device, loaded once, and warm style targets."""
+
+    def __init__(
+        self, settings: Settings, device: str = "cpu", weights: str = "bundled", pooling: str = "max",
+        init_path: Path | None = None,
+    ) -> None:
+        self.settings = settings
+        self.device = torch.device(device)
+        resolved = resolve_weights(weights)
+        cpu = self.device.type == "cpu"  # cuDNN picks its own algorithms (Winograd among them) on GPUs
+        self.model = VGGFeatures(resolved, settings.layers, pooling=pooling, winograd=cpu).to(self.device)
+        self.init_path = init_path
+        self._targets: dict[tuple, StyleTargets] = {}
+        self._styles: dict[Path, torch.Tensor] = {}
+
+    def _style_image(self, path: Path) -> torch.Tensor:
+        if path not in self._styles:
+            self._styles[path] = read_image(path).to(self.device)
+        return self._styles[path]
+
+    def targets(self, blend: Sequence[tuple[Path, float]], shapes: Sequence[tuple[int, int]]) -> list[StyleTargets]:
+        """Style Grams for each level shape, computed once per (style blend, area)."""
+        out = []
+        for h, w in shapes:
+            key = (tuple(blend), h * w, self.settings.preserve_colors)
+            if key not in self._targets:
+                styles = [(self._style_image(p), wt) for p, wt in blend]
+                self._targets[key] = style_targets(
+                    self.model, styles, h * w, list(self.settings.style_layers), self.settings.preserve_colors
+                )
+            out.append(self._targets[key])
+        return out
+
+    def render(
+        self, content_path: Path, blend: Sequence[tuple[Path, float]], output: Path, callback: Callback | None = None
+    ) -> Rendered:
+        """Stylise `content_path` with the blended styles and write `output` atomically."""
+        start = time.perf_counter()
+        s = self.settings
+        content = read_image(content_path, s.size).to(self.device)
+        shapes = scale_shapes(*content.shape[-2:], s.size, s.scales)
+        init = None
+        if s.init == "style":
+            init = self._style_image(blend[0][0])
+        elif s.init == "image" and self.init_path is not None:
+            init = read_image(self.init_path)
+        result = stylize(self.model, content, self.targets(blend, shapes), s, init_image=init, callback=callback)
+        write_image(result.image, output)
+        final = result.final
+        return Rendered(
+            content=final.content, style=final.style, tv=final.tv, loss=final.loss,
+            iterations=len(result.trace), seconds=time.perf_counter() - start, device=str(self.device),
+        )

@@ -1,0 +1,35 @@
+"""Shared fixtures: real inputs from ../shared/data, the bundled model, tiny configs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from pipeline.model import VGGFeatures, resolve_weights
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared" / "data"
+CONTENT = SHARED / "content"
+STYLE = SHARED / "style"
+
+gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+@pytest.fixture(scope="session")
+def shared() -> Path:
+    if not SHARED.is_dir():
+        pytest.skip(f"{SHARED} is missing: the real test inputs live in ../shared/data")
+    return SHARED
+
+
+@pytest.fixture(scope="session")
+def bundled():
+    return resolve_weights("bundled")
+
+
+@pytest.fixture(scope="session")
+def model(bundled) -> VGGFeatures:
+    layers = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu4_2", "relu5_1")
+    return VGGFeatures(bundled, layers)

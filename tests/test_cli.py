@@ -1,0 +1,147 @@
+"""The `stylize` commands end to end on real inputs, tiny sizes."""
+
+import hashlib
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from PIL import Image
+from typer.testing import CliRunner
+
+from pipeline.cli import app
+
+runner = CliRunner()
+FAST = ["--size", "64", "--iterations", "4", "--scales", "1"]
+
+
+def _tree_hashes(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _write_config(tmp_path: Path, inputs, styles, **optimize) -> Path:
+    config = {
+        "inputs": [str(i) for i in inputs],
+        "styles": [{"name": n, "images": [str(p)]} for n, p in styles],
+        "output": {"dir": "out"},
+        "optimize": {"size": 48, "iterations": 3, "scales": 1, **optimize},
+        "devices": "cpu",
+        "cache_dir": str(tmp_path / "cache"),
+    }
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+@pytest.mark.slow
+def test_image_keeps_aspect_and_longest_side(shared, tmp_path):
+    out = tmp_path / "cat.png"
+    result = runner.invoke(app, ["image", str(shared / "content/chelsea.png"), str(shared / "style/wave.jpg"), "-o", str(out), *FAST])
+    assert result.exit_code == 0, result.output
+    assert Image.open(out).size == (64, 43)  # 451x300 source
+
+
+@pytest.mark.slow
+def test_image_respects_exif_orientation(shared, tmp_path):
+    src = Image.open(shared / "content/coffee.png").convert("RGB")  # 600x400, landscape
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90° clockwise on display
+    rotated = tmp_path / "rotated.jpg"
+    src.save(rotated, exif=exif)
+    out = tmp_path / "out.png"
+    result = runner.invoke(app, ["image", str(rotated), str(shared / "style/wave.jpg"), "-o", str(out), *FAST])
+    assert result.exit_code == 0, result.output
+    assert Image.open(out).size == (43, 64)  # upright: portrait
+
+
+@pytest.mark.slow
+def test_image_blends_several_styles(shared, tmp_path):
+    out = tmp_path / "blend.jpg"
+    args = ["image", str(shared / "content/astronaut.png"), str(shared / "style/wave.jpg"), str(shared / "style/the_scream.jpg")]
+    result = runner.invoke(app, [*args, "-o", str(out), *FAST])
+    assert result.exit_code == 0, result.output
+    assert Image.open(out).format == "JPEG" and Image.open(out).size == (64, 64)
+
+
+def test_image_missing_file_is_usage_error(tmp_path):
+    result = runner.invoke(app, ["image", str(tmp_path / "nope.png"), str(tmp_path / "x.jpg"), "-o", str(tmp_path / "o.png")])
+    assert result.exit_code == 2
+    assert "nope.png: file not found" in result.output
+
+
+@pytest.mark.slow
+def test_run_mirrors_tree_isolates_bad_file_and_resumes(shared, tmp_path):
+    inputs = tmp_path / "in"
+    (inputs / "sub").mkdir(parents=True)
+    Image.open(shared / "content/chelsea.png").save(inputs / "sub" / "cat one.png")
+    Image.open(shared / "content/coffee.png").convert("RGB").save(inputs / "coffee.jpg")
+    (inputs / "broken.jpg").write_text("this is not a jpeg")
+    (inputs / ".hidden.png").write_bytes((inputs / "coffee.jpg").read_bytes())
+    before = _tree_hashes(inputs)
+    config = _write_config(tmp_path, [inputs], [("wave", shared / "style/wave.jpg")])
+
+    first = runner.invoke(app, ["run", str(config)])
+    assert first.exit_code == 1, first.output
+    out = tmp_path / "out"
+    assert Image.open(out / "sub" / "cat one.wave.png").size == (48, 32)
+    assert Image.open(out / "coffee.wave.png").size == (48, 32)
+    assert not (out / "broken.wave.png").exists() and not (out / ".hidden.wave.png").exists()
+    assert "broken.jpg: not a readable image" in first.output
+    assert not list(out.rglob("*.part")), "no temporary files are left behind"
+    assert _tree_hashes(inputs) == before, "inputs are never modified"
+
+    (inputs / "broken.jpg").unlink()
+    second = runner.invoke(app, ["run", str(config)])
+    assert second.exit_code == 0, second.output
+    assert "2 of 2 jobs already done" in second.output and "0 run" in second.output
+
+    plan = runner.invoke(app, ["plan", str(config)])
+    assert plan.exit_code == 0 and "2 jobs: 2 done" in plan.output
+
+    changed = _write_config(tmp_path, [inputs], [("wave", shared / "style/wave.jpg")], style_weight=99.0)
+    assert "2 jobs: 2 pending" in runner.invoke(app, ["plan", str(changed)]).output
+
+
+def test_bad_config_exits_2_with_suggestion(shared, tmp_path):
+    config = _write_config(tmp_path, [shared / "content"], [("wave", shared / "style/wave.jpg")])
+    data = yaml.safe_load(config.read_text())
+    data["optimize"]["iteratons"] = 5
+    config.write_text(yaml.safe_dump(data))
+    result = runner.invoke(app, ["run", str(config)])
+    assert result.exit_code == 2
+    assert "optimize.iteratons: unknown key; did you mean 'iterations'?" in result.output
+    assert str(config) in result.output
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"optimize": {"size": -4}}, "optimize.size: Input should be greater than or equal to 32"),
+        ({"optimize": {"optimizer": "sgd"}}, "optimize.optimizer: Input should be 'lbfgs' or 'adam'"),
+        ({"styles": [{"name": "x", "images": ["missing.jpg"]}]}, "styles[0].images[0]: file not found"),
+        ({"inputs": ["nowhere/"]}, "inputs[0]"),
+    ],
+)
+def test_config_errors_name_the_key(shared, tmp_path, change, message):
+    config = _write_config(tmp_path, [shared / "content"], [("wave", shared / "style/wave.jpg")])
+    data = yaml.safe_load(config.read_text())
+    for key, value in change.items():
+        data[key] = {**data[key], **value} if isinstance(value, dict) else value
+    config.write_text(yaml.safe_dump(data))
+    result = runner.invoke(app, ["run", str(config), "--dry-run"])
+    assert result.exit_code == 2, result.output
+    assert message in result.output
+
+
+def test_dry_run_lists_jobs_without_running(shared, tmp_path):
+    config = _write_config(tmp_path, [shared / "content"], [("wave", shared / "style/wave.jpg"), ("scream", shared / "style/the_scream.jpg")])
+    result = runner.invoke(app, ["run", str(config), "--dry-run"])
+    assert result.exit_code == 0
+    assert "6 jobs: 6 pending" in result.output and "astronaut.png × scream" in result.output
+    assert not (tmp_path / "out").exists()
+
+
+def test_python_dash_m_entry_point():
+    done = subprocess.run([sys.executable, "-m", "pipeline", "--help"], capture_output=True, text=True)
+    assert done.returncode == 0 and "run" in done.stdout and "image" in done.stdout

@@ -1,0 +1,126 @@
+"""The one-image optimiser on real inputs at tiny sizes."""
+
+import dataclasses
+
+import pytest
+import torch
+
+from conftest import gpu
+from pipeline.images import read_image
+from pipeline.model import VGGFeatures
+from pipeline.optimize import (
+    Settings, iterations_per_scale, luminance, scale_shapes, style_targets, stylize,
+)
+
+TINY = Settings(size=64, scales=1, iterations=15)
+
+
+def _inputs(shared, size=64):
+    content = read_image(shared / "content" / "chelsea.png", size)
+    style = read_image(shared / "style" / "starry_night.jpg")
+    return content, style
+
+
+def _targets(model, content, style, settings, styles=None):
+    shapes = scale_shapes(*content.shape[-2:], settings.size, settings.scales)
+    blend = styles or [(style, 1.0)]
+    return [style_targets(model, blend, h * w, list(settings.style_layers), settings.preserve_colors) for h, w in shapes]
+
+
+def test_scale_shapes_coarse_to_fine():
+    assert scale_shapes(300, 451, 256, 3) == [(43, 64), (85, 128), (170, 256)]
+    assert scale_shapes(512, 512, 96, 3) == [(96, 96)]  # 48 and 24 px would be below MIN_SIDE
+    assert scale_shapes(512, 512, 128, 3) == [(64, 64), (128, 128)]
+
+
+def test_coarse_levels_get_more_iterations():
+    s = Settings(iterations=100, coarse_iterations=2.0)
+    assert iterations_per_scale(s, 3) == [400, 200, 100]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("optimizer", ["lbfgs", "adam"])
+def test_loss_falls(shared, model, optimizer):
+    content, style = _inputs(shared)
+    settings = dataclasses.replace(TINY, optimizer=optimizer, iterations=20)
+    result = stylize(model, content, _targets(model, content, style, settings), settings)
+    first, last = result.trace[0], result.trace[-1]
+    assert len(result.trace) == 20
+    assert last.loss < 0.8 * first.loss
+    assert last.style < first.style  # content init: the style term is what falls
+    assert result.image.shape == content.shape
+    assert 0.0 <= result.image.min() and result.image.max() <= 1.0
+
+
+@pytest.mark.slow
+def test_coarse_to_fine_output_shape_and_trace(shared, model):
+    content, style = _inputs(shared, 128)
+    settings = Settings(size=128, scales=2, iterations=5, coarse_iterations=2.0)
+    seen = []
+    result = stylize(model, content, _targets(model, content, style, settings), settings, callback=seen.append)
+    assert result.image.shape == content.shape == (1, 3, 85, 128)
+    assert [p.shape for p in (seen[0], seen[-1])] == [(42, 64), (85, 128)]
+    assert len(seen) == len(result.trace) == 10 + 5
+    assert seen[-1].iteration == seen[-1].iterations == 5
+
+
+@pytest.mark.slow
+def test_noise_init_is_deterministic_for_a_seed(shared, model):
+    content, style = _inputs(shared)
+    settings = dataclasses.replace(TINY, init="noise", iterations=5, seed=3)
+    targets = _targets(model, content, style, settings)
+    a = stylize(model, content, targets, settings).image
+    b = stylize(model, content, targets, settings).image
+    c = stylize(model, content, targets, dataclasses.replace(settings, seed=4)).image
+    assert torch.equal(a, b)
+    assert not torch.equal(a, c)
+
+
+@pytest.mark.slow
+def test_preserve_colors_keeps_content_chroma(shared, model):
+    content, style = _inputs(shared)
+    settings = dataclasses.replace(TINY, preserve_colors=True, iterations=10)
+    out = stylize(model, content, _targets(model, content, style, settings), settings).image
+    yiq = torch.tensor([[0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
+    chroma = lambda x: torch.einsum("ij,njhw->nihw", yiq, x)  # noqa: E731
+    inside = ((out > 0.01) & (out < 0.99)).all(1, keepdim=True).expand(1, 2, *out.shape[-2:])  # unclipped pixels
+    assert torch.allclose(chroma(out)[inside], chroma(content)[inside], atol=2e-3)
+    assert (luminance(out) - luminance(content)).abs().mean() > 0.01  # the luminance was stylised
+
+
+def test_style_blend_is_weighted_gram_average(shared, model):
+    _, starry = _inputs(shared)
+    wave = read_image(shared / "style" / "wave.jpg")
+    layers = ["relu1_1", "relu3_1"]
+    only_starry = style_targets(model, [(starry, 1.0)], 64 * 64, layers)
+    only_wave = style_targets(model, [(wave, 1.0)], 64 * 64, layers)
+    zero_wave = style_targets(model, [(starry, 2.0), (wave, 0.0)], 64 * 64, layers)
+    mix = style_targets(model, [(starry, 3.0), (wave, 1.0)], 64 * 64, layers)
+    for layer in layers:
+        assert torch.allclose(zero_wave[layer], only_starry[layer])
+        assert torch.allclose(mix[layer], 0.75 * only_starry[layer] + 0.25 * only_wave[layer], rtol=1e-4)
+
+
+def test_style_targets_need_no_grad(shared, model):
+    _, style = _inputs(shared)
+    targets = style_targets(model, [(style, 1.0)], 32 * 32, ["relu1_1"])
+    assert not targets["relu1_1"].requires_grad
+
+
+def test_wrong_number_of_target_sets_is_an_error(shared, model):
+    content, style = _inputs(shared)
+    with pytest.raises(ValueError, match="scales need"):
+        stylize(model, content, [], TINY)
+
+
+@gpu
+@pytest.mark.slow
+def test_cuda_matches_cpu(shared, bundled):
+    content, style = _inputs(shared)
+    settings = dataclasses.replace(TINY, iterations=5)
+    results = []
+    for device in ("cpu", "cuda"):
+        m = VGGFeatures(bundled, settings.layers).to(device)
+        c = content.to(device)
+        results.append(stylize(m, c, _targets(m, c, style.to(device), settings), settings).image.cpu())
+    assert (results[0] - results[1]).abs().mean() < 0.02
