@@ -16,6 +16,8 @@ from pipeline.model import WeightsError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_LOCKED = 0, 1, 2, 75
 
+_DEFAULTS = OptimizeConfig()
+
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Batch neural style transfer (Gatys et al., VGG-19).")
 
 
@@ -45,14 +47,17 @@ def run(
     dry_run: bool = typer.Option(False, "--dry-run", help="list what would run, run nothing"),
 ) -> None:
     """Run the batch described by CONFIG. Exit 0: all done; 1: some jobs failed; 2: bad config."""
-    from pipeline.execute import execute
+    from pipeline.execute import DeviceError, execute
 
     config, jobs = _plan(config_path)
     if dry_run:
         _show_plan(config, jobs)
         return
     _log(f"{len(jobs)} jobs from {config_path}")
-    outcomes = execute(config, jobs, _log)
+    try:
+        outcomes = execute(config, jobs, _log)
+    except DeviceError as exc:
+        _fail(f"{config_path}: devices: {exc}")
     failed = [o for o in outcomes if o.record.state == "failed"]
     ran = sum(not o.skipped for o in outcomes)
     _log(f"finished: {ran} run, {len(outcomes) - ran} skipped, {len(failed)} failed; manifest in {config.output.dir}")
@@ -94,23 +99,23 @@ def image(
     content: Path = typer.Argument(..., help="content image"),
     styles: List[Path] = typer.Argument(..., metavar="STYLE...", help="style image(s), blended equally"),
     output: Path = typer.Option(..., "-o", "--output", help="output image (.png, .jpg, .webp)"),
-    size: int = typer.Option(512, help="longest side of the output, px"),
-    iterations: int = typer.Option(300, help="iterations at the finest scale"),
-    scales: int = typer.Option(3, help="coarse-to-fine levels"),
-    style_weight: float = typer.Option(OptimizeConfig().style_weight, help="style loss weight"),
-    content_weight: float = typer.Option(OptimizeConfig().content_weight, help="content loss weight"),
-    tv_weight: float = typer.Option(OptimizeConfig().tv_weight, help="total variation weight"),
-    optimizer: str = typer.Option("lbfgs", help="lbfgs | adam"),
-    init: str = typer.Option("content", help="content | noise | style | PATH"),
+    size: int = typer.Option(_DEFAULTS.size, help="longest side of the output, px"),
+    iterations: int = typer.Option(_DEFAULTS.iterations, help="iterations at the finest scale"),
+    scales: int = typer.Option(_DEFAULTS.scales, help="coarse-to-fine levels"),
+    style_weight: float = typer.Option(_DEFAULTS.style_weight, help="style loss weight"),
+    content_weight: float = typer.Option(_DEFAULTS.content_weight, help="content loss weight"),
+    tv_weight: float = typer.Option(_DEFAULTS.tv_weight, help="total variation weight"),
+    optimizer: str = typer.Option(_DEFAULTS.optimizer, help="lbfgs | adam"),
+    init: str = typer.Option(_DEFAULTS.init, help="content | noise | style | PATH"),
     preserve_colors: bool = typer.Option(False, "--preserve-colors", help="keep the content's colours"),
-    seed: int = typer.Option(0, help="random seed"),
+    seed: int = typer.Option(_DEFAULTS.seed, help="random seed"),
     device: str = typer.Option("auto", help="auto | cpu | cuda:N"),
     weights: str = typer.Option("bundled", help="bundled | torchvision | PATH to a .pth"),
 ) -> None:
     """Stylise one image with one or more style images."""
     from pydantic import ValidationError
 
-    from pipeline.execute import pick_device
+    from pipeline.execute import DeviceError, pick_device
     from pipeline.progress import progress_callback
     from pipeline.render import Renderer
 
@@ -126,7 +131,11 @@ def image(
         if not path.is_file():
             _fail(f"{path}: file not found")
     try:
-        renderer = Renderer(opts.settings(), device=pick_device(device), weights=weights, init_path=opts.init_path)
+        device = pick_device(device)
+    except DeviceError as exc:
+        _fail(f"--device: {exc}")
+    try:
+        renderer = Renderer(opts.settings(), device=device, weights=weights, init_path=opts.init_path)
         with progress_callback(sys.stderr.isatty()) as callback:
             result = renderer.render(content, [(s, 1.0) for s in styles], output, callback=callback)
     except (ImageError, WeightsError) as exc:

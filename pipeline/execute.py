@@ -24,13 +24,18 @@ class Outcome:
 Log = Callable[[str], None]
 
 
+class DeviceError(ValueError):
+    """A requested device does not exist here."""
+
+
 def pick_device(devices: str | list[str]) -> str:
     """The device to run on: the first listed, or for auto the first GPU, else the CPU."""
-    if isinstance(devices, list):
-        return devices[0]
-    if devices == "auto" and torch.cuda.is_available():
-        return "cuda:0"
-    return "cpu"
+    if devices == "auto":
+        return "cuda:0" if torch.cuda.is_available() else "cpu"
+    device = devices[0] if isinstance(devices, list) else devices
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise DeviceError(f"device {device}: CUDA is not available on this machine")
+    return device
 
 
 def relative_output(job: Job, out_dir: Path) -> str:
@@ -64,7 +69,11 @@ def _run_one(renderer: Renderer, job: Job, rel: str) -> Record:
 
 
 def execute(config: Config, jobs: list[Job], log: Log) -> list[Outcome]:
-    """Run every pending job, skipping done ones; save the manifest after each job."""
+    """Run every pending job, skipping done ones; save the manifest after each job.
+
+    Raises DeviceError before any work when the configured device does not exist.
+    """
+    device = pick_device(config.devices)
     out_dir = config.output.dir
     out_dir.mkdir(parents=True, exist_ok=True)
     manifest = Manifest(out_dir)
@@ -74,7 +83,6 @@ def execute(config: Config, jobs: list[Job], log: Log) -> list[Outcome]:
         log(f"{len(done)} of {len(jobs)} jobs already done")
     if not pending:
         return outcomes
-    device = pick_device(config.devices)
     renderer = Renderer(
         config.optimize.settings(), device=device, weights=config.model.weights,
         pooling=config.model.pooling, init_path=config.optimize.init_path,

@@ -15,7 +15,6 @@ from typing import Iterable
 
 import torch
 from torch import nn
-from torchvision.models import vgg19
 
 from pipeline.keys import file_digest
 from pipeline.winograd import use_winograd
@@ -158,6 +157,19 @@ def resolve_weights(source: str = "bundled") -> Weights:
     return Weights(state, caffe="caffe" in path.name.lower(), identity=weights_identity(source))
 
 
+def _features(count: int) -> nn.Sequential:
+    """The first `count` layers of torchvision's `vgg19().features`, without building the classifier."""
+    layers: list[nn.Module] = []
+    channels = 3
+    for block, convs in enumerate(_BLOCKS):
+        width = min(64 * 2**block, 512)
+        for _ in range(convs):
+            layers += [nn.Conv2d(channels, width, 3, padding=1), nn.ReLU(inplace=True)]
+            channels = width
+        layers.append(nn.MaxPool2d(2, 2))
+    return nn.Sequential(*layers[:count])
+
+
 class VGGFeatures(nn.Module):
     """Frozen VGG-19 `features`, truncated after the deepest requested layer.
 
@@ -173,9 +185,8 @@ class VGGFeatures(nn.Module):
             raise ValueError(f"unknown VGG-19 layer {unknown[0]!r}; valid: {', '.join(LAYER_NAMES)}")
         taps = {LAYER_INDEX[n]: n for n in self.layers}
         last = max(taps)
-        features = vgg19(weights=None).features
-        features.load_state_dict({k: v for k, v in weights.state.items()}, strict=False)
-        body = features[: last + 1]
+        body = _features(last + 1)
+        body.load_state_dict({k: v for k, v in weights.state.items() if int(k.split(".")[0]) <= last})
         for i, module in enumerate(body):
             if isinstance(module, nn.ReLU):  # in place only where no tap sees the input
                 body[i] = nn.ReLU(inplace=i - 1 not in taps)

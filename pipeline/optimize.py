@@ -30,7 +30,7 @@ class Settings:
     size: int = 512
     scales: int = 3
     iterations: int = 300
-    coarse_iterations: float = 2.0  # each coarser level runs this many times the next finer level's iterations
+    coarse_iterations: float = 1.0  # each coarser level runs this many times the next finer level's iterations
     optimizer: str = "lbfgs"
     learning_rate: float = 0.02  # Adam only; the image is in [0, 1]
     content_weight: float = 1.0

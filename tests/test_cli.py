@@ -145,3 +145,17 @@ def test_dry_run_lists_jobs_without_running(shared, tmp_path):
 def test_python_dash_m_entry_point():
     done = subprocess.run([sys.executable, "-m", "pipeline", "--help"], capture_output=True, text=True)
     assert done.returncode == 0 and "run" in done.stdout and "image" in done.stdout
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks the no-CUDA error")
+def test_missing_cuda_device_is_a_usage_error(shared, tmp_path):
+    result = runner.invoke(app, ["image", str(shared / "content/chelsea.png"), str(shared / "style/wave.jpg"),
+                                 "-o", str(tmp_path / "o.png"), "--device", "cuda:0", *FAST])
+    assert result.exit_code == 2 and "CUDA is not available" in result.output
+    config = _write_config(tmp_path, [shared / "content"], [("wave", shared / "style/wave.jpg")])
+    data = yaml.safe_load(config.read_text())
+    data["devices"] = ["cuda:0"]
+    config.write_text(yaml.safe_dump(data))
+    result = runner.invoke(app, ["run", str(config)])
+    assert result.exit_code == 2 and "devices: device cuda:0: CUDA is not available" in result.output
+    assert not list((tmp_path / "out").glob("*.png"))

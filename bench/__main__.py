@@ -1,0 +1,173 @@
+"""`make bench`: the core figures, measured side by side in one run.
+
+Writes bench/results.json and bench/results.md. Inputs come from ../shared/data.
+
+    python -m bench                 # everything (about 5 minutes on a 2-core CPU)
+    python -m bench --skip-pastiche # without the pastiche comparison
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from bench.evaluator import Evaluator
+from pipeline.launch import keep_freed_memory
+from pipeline.model import VGGFeatures, resolve_weights
+from pipeline.optimize import Settings, stylize
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+SHARED = REPO.parent / "shared" / "data"
+CONTENT = SHARED / "content" / "astronaut.png"
+STYLE = SHARED / "style" / "starry_night.jpg"
+LAYERS = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu4_2", "relu5_1")
+BIN = Path(sys.executable).parent
+
+
+def _median_seconds(fn, repeats: int = 5) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def _conv_gflop(model: VGGFeatures, size: int) -> float:
+    """FLOPs of one forward + input-gradient backward through the convs (2 × forward)."""
+    flops, side = 0.0, size
+    for module in model.body:
+        if isinstance(module, (nn.MaxPool2d, nn.AvgPool2d)):
+            side //= 2
+        elif hasattr(module, "weight") and module.weight.dim() == 4:
+            k, c = module.weight.shape[:2]
+            flops += 2 * k * c * 9 * side * side
+    return 2 * flops / 1e9
+
+
+def floor_and_iteration(sizes: list[int]) -> list[dict]:
+    """Bare VGG fwd+bwd to relu5_1 (direct conv: the floor; Winograd: ours) against our optimiser's iteration."""
+    weights = resolve_weights("bundled")
+    direct = VGGFeatures(weights, LAYERS)
+    fast = VGGFeatures(weights, LAYERS, winograd=True)
+    rows = []
+    for size in sizes:
+        x = torch.rand(1, 3, size, size)
+
+        def bare(model: VGGFeatures) -> None:
+            image = x.clone().requires_grad_(True)
+            sum(f.pow(2).mean() for f in model(image).values()).backward()
+
+        floor = _median_seconds(lambda: bare(direct))
+        floor_wino = _median_seconds(lambda: bare(fast))
+        iteration = _iteration_seconds(fast, size)
+        gflop = _conv_gflop(direct, size)
+        rows.append({
+            "size": size, "gflop": round(gflop, 1),
+            "floor_s": round(floor, 3), "floor_gflops": round(gflop / floor, 1),
+            "floor_winograd_s": round(floor_wino, 3),
+            "iteration_s": round(iteration, 3),
+            "iteration_vs_floor": round(iteration / floor, 3),
+            "iteration_vs_winograd_floor": round(iteration / floor_wino, 3),
+        })
+        print(f"  {size}px: floor {floor:.3f}s ({gflop / floor:.0f} GFLOP/s), Winograd {floor_wino:.3f}s, "
+              f"our iteration {iteration:.3f}s ({iteration / floor:.2f}x floor)", flush=True)
+    return rows
+
+
+def _iteration_seconds(model: VGGFeatures, size: int, iterations: int = 8) -> float:
+    """Median wall time between consecutive iterations of the real optimiser (scales=1, L-BFGS)."""
+    from pipeline.images import read_image
+    from pipeline.optimize import scale_shapes, style_targets
+
+    settings = Settings(size=size, scales=1, iterations=iterations)
+    content = torch.nn.functional.interpolate(read_image(CONTENT), size=(size, size), mode="bilinear", antialias=True)
+    h, w = scale_shapes(size, size, size, 1)[0]
+    targets = [style_targets(model, [(read_image(STYLE), 1.0)], h * w, list(settings.style_layers))]
+    stamps: list[float] = []
+    stylize(model, content, targets, settings, callback=lambda p: stamps.append(time.perf_counter()))
+    return statistics.median(b - a for a, b in zip(stamps[1:], stamps[2:]))
+
+
+def _timed(cmd: list[str], env: dict[str, str] | None = None) -> float:
+    start = time.perf_counter()
+    subprocess.run(cmd, check=True, capture_output=True, env=env)
+    return time.perf_counter() - start
+
+
+def versus_pastiche(out: Path, size: int = 256, iterations: int = 100) -> dict:
+    """Wall time of `stylize image` against pastiche on the same inputs, and both outputs' evaluator scores."""
+    ours, theirs = out / "stylize.png", out / "pastiche.png"
+    t_ours = _timed([str(BIN / "stylize"), "image", str(CONTENT), str(STYLE), "-o", str(ours),
+                     "--size", str(size), "--iterations", str(iterations), "--seed", "0"])
+    print(f"  stylize image: {t_ours:.1f}s", flush=True)
+    plain = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}  # pastiche as its users run it
+    t_theirs = _timed([str(BIN / "pastiche"), "--size", str(size), "--num-steps", str(iterations), "--seed", "0",
+                       "-c", str(CONTENT), "-s", str(STYLE), "-o", str(theirs), "--no-verbose"], env=plain)
+    print(f"  pastiche: {t_theirs:.1f}s", flush=True)
+    evaluator = Evaluator()
+    s_ours, s_theirs = evaluator.score(ours, CONTENT, STYLE), evaluator.score(theirs, CONTENT, STYLE)
+    return {
+        "size": size, "iterations": iterations,
+        "stylize_s": round(t_ours, 1), "pastiche_s": round(t_theirs, 1), "time_ratio": round(t_ours / t_theirs, 3),
+        "stylize_content": s_ours.content, "pastiche_content": s_theirs.content,
+        "stylize_style": s_ours.style, "pastiche_style": s_theirs.style,
+    }
+
+
+def _markdown(results: dict) -> str:
+    lines = [f"Machine: {results['machine']}; torch {results['torch']}; {results['threads']} threads.", ""]
+    lines += ["| size | conv GFLOP | floor: bare VGG fwd+bwd (direct conv) | floor GFLOP/s | bare VGG, Winograd | our iteration | vs floor | vs bare Winograd |",
+              "|---|---|---|---|---|---|---|---|"]
+    for r in results["per_iteration"]:
+        lines.append(f"| {r['size']}² | {r['gflop']} | {r['floor_s']:.3f} s | {r['floor_gflops']} | "
+                     f"{r['floor_winograd_s']:.3f} s | {r['iteration_s']:.3f} s | {r['iteration_vs_floor']:.2f}× | "
+                     f"{r['iteration_vs_winograd_floor']:.2f}× |")
+    p = results.get("pastiche")
+    if p:
+        lines += ["", f"astronaut × starry night, {p['size']} px, {p['iterations']} iterations at the finest scale:", "",
+                  "| | wall time | evaluator content loss | evaluator style loss |", "|---|---|---|---|",
+                  f"| pastiche 1.6 | {p['pastiche_s']:.1f} s | {p['pastiche_content']:.4g} | {p['pastiche_style']:.4g} |",
+                  f"| stylize | {p['stylize_s']:.1f} s ({p['time_ratio']:.2f}×) | {p['stylize_content']:.4g} | {p['stylize_style']:.4g} |"]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--skip-pastiche", action="store_true")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[256, 512])
+    args = parser.parse_args()
+    keep_freed_memory("bench")  # the same allocator settings as the stylize command
+    if not SHARED.is_dir():
+        sys.exit(f"bench: {SHARED} is missing; the benchmark inputs live in ../shared/data")
+    out = HERE / "out"
+    out.mkdir(exist_ok=True)
+    cpu = next((l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines() if l.startswith("model name")), platform.processor())
+    results: dict = {
+        "machine": f"{cpu}, {torch.backends.cpu.get_cpu_capability()}", "torch": torch.__version__,
+        "threads": torch.get_num_threads(), "date": time.strftime("%Y-%m-%d"),
+    }
+    print("per-iteration time against the floor", flush=True)
+    results["per_iteration"] = floor_and_iteration(args.sizes)
+    if not args.skip_pastiche:
+        print("stylize against pastiche", flush=True)
+        results["pastiche"] = versus_pastiche(out)
+    (HERE / "results.json").write_text(json.dumps(results, indent=1))
+    (HERE / "results.md").write_text(_markdown(results))
+    print(_markdown(results))
+
+
+if __name__ == "__main__":
+    main()
