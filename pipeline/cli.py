@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import sys
 import time
 from pathlib import Path
@@ -15,14 +16,20 @@ from pipeline.images import ImageError
 from pipeline.model import WeightsError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_LOCKED = 0, 1, 2, 75
+LOG_NAME = "stylize.log"
 
 _DEFAULTS = OptimizeConfig()
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Batch neural style transfer (Gatys et al., VGG-19).")
 
 
-def _log(message: str) -> None:
-    typer.echo(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}", err=True)
+def _log(message: str, file: Path | None = None) -> None:
+    """A timestamped line on stderr, appended to `file` too when given."""
+    line = f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}"
+    typer.echo(line, err=True)
+    if file is not None:
+        with file.open("a", encoding="utf-8") as f:
+            f.write(line + "\n")
 
 
 def _fail(message: str, code: int = EXIT_USAGE) -> None:
@@ -46,23 +53,31 @@ def run(
     config_path: Path = typer.Argument(..., metavar="CONFIG", help="YAML config"),
     dry_run: bool = typer.Option(False, "--dry-run", help="list what would run, run nothing"),
 ) -> None:
-    """Run the batch described by CONFIG. Exit 0: all done; 1: some jobs failed; 2: bad config."""
+    """Run the batch described by CONFIG. Exit 0: all done; 1: some jobs failed; 2: bad config; 75: locked."""
     from pipeline.execute import DeviceError, execute
+    from pipeline.lock import LockHeld, run_lock
 
     config, jobs = _plan(config_path)
     if dry_run:
         _show_plan(config, jobs)
         return
-    _log(f"{len(jobs)} jobs from {config_path}")
+    log = functools.partial(_log, file=config.output.dir / LOG_NAME)
     try:
-        outcomes = execute(config, jobs, _log)
+        with run_lock(config.output.dir):
+            log(f"{len(jobs)} jobs from {config_path}")
+            outcomes = execute(config, jobs, log)
+    except LockHeld as exc:
+        _fail(str(exc), EXIT_LOCKED)
     except DeviceError as exc:
         _fail(f"{config_path}: devices: {exc}")
     failed = [o for o in outcomes if o.record.state == "failed"]
     ran = sum(not o.skipped for o in outcomes)
-    _log(f"finished: {ran} run, {len(outcomes) - ran} skipped, {len(failed)} failed; manifest in {config.output.dir}")
+    encoded = sum(o.record.style_misses or 0 for o in outcomes if not o.skipped)
+    cached = sum(o.record.style_hits or 0 for o in outcomes if not o.skipped)
+    log(f"finished: {ran} run, {len(outcomes) - ran} skipped, {len(failed)} failed; "
+         f"style targets: {encoded} encoded, {cached} from cache; manifest in {config.output.dir}")
     for o in failed:
-        _log(f"FAILED {o.job.name}: {o.record.error}")
+        log(f"FAILED {o.job.name}: {o.record.error}")
     raise typer.Exit(EXIT_FAILED if failed else EXIT_OK)
 
 

@@ -8,6 +8,7 @@ from typing import Callable
 
 import torch
 
+from pipeline.cache import StyleCache
 from pipeline.config import Config
 from pipeline.manifest import Manifest, Record
 from pipeline.plan import Job
@@ -65,7 +66,10 @@ def _run_one(renderer: Renderer, job: Job, rel: str) -> Record:
             message = f"{job.source.path}: {message}"
         return Record(**base, state="failed", error=message)
     losses = {"loss": r.loss, "content": r.content, "style": r.style, "tv": r.tv}
-    return Record(**base, state="done", losses=losses, iterations=r.iterations, device=r.device, seconds=round(r.seconds, 3))
+    return Record(
+        **base, state="done", losses=losses, iterations=r.iterations, device=r.device, seconds=round(r.seconds, 3),
+        style_hits=r.style_hits, style_misses=r.style_misses, style_seconds=round(r.style_seconds, 3),
+    )
 
 
 def execute(config: Config, jobs: list[Job], log: Log) -> list[Outcome]:
@@ -85,7 +89,7 @@ def execute(config: Config, jobs: list[Job], log: Log) -> list[Outcome]:
         return outcomes
     renderer = Renderer(
         config.optimize.settings(), device=device, weights=config.model.weights,
-        pooling=config.model.pooling, init_path=config.optimize.init_path,
+        pooling=config.model.pooling, init_path=config.optimize.init_path, cache=StyleCache(config.cache_dir),
     )
     for i, job in enumerate(pending, start=1):
         record = _run_one(renderer, job, relative_output(job, out_dir))

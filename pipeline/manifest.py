@@ -26,6 +26,9 @@ class Record:
     iterations: int | None = None
     device: str | None = None
     seconds: float | None = None
+    style_hits: int | None = None  # style target sets read from the cache
+    style_misses: int | None = None  # style target sets encoded
+    style_seconds: float | None = None
 
 
 class Manifest:

@@ -9,7 +9,9 @@ from typing import Sequence
 
 import torch
 
+from pipeline.cache import StyleCache
 from pipeline.images import read_image, write_image
+from pipeline.keys import file_digest
 from pipeline.model import VGGFeatures, resolve_weights
 from pipeline.optimize import Callback, Settings, StyleTargets, scale_shapes, style_targets, stylize
 
@@ -25,6 +27,9 @@ class Rendered:
     iterations: int
     seconds: float
     device: str
+    style_hits: int  # style target sets found in the cache
+    style_misses: int  # style target sets encoded for this job
+    style_seconds: float  # time spent getting style targets
 
 
 class Renderer:
@@ -32,33 +37,45 @@ class Renderer:
 
     def __init__(
         self, settings: Settings, device: str = "cpu", weights: str = "bundled", pooling: str = "max",
-        init_path: Path | None = None,
+        init_path: Path | None = None, cache: StyleCache | None = None,
     ) -> None:
         self.settings = settings
+        self.pooling = pooling
+        self.cache = cache or StyleCache(None)
         self.device = torch.device(device)
         resolved = resolve_weights(weights)
         cpu = self.device.type == "cpu"  # cuDNN picks its own algorithms (Winograd among them) on GPUs
         self.model = VGGFeatures(resolved, settings.layers, pooling=pooling, winograd=cpu).to(self.device)
         self.init_path = init_path
-        self._targets: dict[tuple, StyleTargets] = {}
         self._styles: dict[Path, torch.Tensor] = {}
+        self._digests: dict[Path, str] = {}
 
     def _style_image(self, path: Path) -> torch.Tensor:
         if path not in self._styles:
             self._styles[path] = read_image(path).to(self.device)
         return self._styles[path]
 
+    def _digest(self, path: Path) -> str:
+        if path not in self._digests:
+            self._digests[path] = file_digest(path)
+        return self._digests[path]
+
     def targets(self, blend: Sequence[tuple[Path, float]], shapes: Sequence[tuple[int, int]]) -> list[StyleTargets]:
-        """Style Grams for each level shape, computed once per (style blend, area)."""
+        """Style Grams for each level shape, from the cache or computed once per (style blend, area)."""
+        s = self.settings
+        layers = list(s.style_layers)
         out = []
         for h, w in shapes:
-            key = (tuple(blend), h * w, self.settings.preserve_colors)
-            if key not in self._targets:
+            key = StyleCache.key(
+                styles=[(self._digest(p), wt) for p, wt in blend], area=h * w, layers=sorted(layers),
+                weights=self.model.identity, pooling=self.pooling, luminance=s.preserve_colors,
+            )
+
+            def compute(area: int = h * w) -> StyleTargets:
                 styles = [(self._style_image(p), wt) for p, wt in blend]
-                self._targets[key] = style_targets(
-                    self.model, styles, h * w, list(self.settings.style_layers), self.settings.preserve_colors
-                )
-            out.append(self._targets[key])
+                return style_targets(self.model, styles, area, layers, s.preserve_colors)
+
+            out.append(self.cache.get(key, layers, self.device, compute))
         return out
 
     def render(
@@ -74,10 +91,14 @@ class Renderer:
             init = self._style_image(blend[0][0])
         elif s.init == "image" and self.init_path is not None:
             init = read_image(self.init_path)
-        result = stylize(self.model, content, self.targets(blend, shapes), s, init_image=init, callback=callback)
+        hits, misses, style_start = self.cache.hits, self.cache.misses, time.perf_counter()
+        targets = self.targets(blend, shapes)
+        style_seconds = time.perf_counter() - style_start
+        result = stylize(self.model, content, targets, s, init_image=init, callback=callback)
         write_image(result.image, output)
         final = result.final
         return Rendered(
             content=final.content, style=final.style, tv=final.tv, loss=final.loss,
             iterations=len(result.trace), seconds=time.perf_counter() - start, device=str(self.device),
+            style_hits=self.cache.hits - hits, style_misses=self.cache.misses - misses, style_seconds=style_seconds,
         )

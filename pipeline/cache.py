@@ -1,0 +1,70 @@
+"""Style Gram targets, cached in memory and on disk so no style is encoded twice.
+
+Entries are keyed by everything that changes them: the style images' bytes
+and blend weights, the pixel area, the layers, the model weights and pooling,
+and luminance-only mode. Disk entries are written atomically and checked
+before they are trusted; a corrupt entry is recomputed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from pipeline.images import atomic_path
+from pipeline.keys import value_digest
+from pipeline.optimize import StyleTargets
+
+_FORMAT = 1  # bump when the Gram normalisation or the file layout changes
+
+
+class StyleCache:
+    """Memory first, then `cache_dir` (when given), then compute."""
+
+    def __init__(self, cache_dir: Path | None) -> None:
+        self.dir = cache_dir
+        self.memory: dict[str, StyleTargets] = {}
+        self.hits = 0
+        self.misses = 0
+
+    @staticmethod
+    def key(**parts: object) -> str:
+        return value_digest({"format": _FORMAT, **parts})
+
+    def _path(self, key: str) -> Path | None:
+        return None if self.dir is None else self.dir / "styles" / f"{key}.pt"
+
+    def _read(self, path: Path, layers: list[str], device: torch.device) -> StyleTargets | None:
+        try:
+            data = torch.load(path, map_location=device, weights_only=True)
+        except Exception:  # torch raises many types for a truncated or foreign file: a miss
+            return None
+        ok = (
+            isinstance(data, dict)
+            and sorted(data) == sorted(layers)
+            and all(isinstance(t, torch.Tensor) and t.dim() == 2 and t.shape[0] == t.shape[1] for t in data.values())
+            and all(torch.isfinite(t).all() for t in data.values())
+        )
+        return data if ok else None
+
+    def get(
+        self, key: str, layers: list[str], device: torch.device, compute: Callable[[], StyleTargets]
+    ) -> StyleTargets:
+        """The targets for `key`, computing (and storing) them only when no valid copy exists."""
+        if key in self.memory:
+            self.hits += 1
+            return self.memory[key]
+        path = self._path(key)
+        targets = self._read(path, layers, device) if path is not None and path.is_file() else None
+        if targets is None:
+            self.misses += 1
+            targets = compute()
+            if path is not None:
+                with atomic_path(path) as tmp:
+                    torch.save({k: v.detach().cpu() for k, v in targets.items()}, tmp)
+        else:
+            self.hits += 1
+        self.memory[key] = targets
+        return targets

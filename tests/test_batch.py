@@ -1,0 +1,98 @@
+"""Batch-run behaviour: the run lock and the on-disk style cache."""
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from PIL import Image
+from typer.testing import CliRunner
+
+from pipeline.cli import app
+from pipeline.lock import LOCK_NAME, run_lock
+
+runner = CliRunner()
+
+
+def _config(tmp_path: Path, inputs: Path, out: str, style: Path) -> Path:
+    path = tmp_path / f"{out}.yaml"
+    path.write_text(yaml.safe_dump({
+        "inputs": [str(inputs)],
+        "styles": [{"name": "wave", "images": [str(style)]}],
+        "output": {"dir": out},
+        "optimize": {"size": 48, "iterations": 2, "scales": 1},
+        "devices": "cpu",
+        "cache_dir": str(tmp_path / "cache"),
+    }))
+    return path
+
+
+def _crops(src: Path, folder: Path, count: int, offset: int = 0) -> Path:
+    """`count` different 96x64 crops of a real photo, all the same shape."""
+    folder.mkdir(parents=True)
+    image = Image.open(src).convert("RGB")
+    for i in range(count):
+        x = 20 * (i + offset)
+        image.crop((x, 0, x + 240, 160)).resize((96, 64)).save(folder / f"crop{i}.png")
+    return folder
+
+
+def _manifest(out: Path) -> list[dict]:
+    return list(json.loads((out / "manifest.json").read_text())["jobs"].values())
+
+
+def test_second_run_on_a_locked_output_dir_exits_75_at_once(shared, tmp_path):
+    config = _config(tmp_path, shared / "content", "out", shared / "style/wave.jpg")
+    out = tmp_path / "out"
+    with run_lock(out):
+        start = time.perf_counter()
+        done = subprocess.run([sys.executable, "-m", "pipeline", "run", str(config)], capture_output=True, text=True)
+        elapsed = time.perf_counter() - start
+    assert done.returncode == 75, done.stderr
+    assert "another stylize run" in done.stderr and str(os.getpid()) in done.stderr
+    assert elapsed < 20  # no model was loaded, no job ran
+    assert sorted(p.name for p in out.iterdir()) == [LOCK_NAME]  # nothing else touched
+
+
+def test_stale_lock_from_a_killed_run_does_not_block(shared, tmp_path):
+    inputs = _crops(shared / "content/coffee.png", tmp_path / "in", 1)
+    config = _config(tmp_path, inputs, "out", shared / "style/wave.jpg")
+    out = tmp_path / "out"
+    out.mkdir()
+    killed = subprocess.Popen([sys.executable, "-c", f"import time, pipeline.lock as l\nwith l.run_lock(__import__('pathlib').Path({str(out)!r})): time.sleep(60)"])
+    time.sleep(1.5)
+    killed.kill()
+    killed.wait()
+    assert (out / LOCK_NAME).exists()
+    result = runner.invoke(app, ["run", str(config)])
+    assert result.exit_code == 0, result.output
+    assert (out / "stylize.log").read_text().count("finished:") == 1
+
+
+@pytest.mark.slow
+def test_style_is_encoded_once_across_runs_and_corrupt_entries_are_recomputed(shared, tmp_path):
+    style = shared / "style/wave.jpg"
+    first = _config(tmp_path, _crops(shared / "content/coffee.png", tmp_path / "a", 3), "out_a", style)
+    result = runner.invoke(app, ["run", str(first)])
+    assert result.exit_code == 0, result.output
+    records = _manifest(tmp_path / "out_a")
+    assert sum(r["style_misses"] for r in records) == 1 and sum(r["style_hits"] for r in records) == 2
+
+    # New content, same style and size, new process state: zero encodes.
+    second = _config(tmp_path, _crops(shared / "content/coffee.png", tmp_path / "b", 3, offset=5), "out_b", style)
+    result = runner.invoke(app, ["run", str(second)])
+    assert result.exit_code == 0, result.output
+    assert "style targets: 0 encoded, 3 from cache" in result.output
+    assert all(r["style_misses"] == 0 for r in _manifest(tmp_path / "out_b"))
+
+    entries = list((tmp_path / "cache" / "styles").glob("*.pt"))
+    assert len(entries) == 1
+    entries[0].write_bytes(entries[0].read_bytes()[:100])  # truncated: must not be trusted
+    third = _config(tmp_path, _crops(shared / "content/coffee.png", tmp_path / "c", 1, offset=9), "out_c", style)
+    result = runner.invoke(app, ["run", str(third)])
+    assert result.exit_code == 0, result.output
+    assert _manifest(tmp_path / "out_c")[0]["style_misses"] == 1
