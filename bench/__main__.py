@@ -127,11 +127,65 @@ def versus_pastiche(out: Path, size: int = 256, iterations: int = 100) -> dict:
     }
 
 
+def _run_config(config: Path) -> float:
+    return _timed([str(BIN / "stylize"), "run", str(config)])
+
+
+def _batch_config(path: Path, inputs: Path, out: Path, cache: Path, size: int, iterations: int) -> Path:
+    import yaml
+
+    path.write_text(yaml.safe_dump({
+        "inputs": [str(inputs)], "styles": [{"name": "starry", "images": [str(STYLE)]}],
+        "output": {"dir": str(out)}, "optimize": {"size": size, "iterations": iterations, "scales": 1},
+        "cache_dir": str(cache),
+    }))
+    return path
+
+
+def pipeline_figures(work: Path, images: int = 50) -> dict:
+    """Rerun cost of a finished batch, style-cache encode time, and a video with audio through the pipeline."""
+    import shutil
+
+    import av
+    from PIL import Image
+
+    shutil.rmtree(work, ignore_errors=True)
+    photo = Image.open(CONTENT).convert("RGB")
+    for batch in ("a", "b"):
+        folder = work / f"in_{batch}"
+        folder.mkdir(parents=True)
+        for i in range(images):
+            x, y = (7 * i + (300 if batch == "b" else 0)) % 380, (11 * i) % 380
+            photo.crop((x, y, x + 132, y + 132)).resize((64, 64)).save(folder / f"img{i:03d}.png")
+    cache = work / "cache"
+    first = _batch_config(work / "a.yaml", work / "in_a", work / "out_a", cache, 48, 2)
+    t_first = _run_config(first)
+    t_rerun = _run_config(first)
+    rerun_ran = sum(1 for line in (work / "out_a" / "stylize.log").read_text().splitlines()[-3:] if " 0 run," in line)
+    second = _batch_config(work / "b.yaml", work / "in_b", work / "out_b", cache, 48, 2)
+    _run_config(second)
+    encode = [sum(r["style_seconds"] for r in json.loads((work / o / "manifest.json").read_text())["jobs"].values())
+              for o in ("out_a", "out_b")]
+    print(f"  {images} images: first run {t_first:.1f}s, rerun {t_rerun:.2f}s; style encoding {encode[0]:.2f}s then {encode[1]:.2f}s", flush=True)
+    video = SHARED / "video" / "big_buck_bunny_432_433.webm"
+    vconf = _batch_config(work / "v.yaml", video, work / "out_v", cache, 128, 10)
+    t_video = _run_config(vconf)
+    with av.open(str(work / "out_v" / "big_buck_bunny_432_433.starry.mp4")) as c:
+        frames = sum(1 for _ in c.decode(video=0))
+        fps, audio = c.streams.video[0].average_rate, [a.codec_context.name for a in c.streams.audio]
+    print(f"  video: {frames} frames at {fps} fps, audio {audio}, {t_video:.1f}s", flush=True)
+    return {
+        "images": images, "first_run_s": round(t_first, 1), "rerun_s": round(t_rerun, 2), "rerun_zero_jobs": rerun_ran == 1,
+        "style_encode_first_s": round(encode[0], 3), "style_encode_second_s": round(encode[1], 3),
+        "video_frames": frames, "video_fps": str(fps), "video_audio": audio, "video_s": round(t_video, 1),
+    }
+
+
 def _markdown(results: dict) -> str:
     lines = [f"Machine: {results['machine']}; torch {results['torch']}; {results['threads']} threads.", ""]
     lines += ["| size | conv GFLOP | floor: bare VGG fwd+bwd (direct conv) | floor GFLOP/s | bare VGG, Winograd | our iteration | vs floor | vs bare Winograd |",
               "|---|---|---|---|---|---|---|---|"]
-    for r in results["per_iteration"]:
+    for r in results.get("per_iteration", []):
         lines.append(f"| {r['size']}² | {r['gflop']} | {r['floor_s']:.3f} s | {r['floor_gflops']} | "
                      f"{r['floor_winograd_s']:.3f} s | {r['iteration_s']:.3f} s | {r['iteration_vs_floor']:.2f}× | "
                      f"{r['iteration_vs_winograd_floor']:.2f}× |")
@@ -141,12 +195,20 @@ def _markdown(results: dict) -> str:
                   "| | wall time | evaluator content loss | evaluator style loss |", "|---|---|---|---|",
                   f"| pastiche 1.6 | {p['pastiche_s']:.1f} s | {p['pastiche_content']:.4g} | {p['pastiche_style']:.4g} |",
                   f"| stylize | {p['stylize_s']:.1f} s ({p['time_ratio']:.2f}×) | {p['stylize_content']:.4g} | {p['stylize_style']:.4g} |"]
+    b = results.get("pipeline")
+    if b:
+        lines += ["", "| pipeline figure | measured |", "|---|---|",
+                  f"| first run, {b['images']} images at 48 px, 2 iterations | {b['first_run_s']} s |",
+                  f"| rerun of the finished config (zero jobs run: {b['rerun_zero_jobs']}) | {b['rerun_s']} s |",
+                  f"| style encoding: first run / second run with {b['images']} new images | {b['style_encode_first_s']} s / {b['style_encode_second_s']} s |",
+                  f"| big_buck_bunny_432_433.webm at 128 px, 10 iterations | {b['video_frames']} frames at {b['video_fps']} fps, audio {', '.join(b['video_audio']) or 'none'}, {b['video_s']} s |"]
     return "\n".join(lines) + "\n"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     parser.add_argument("--skip-pastiche", action="store_true")
+    parser.add_argument("--skip-core", action="store_true", help="skip the per-iteration and pastiche figures")
     parser.add_argument("--sizes", type=int, nargs="+", default=[256, 512])
     args = parser.parse_args()
     keep_freed_memory("bench")  # the same allocator settings as the stylize command
@@ -155,15 +217,20 @@ def main() -> None:
     out = HERE / "out"
     out.mkdir(exist_ok=True)
     cpu = next((l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines() if l.startswith("model name")), platform.processor())
-    results: dict = {
+    previous = HERE / "results.json"
+    results: dict = json.loads(previous.read_text()) if previous.is_file() else {}  # sections not rerun are kept
+    results |= {
         "machine": f"{cpu}, {torch.backends.cpu.get_cpu_capability()}", "torch": torch.__version__,
         "threads": torch.get_num_threads(), "date": time.strftime("%Y-%m-%d"),
     }
-    print("per-iteration time against the floor", flush=True)
-    results["per_iteration"] = floor_and_iteration(args.sizes)
-    if not args.skip_pastiche:
+    if not args.skip_core:
+        print("per-iteration time against the floor", flush=True)
+        results["per_iteration"] = floor_and_iteration(args.sizes)
+    if not (args.skip_pastiche or args.skip_core):
         print("stylize against pastiche", flush=True)
         results["pastiche"] = versus_pastiche(out)
+    print("pipeline: rerun, style cache, video", flush=True)
+    results["pipeline"] = pipeline_figures(out / "pipeline")
     (HERE / "results.json").write_text(json.dumps(results, indent=1))
     (HERE / "results.md").write_text(_markdown(results))
     print(_markdown(results))

@@ -57,15 +57,15 @@ def run(
     from pipeline.execute import DeviceError, execute
     from pipeline.lock import LockHeld, run_lock
 
-    config, jobs = _plan(config_path)
+    config, plan = _plan(config_path)
     if dry_run:
-        _show_plan(config, jobs)
+        _show_plan(config, plan)
         return
     log = functools.partial(_log, file=config.output.dir / LOG_NAME)
     try:
         with run_lock(config.output.dir):
-            log(f"{len(jobs)} jobs from {config_path}")
-            outcomes = execute(config, jobs, log)
+            log(f"{len(plan.jobs)} jobs from {config_path}")
+            outcomes = execute(config, plan, log)
     except LockHeld as exc:
         _fail(str(exc), EXIT_LOCKED)
     except DeviceError as exc:
@@ -81,16 +81,16 @@ def run(
     raise typer.Exit(EXIT_FAILED if failed else EXIT_OK)
 
 
-def _show_plan(config, jobs) -> None:
-    from pipeline.execute import relative_output
+def _show_plan(config, plan) -> None:
+    from pipeline.execute import is_done, relative_output
     from pipeline.manifest import Manifest
 
     manifest = Manifest(config.output.dir)
     counts: dict[str, int] = {}
-    for job in jobs:
+    for job in [*plan.jobs, *plan.videos]:
         rel = relative_output(job, config.output.dir)
         record = manifest.records.get(rel)
-        if manifest.is_done(rel, job.key, job.output.is_file()):
+        if is_done(job, manifest, config.output.dir):
             state = "done"
         elif record is not None and record.state == "failed" and record.key == job.key:
             state = "failed"
@@ -98,9 +98,10 @@ def _show_plan(config, jobs) -> None:
             state = "pending"
         counts[state] = counts.get(state, 0) + 1
         extra = f"  ({record.error})" if state == "failed" and record else ""
-        typer.echo(f"{state:8} {job.source.relative} × {job.style.name} -> {rel}{extra}")
+        typer.echo(f"{state:8} {job.name} -> {rel}{extra}")
     summary = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
-    typer.echo(f"{len(jobs)} jobs: {summary or 'none'}")
+    videos = f" and {len(plan.videos)} videos" if plan.videos else ""
+    typer.echo(f"{len(plan.jobs)} jobs{videos}: {summary or 'none'}")
 
 
 @app.command("plan")
