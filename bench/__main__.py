@@ -156,7 +156,8 @@ def pipeline_figures(work: Path, images: int = 50) -> dict:
         folder.mkdir(parents=True)
         for i in range(images):
             x, y = (7 * i + (300 if batch == "b" else 0)) % 380, (11 * i) % 380
-            photo.crop((x, y, x + 132, y + 132)).resize((64, 64)).save(folder / f"img{i:03d}.png")
+            name = f"photo_{chr(97 + i // 26)}{chr(97 + i % 26)}.png"  # not numbered: that would be a sequence
+            photo.crop((x, y, x + 132, y + 132)).resize((64, 64)).save(folder / name)
     cache = work / "cache"
     first = _batch_config(work / "a.yaml", work / "in_a", work / "out_a", cache, 48, 2)
     t_first = _run_config(first)

@@ -94,6 +94,8 @@ def execute(config: Config, plan: Plan, log: Log) -> list[Outcome]:
     device = pick_device(config.devices)
     out_dir = config.output.dir
     out_dir.mkdir(parents=True, exist_ok=True)
+    for stale in out_dir.rglob(".*.part*"):  # temporaries of a killed run (we hold the lock)
+        stale.unlink(missing_ok=True)
     manifest = Manifest(out_dir)
     done = [is_done(j, manifest, out_dir) for j in plan.jobs]
     pending = [j for j, d in zip(plan.jobs, done) if not d]
