@@ -10,7 +10,7 @@ from __future__ import annotations
 import difflib
 import os
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Annotated, Any, Literal, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -113,7 +113,10 @@ class Config(_Strict):
     optimize: OptimizeConfig = OptimizeConfig()
     model: ModelConfig = ModelConfig()
     video: VideoConfig = VideoConfig()
-    devices: Union[Literal["auto", "cpu"], list[str]] = Field(default="auto", description="auto | cpu | [cuda:0, cuda:1]")
+    devices: Union[Literal["auto", "cpu"], list[Annotated[str, Field(pattern=r"^(cpu|cuda:\d+)$")]]] = Field(
+        default="auto", description="auto (every GPU, else the CPU) | cpu | [cuda:0, cuda:1]"
+    )
+    workers_per_device: int = Field(default=1, ge=1, le=64, description="worker processes per device")
     executor: Literal["local", "dask"] = Field(default="local")
     scheduler: str | None = Field(default=None, description="with executor: dask: local | tcp://host:8786")
     cache_dir: Path = Field(default=Path("~/.cache/stylize"), description="style Gram cache")

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import os
 import time
+import uuid
 from dataclasses import dataclass
+from multiprocessing import Manager
 from pathlib import Path
-from typing import Callable, Union
+from queue import Queue
+from typing import Callable, Iterator, Union
 
 import torch
+from joblib import Parallel, delayed
 
 from pipeline.cache import StyleCache
 from pipeline.config import Config
@@ -31,14 +36,23 @@ class DeviceError(ValueError):
     """A requested device does not exist here."""
 
 
-def pick_device(devices: str | list[str]) -> str:
-    """The device to run on: the first listed, or for auto the first GPU, else the CPU."""
+def resolve_devices(devices: str | list[str]) -> list[str]:
+    """The devices to use: auto means every CUDA GPU, else the CPU; listed devices must exist."""
     if devices == "auto":
-        return "cuda:0" if torch.cuda.is_available() else "cpu"
-    device = devices[0] if isinstance(devices, list) else devices
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise DeviceError(f"device {device}: CUDA is not available on this machine")
-    return device
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        return [f"cuda:{i}" for i in range(count)] or ["cpu"]
+    listed = devices if isinstance(devices, list) else [devices]
+    for device in listed:
+        if device.startswith("cuda") and not torch.cuda.is_available():
+            raise DeviceError(f"device {device}: CUDA is not available on this machine")
+        if device.startswith("cuda:") and int(device.split(":")[1]) >= torch.cuda.device_count():
+            raise DeviceError(f"device {device}: this machine has {torch.cuda.device_count()} GPUs")
+    return listed
+
+
+def pick_device(devices: str | list[str]) -> str:
+    """The first device of `resolve_devices`."""
+    return resolve_devices(devices)[0]
 
 
 def relative_output(job: Union[Job, VideoOut], out_dir: Path) -> str:
@@ -70,9 +84,55 @@ def _run_one(renderer: Renderer, job: Job, rel: str) -> Record:
         return Record(**base, state="failed", error=_failure(exc, job.content))
     losses = {"loss": r.loss, "content": r.content, "style": r.style, "tv": r.tv}
     return Record(
-        **base, state="done", losses=losses, iterations=r.iterations, device=r.device, seconds=round(r.seconds, 3),
+        **base, state="done", losses=losses, iterations=r.iterations, device=r.device, pid=os.getpid(),
+        seconds=round(r.seconds, 3),
         style_hits=r.style_hits, style_misses=r.style_misses, style_seconds=round(r.style_seconds, 3),
     )
+
+
+def _renderer(config: Config, device: str) -> Renderer:
+    return Renderer(
+        config.optimize.settings(), device=device, weights=config.model.weights,
+        pooling=config.model.pooling, init_path=config.optimize.init_path, cache=StyleCache(config.cache_dir),
+    )
+
+
+# Per worker process: (run id, Renderer). A process loads the model once per run and keeps its style targets warm.
+_WORKER: dict[str, tuple[str, Renderer]] = {}
+
+
+def _worker_job(run_id: str, config: Config, slots: Queue, index: int, job: Job, rel: str) -> tuple[int, Record]:
+    """Run one job in a pool process, claiming a device slot for life on its first job of a run."""
+    held = _WORKER.get("state")
+    if held is None or held[0] != run_id:
+        device, threads = slots.get()
+        torch.set_num_threads(threads)
+        _WORKER["state"] = held = (run_id, _renderer(config, device))
+    return index, _run_one(held[1], job, rel)
+
+
+def _records(config: Config, pending: list[Job], out_dir: Path, slots: list[str]) -> Iterator[tuple[Job, Record]]:
+    """(job, record) as each job finishes: in this process for one slot, else on a pool of processes
+    that pull jobs as they free up, so a slow job never leaves another worker idle."""
+    if not pending:
+        return
+    if len(slots) == 1:
+        renderer = _renderer(config, slots[0])
+        for job in pending:
+            yield job, _run_one(renderer, job, relative_output(job, out_dir))
+        return
+    cpu_slots = slots.count("cpu")
+    threads = max(1, torch.get_num_threads() // max(1, cpu_slots))
+    with Manager() as manager:
+        queue = manager.Queue()
+        for device in slots:
+            queue.put((device, threads if device == "cpu" else torch.get_num_threads()))
+        run_id = uuid.uuid4().hex
+        pool = Parallel(n_jobs=len(slots), backend="loky", return_as="generator_unordered", batch_size=1)
+        tasks = (delayed(_worker_job)(run_id, config, queue, i, job, relative_output(job, out_dir))
+                 for i, job in enumerate(pending))
+        for index, record in pool(tasks):
+            yield pending[index], record
 
 
 def _reassemble(video: VideoOut, rel: str) -> Record:
@@ -91,7 +151,7 @@ def execute(config: Config, plan: Plan, log: Log) -> list[Outcome]:
 
     Raises DeviceError before any work when the configured device does not exist.
     """
-    device = pick_device(config.devices)
+    slots = [d for d in resolve_devices(config.devices) for _ in range(config.workers_per_device)]
     out_dir = config.output.dir
     out_dir.mkdir(parents=True, exist_ok=True)
     for stale in out_dir.rglob(".*.part*"):  # temporaries of a killed run (we hold the lock)
@@ -102,14 +162,9 @@ def execute(config: Config, plan: Plan, log: Log) -> list[Outcome]:
     outcomes = [Outcome(j, manifest.records[relative_output(j, out_dir)], skipped=True) for j, d in zip(plan.jobs, done) if d]
     if outcomes:
         log(f"{len(outcomes)} of {len(plan.jobs)} jobs already done")
-    renderer = None
-    for i, job in enumerate(pending, start=1):
-        if renderer is None:
-            renderer = Renderer(
-                config.optimize.settings(), device=device, weights=config.model.weights,
-                pooling=config.model.pooling, init_path=config.optimize.init_path, cache=StyleCache(config.cache_dir),
-            )
-        record = _run_one(renderer, job, relative_output(job, out_dir))
+    if pending and len(slots) > 1:
+        log(f"{len(slots)} workers on {', '.join(sorted(set(slots)))}")
+    for i, (job, record) in enumerate(_records(config, pending, out_dir, slots), start=1):
         manifest.put(record)
         manifest.save()
         outcomes.append(Outcome(job, record, skipped=False))

@@ -25,6 +25,7 @@ class Record:
     losses: dict[str, float] | None = None
     iterations: int | None = None
     device: str | None = None
+    pid: int | None = None  # the worker process that made it
     seconds: float | None = None
     style_hits: int | None = None  # style target sets read from the cache
     style_misses: int | None = None  # style target sets encoded

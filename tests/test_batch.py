@@ -96,3 +96,24 @@ def test_style_is_encoded_once_across_runs_and_corrupt_entries_are_recomputed(sh
     result = runner.invoke(app, ["run", str(third)])
     assert result.exit_code == 0, result.output
     assert _manifest(tmp_path / "out_c")[0]["style_misses"] == 1
+
+
+@pytest.mark.slow
+def test_two_cpu_workers_share_the_jobs(shared, tmp_path):
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    photo = Image.open(shared / "content/chelsea.png").convert("RGB")
+    for i in range(8):
+        photo.crop((15 * i, 0, 15 * i + 300, 200)).save(inputs / f"cat_{chr(97 + i)}.png")
+    config = _config(tmp_path, inputs, "out", shared / "style/wave.jpg")
+    data = yaml.safe_load(config.read_text())
+    data.update(devices="cpu", workers_per_device=2)
+    data["optimize"].update(size=64, iterations=8)
+    config.write_text(yaml.safe_dump(data))
+    result = runner.invoke(app, ["run", str(config)])
+    assert result.exit_code == 0, result.output
+    assert "2 workers on cpu" in result.output
+    records = _manifest(tmp_path / "out")
+    assert len(records) == 8 and all(r["state"] == "done" for r in records)
+    assert len({r["pid"] for r in records}) == 2 and os.getpid() not in {r["pid"] for r in records}
+    assert all(Image.open(tmp_path / "out" / r["output"]).size == (64, 43) for r in records)
