@@ -33,3 +33,16 @@ def bundled():
 def model(bundled) -> VGGFeatures:
     layers = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu4_2", "relu5_1")
     return VGGFeatures(bundled, layers)
+
+
+def photo_crops(src: Path, folder: Path, count: int, offset: int = 0) -> Path:
+    """`count` different 300x200 crops of a real photo in `folder`, named by letters
+    (`photo_a.png`, …: numbered names would make them one frame sequence)."""
+    from PIL import Image
+
+    folder.mkdir(parents=True)
+    image = Image.open(src).convert("RGB")
+    for i in range(count):
+        x = 15 * (i + offset)
+        image.crop((x, 0, x + 300, 200)).save(folder / f"photo_{chr(97 + i)}.png")
+    return folder

@@ -12,6 +12,7 @@ import yaml
 from PIL import Image
 from typer.testing import CliRunner
 
+from conftest import photo_crops
 from pipeline.cli import app
 from pipeline.lock import LOCK_NAME, run_lock
 
@@ -29,16 +30,6 @@ def _config(tmp_path: Path, inputs: Path, out: str, style: Path) -> Path:
         "cache_dir": str(tmp_path / "cache"),
     }))
     return path
-
-
-def _crops(src: Path, folder: Path, count: int, offset: int = 0) -> Path:
-    """`count` different 96x64 crops of a real photo, all the same shape."""
-    folder.mkdir(parents=True)
-    image = Image.open(src).convert("RGB")
-    for i in range(count):
-        x = 20 * (i + offset)
-        image.crop((x, 0, x + 240, 160)).resize((96, 64)).save(folder / f"crop{i}.png")
-    return folder
 
 
 def _manifest(out: Path) -> list[dict]:
@@ -59,7 +50,7 @@ def test_second_run_on_a_locked_output_dir_exits_75_at_once(shared, tmp_path):
 
 
 def test_stale_lock_from_a_killed_run_does_not_block(shared, tmp_path):
-    inputs = _crops(shared / "content/coffee.png", tmp_path / "in", 1)
+    inputs = photo_crops(shared / "content/coffee.png", tmp_path / "in", 1)
     config = _config(tmp_path, inputs, "out", shared / "style/wave.jpg")
     out = tmp_path / "out"
     out.mkdir()
@@ -76,14 +67,14 @@ def test_stale_lock_from_a_killed_run_does_not_block(shared, tmp_path):
 @pytest.mark.slow
 def test_style_is_encoded_once_across_runs_and_corrupt_entries_are_recomputed(shared, tmp_path):
     style = shared / "style/wave.jpg"
-    first = _config(tmp_path, _crops(shared / "content/coffee.png", tmp_path / "a", 3), "out_a", style)
+    first = _config(tmp_path, photo_crops(shared / "content/coffee.png", tmp_path / "a", 3), "out_a", style)
     result = runner.invoke(app, ["run", str(first)])
     assert result.exit_code == 0, result.output
     records = _manifest(tmp_path / "out_a")
     assert sum(r["style_misses"] for r in records) == 1 and sum(r["style_hits"] for r in records) == 2
 
     # New content, same style and size, new process state: zero encodes.
-    second = _config(tmp_path, _crops(shared / "content/coffee.png", tmp_path / "b", 3, offset=5), "out_b", style)
+    second = _config(tmp_path, photo_crops(shared / "content/coffee.png", tmp_path / "b", 3, offset=5), "out_b", style)
     result = runner.invoke(app, ["run", str(second)])
     assert result.exit_code == 0, result.output
     assert "style targets: 0 encoded, 3 from cache" in result.output
@@ -92,7 +83,7 @@ def test_style_is_encoded_once_across_runs_and_corrupt_entries_are_recomputed(sh
     entries = list((tmp_path / "cache" / "styles").glob("*.pt"))
     assert len(entries) == 1
     entries[0].write_bytes(entries[0].read_bytes()[:100])  # truncated: must not be trusted
-    third = _config(tmp_path, _crops(shared / "content/coffee.png", tmp_path / "c", 1, offset=9), "out_c", style)
+    third = _config(tmp_path, photo_crops(shared / "content/coffee.png", tmp_path / "c", 1, offset=9), "out_c", style)
     result = runner.invoke(app, ["run", str(third)])
     assert result.exit_code == 0, result.output
     assert _manifest(tmp_path / "out_c")[0]["style_misses"] == 1
@@ -100,11 +91,7 @@ def test_style_is_encoded_once_across_runs_and_corrupt_entries_are_recomputed(sh
 
 @pytest.mark.slow
 def test_two_cpu_workers_share_the_jobs(shared, tmp_path):
-    inputs = tmp_path / "in"
-    inputs.mkdir()
-    photo = Image.open(shared / "content/chelsea.png").convert("RGB")
-    for i in range(8):
-        photo.crop((15 * i, 0, 15 * i + 300, 200)).save(inputs / f"cat_{chr(97 + i)}.png")
+    inputs = photo_crops(shared / "content/chelsea.png", tmp_path / "in", 8)
     config = _config(tmp_path, inputs, "out", shared / "style/wave.jpg")
     data = yaml.safe_load(config.read_text())
     data.update(devices="cpu", workers_per_device=2)

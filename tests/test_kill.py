@@ -14,6 +14,8 @@ import pytest
 import yaml
 from PIL import Image
 
+from conftest import photo_crops
+
 
 def _done(out: Path) -> set[str]:
     try:
@@ -25,11 +27,7 @@ def _done(out: Path) -> set[str]:
 
 @pytest.mark.slow
 def test_kill_9_five_times_then_rerun(shared, tmp_path):
-    inputs = tmp_path / "in"
-    inputs.mkdir()
-    photo = Image.open(shared / "content/astronaut.png").convert("RGB")
-    for i in range(10):
-        photo.crop((20 * i, 0, 20 * i + 300, 200)).save(inputs / f"photo_{chr(97 + i)}.png")  # letters: numbered names would form a sequence
+    inputs = photo_crops(shared / "content/astronaut.png", tmp_path / "in", 10)
     config = tmp_path / "config.yaml"
     config.write_text(yaml.safe_dump({
         "inputs": [str(inputs)], "styles": [{"name": "wave", "images": [str(shared / "style/wave.jpg")]}],
