@@ -10,7 +10,7 @@ from typing import List, Optional
 
 import typer
 
-from pipeline.config import ConfigError, OptimizeConfig, load_config
+from pipeline.config import ConfigError, OptimizeConfig, check_output_dir, load_config
 from pipeline.discover import InputError, discover
 from pipeline.images import ImageError
 from pipeline.model import WeightsError
@@ -61,6 +61,10 @@ def run(
     if dry_run:
         _show_plan(config, plan)
         return
+    try:
+        check_output_dir(config_path, config)
+    except ConfigError as exc:
+        _fail(str(exc))
     log = functools.partial(_log, file=config.output.dir / LOG_NAME)
     try:
         with run_lock(config.output.dir):

@@ -8,7 +8,9 @@ the config file's folder.
 from __future__ import annotations
 
 import difflib
+import json
 import os
+import tempfile
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
@@ -29,8 +31,8 @@ class _Strict(BaseModel):
 class StyleConfig(_Strict):
     """One named style: several images are blended by their weights."""
 
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="used in output names")
-    images: list[Path] = Field(min_length=1, description="style image files")
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="used in output names: letters, digits, _ . -")
+    images: list[Path] = Field(min_length=1, description="style image files; several are blended")
     weights: list[float] | None = Field(default=None, description="blend weights, one per image (default equal)")
 
     @model_validator(mode="after")
@@ -49,25 +51,25 @@ class StyleConfig(_Strict):
 
 
 class OutputConfig(_Strict):
-    dir: Path = Field(description="output folder; images mirror the input tree inside it")
-    format: Literal["png", "jpg", "same"] = Field(default="png", description="png | jpg | same (as the input)")
+    dir: Path = Field(description="output folder; images mirror the input tree as {rel dir}/{stem}.{style}.{ext}")
+    format: Literal["png", "jpg", "same"] = Field(default="png", description="png | jpg | same (the input's format; video frames are png)")
 
 
 class OptimizeConfig(_Strict):
     size: int = Field(default=512, ge=32, le=8192, description="longest side of the output, px")
-    scales: int = Field(default=3, ge=1, le=6, description="coarse-to-fine levels (each half the next)")
+    scales: int = Field(default=3, ge=1, le=6, description="coarse-to-fine levels, each twice the previous; levels under 64 px are dropped")
     iterations: int = Field(default=300, ge=1, le=100_000, description="iterations at the finest scale")
     coarse_iterations: float = Field(default=Settings.coarse_iterations, gt=0, le=8, description="each coarser level runs this many times the iterations of the next finer one")
     optimizer: Literal["lbfgs", "adam"] = Field(default="lbfgs", description="lbfgs | adam")
     learning_rate: float = Field(default=Settings.learning_rate, gt=0, description="Adam step size (image in [0, 1])")
-    content_weight: float = Field(default=Settings.content_weight, ge=0)
-    style_weight: float = Field(default=Settings.style_weight, ge=0)
+    content_weight: float = Field(default=Settings.content_weight, ge=0, description="weight of the content term")
+    style_weight: float = Field(default=Settings.style_weight, ge=0, description="weight of the style term")
     tv_weight: float = Field(default=Settings.tv_weight, ge=0, description="total variation weight")
-    content_layers: list[str] = Field(default=list(Settings.content_layers), min_length=1)
-    style_layers: dict[str, float] = Field(default_factory=lambda: dict(Settings().style_layers), min_length=1, description="layer: weight")
+    content_layers: list[str] = Field(default=list(Settings.content_layers), min_length=1, description="VGG-19 layers of the content term")
+    style_layers: dict[str, float] = Field(default_factory=lambda: dict(Settings().style_layers), min_length=1, description="VGG-19 layer: weight, for the style term")
     init: str = Field(default="content", description="content | noise | style | PATH to an image")
     preserve_colors: bool = Field(default=False, description="luminance-only transfer: keep the content's colours")
-    seed: int = Field(default=0, ge=0)
+    seed: int = Field(default=0, ge=0, description="random seed (noise init); results are deterministic on the CPU")
 
     @field_validator("content_layers", "style_layers")
     @classmethod
@@ -99,16 +101,16 @@ class ModelConfig(_Strict):
 
 
 class VideoConfig(_Strict):
-    temporal: bool = Field(default=True, description="flow-warped init and temporal loss")
-    temporal_weight: float = Field(default=1.0e2, ge=0)
-    reassemble: bool = Field(default=True, description="write a video file from the stylised frames")
+    temporal: bool = Field(default=True, description="flow-warped init and temporal loss (not implemented yet: frames are independent)")
+    temporal_weight: float = Field(default=1.0e2, ge=0, description="weight of the temporal term (not implemented yet)")
+    reassemble: bool = Field(default=True, description="write {clip}.{style}.mp4 once every frame of a video is done")
 
 
 class Config(_Strict):
     """The whole batch config."""
 
-    inputs: list[str] = Field(min_length=1, description="files, folders (recursive) and globs")
-    styles: list[StyleConfig] = Field(min_length=1)
+    inputs: list[str] = Field(min_length=1, description="image files, video files, folders (recursive; numbered frame folders become sequences) and globs")
+    styles: list[StyleConfig] = Field(min_length=1, description="one or more named styles")
     output: OutputConfig
     optimize: OptimizeConfig = OptimizeConfig()
     model: ModelConfig = ModelConfig()
@@ -117,9 +119,9 @@ class Config(_Strict):
         default="auto", description="auto (every GPU, else the CPU) | cpu | [cuda:0, cuda:1]"
     )
     workers_per_device: int = Field(default=1, ge=1, le=64, description="worker processes per device")
-    executor: Literal["local", "dask"] = Field(default="local")
-    scheduler: str | None = Field(default=None, description="with executor: dask: local | tcp://host:8786")
-    cache_dir: Path = Field(default=Path("~/.cache/stylize"), description="style Gram cache")
+    executor: Literal["local", "dask"] = Field(default="local", description="local (dask is not implemented yet)")
+    scheduler: str | None = Field(default=None, description="with executor: dask: local | tcp://host:8786 (not implemented yet)")
+    cache_dir: Path = Field(default=Path("~/.cache/stylize"), description="style Gram cache and decoded video frames, shared by runs")
 
     @field_validator("styles")
     @classmethod
@@ -129,6 +131,30 @@ class Config(_Strict):
         if dup:
             raise ValueError(f"style name {dup!r} is used twice")
         return styles
+
+
+def reference() -> str:
+    """The config reference as a markdown table, generated from the schema (the README carries it)."""
+    rows = ["| key | default | meaning |", "|---|---|---|"]
+
+    def walk(model: type[BaseModel], prefix: str) -> None:
+        for name, field in model.model_fields.items():
+            nested = next((a for a in getattr(field.annotation, "__args__", (field.annotation,))
+                           if isinstance(a, type) and issubclass(a, BaseModel)), None)
+            key = f"{prefix}{name}"
+            if nested is not None:
+                walk(nested, f"{key}[]." if "list" in str(field.annotation) else f"{key}.")
+                continue
+            if field.is_required():
+                default = "required"
+            else:
+                value = field.get_default(call_default_factory=True)
+                default = "`" + json.dumps(value, default=str) + "`" if value is not None else "`null`"
+            meaning = (field.description or "").replace("|", "\\|")
+            rows.append(f"| `{key}` | {default} | {meaning} |")
+
+    walk(Config, "")
+    return "\n".join(rows)
 
 
 def _key_path(loc: tuple[Any, ...]) -> str:
@@ -218,3 +244,15 @@ def load_config(path: Path) -> Config:
             "cache_dir": _resolve(base, config.cache_dir),
         }
     )
+
+
+def check_output_dir(config_path: Path, config: Config) -> None:
+    """Create the output dir and write a probe file there; raise ConfigError if that fails."""
+    out = config.output.dir
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write-probe.", dir=out)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise ConfigError(f"{config_path}: output.dir: cannot write to {out} ({exc.strerror or exc})") from None

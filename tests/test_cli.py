@@ -159,3 +159,22 @@ def test_missing_cuda_device_is_a_usage_error(shared, tmp_path):
     result = runner.invoke(app, ["run", str(config)])
     assert result.exit_code == 2 and "devices: device cuda:0: CUDA is not available" in result.output
     assert not list((tmp_path / "out").glob("*.png"))
+
+
+def test_readme_config_reference_is_generated_from_the_schema():
+    from pipeline.config import reference
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    assert reference() in readme
+
+
+def test_unwritable_output_dir_is_a_config_error(shared, tmp_path):
+    blocker = tmp_path / "not_a_folder"
+    blocker.write_text("a file where the output folder's parent should be")
+    config = _write_config(tmp_path, [shared / "content"], [("wave", shared / "style/wave.jpg")])
+    data = yaml.safe_load(config.read_text())
+    data["output"]["dir"] = str(blocker / "out")
+    config.write_text(yaml.safe_dump(data))
+    result = runner.invoke(app, ["run", str(config)])
+    assert result.exit_code == 2
+    assert "output.dir: cannot write to" in result.output and "not_a_folder" in result.output
