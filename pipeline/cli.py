@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import functools
 import sys
-import time
 from pathlib import Path
 from typing import List, Optional
 
@@ -14,6 +12,7 @@ from pipeline.config import ConfigError, OptimizeConfig, check_output_dir, load_
 from pipeline.discover import InputError, discover
 from pipeline.images import ImageError
 from pipeline.model import WeightsError
+from pipeline.progress import timestamped
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_LOCKED = 0, 1, 2, 75
 LOG_NAME = "stylize.log"
@@ -23,13 +22,8 @@ _DEFAULTS = OptimizeConfig()
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Batch neural style transfer (Gatys et al., VGG-19).")
 
 
-def _log(message: str, file: Path | None = None) -> None:
-    """A timestamped line on stderr, appended to `file` too when given."""
-    line = f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}"
-    typer.echo(line, err=True)
-    if file is not None:
-        with file.open("a", encoding="utf-8") as f:
-            f.write(line + "\n")
+def _log(message: str) -> None:
+    typer.echo(timestamped(message), err=True)
 
 
 def _fail(message: str, code: int = EXIT_USAGE) -> None:
@@ -56,6 +50,7 @@ def run(
     """Run the batch described by CONFIG. Exit 0: all done; 1: some jobs failed; 2: bad config; 75: locked."""
     from pipeline.execute import DeviceError, execute
     from pipeline.lock import LockHeld, run_lock
+    from pipeline.progress import RunReport
 
     config, plan = _plan(config_path)
     if dry_run:
@@ -65,23 +60,22 @@ def run(
         check_output_dir(config_path, config)
     except ConfigError as exc:
         _fail(str(exc))
-    log = functools.partial(_log, file=config.output.dir / LOG_NAME)
     try:
-        with run_lock(config.output.dir):
-            log(f"{len(plan.jobs)} jobs from {config_path}")
-            outcomes = execute(config, plan, log)
+        with run_lock(config.output.dir), RunReport(config.output.dir / LOG_NAME, sys.stderr.isatty()) as report:
+            report.log(f"{len(plan.jobs)} jobs from {config_path}")
+            outcomes = execute(config, plan, report)
+            failed = [o for o in outcomes if o.record.state == "failed"]
+            ran = sum(not o.skipped for o in outcomes)
+            encoded = sum(o.record.style_misses or 0 for o in outcomes if not o.skipped)
+            cached = sum(o.record.style_hits or 0 for o in outcomes if not o.skipped)
+            report.log(f"finished: {ran} run, {len(outcomes) - ran} skipped, {len(failed)} failed; "
+                       f"style targets: {encoded} encoded, {cached} from cache; manifest in {config.output.dir}")
+            for o in failed:
+                report.log(f"FAILED {o.job.name}: {o.record.error}")
     except LockHeld as exc:
         _fail(str(exc), EXIT_LOCKED)
     except DeviceError as exc:
         _fail(f"{config_path}: devices: {exc}")
-    failed = [o for o in outcomes if o.record.state == "failed"]
-    ran = sum(not o.skipped for o in outcomes)
-    encoded = sum(o.record.style_misses or 0 for o in outcomes if not o.skipped)
-    cached = sum(o.record.style_hits or 0 for o in outcomes if not o.skipped)
-    log(f"finished: {ran} run, {len(outcomes) - ran} skipped, {len(failed)} failed; "
-         f"style targets: {encoded} encoded, {cached} from cache; manifest in {config.output.dir}")
-    for o in failed:
-        log(f"FAILED {o.job.name}: {o.record.error}")
     raise typer.Exit(EXIT_FAILED if failed else EXIT_OK)
 
 

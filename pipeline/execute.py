@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from multiprocessing import Manager
 from pathlib import Path
 from queue import Queue
-from typing import Callable, Iterator, Union
+from typing import Iterator, Protocol, Union
 
 import torch
 from joblib import Parallel, delayed
@@ -29,7 +29,14 @@ class Outcome:
     skipped: bool  # done by an earlier run with the same key
 
 
-Log = Callable[[str], None]
+class Report(Protocol):
+    """Where a run tells what it does (see pipeline.progress.RunReport)."""
+
+    def log(self, message: str) -> None: ...
+
+    def start(self, pending: int) -> None: ...
+
+    def finished(self, record: Record) -> None: ...
 
 
 class DeviceError(ValueError):
@@ -145,7 +152,7 @@ def _reassemble(video: VideoOut, rel: str) -> Record:
     return Record(**base, state="done", iterations=len(video.frames), seconds=round(time.perf_counter() - start, 3))
 
 
-def execute(config: Config, plan: Plan, log: Log) -> list[Outcome]:
+def execute(config: Config, plan: Plan, report: Report) -> list[Outcome]:
     """Run every pending job, skipping done ones, saving the manifest after each; then
     reassemble each video whose frames are all done (also frames done by earlier runs).
 
@@ -161,15 +168,17 @@ def execute(config: Config, plan: Plan, log: Log) -> list[Outcome]:
     pending = [j for j, d in zip(plan.jobs, done) if not d]
     outcomes = [Outcome(j, manifest.records[relative_output(j, out_dir)], skipped=True) for j, d in zip(plan.jobs, done) if d]
     if outcomes:
-        log(f"{len(outcomes)} of {len(plan.jobs)} jobs already done")
+        report.log(f"{len(outcomes)} of {len(plan.jobs)} jobs already done")
     if pending and len(slots) > 1:
-        log(f"{len(slots)} workers on {', '.join(sorted(set(slots)))}")
+        report.log(f"{len(slots)} workers on {', '.join(sorted(set(slots)))}")
+    report.start(len(pending))
     for i, (job, record) in enumerate(_records(config, pending, out_dir, slots), start=1):
         manifest.put(record)
         manifest.save()
         outcomes.append(Outcome(job, record, skipped=False))
+        report.finished(record)
         detail = f"{record.seconds:.1f}s" if record.state == "done" else record.error
-        log(f"[{i}/{len(pending)}] {record.state} {job.name} -> {record.output} ({detail})")
+        report.log(f"[{i}/{len(pending)}] {record.state} {job.name} -> {record.output} ({detail})")
     for video in plan.videos:
         rel = relative_output(video, out_dir)
         if is_done(video, manifest, out_dir):
@@ -179,5 +188,5 @@ def execute(config: Config, plan: Plan, log: Log) -> list[Outcome]:
             manifest.put(record)
             manifest.save()
             outcomes.append(Outcome(video, record, skipped=False))
-            log(f"{record.state} {video.name} -> {rel} ({record.error or f'{len(video.frames)} frames at {video.fps} fps'})")
+            report.log(f"{record.state} {video.name} -> {rel} ({record.error or f'{len(video.frames)} frames at {video.fps} fps'})")
     return outcomes
