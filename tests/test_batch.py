@@ -12,7 +12,7 @@ import yaml
 from PIL import Image
 from typer.testing import CliRunner
 
-from conftest import photo_crops
+from conftest import gpu, photo_crops
 from pipeline.cli import app
 from pipeline.lock import LOCK_NAME, run_lock
 
@@ -104,3 +104,29 @@ def test_two_cpu_workers_share_the_jobs(shared, tmp_path):
     assert len(records) == 8 and all(r["state"] == "done" for r in records)
     assert len({r["pid"] for r in records}) == 2 and os.getpid() not in {r["pid"] for r in records}
     assert all(Image.open(tmp_path / "out" / r["output"]).size == (64, 43) for r in records)
+
+
+def test_devices_resolve_without_a_gpu():
+    import torch
+
+    from pipeline.execute import resolve_devices
+
+    expected = [f"cuda:{i}" for i in range(torch.cuda.device_count())] or ["cpu"]
+    assert resolve_devices("auto") == expected
+    assert resolve_devices("cpu") == ["cpu"] and resolve_devices(["cpu", "cpu"]) == ["cpu", "cpu"]
+
+
+@gpu
+@pytest.mark.slow
+def test_every_gpu_gets_a_worker(shared, tmp_path):
+    import torch
+
+    inputs = photo_crops(shared / "content/chelsea.png", tmp_path / "in", 2 * torch.cuda.device_count())
+    config = _config(tmp_path, inputs, "out", shared / "style/wave.jpg")
+    data = yaml.safe_load(config.read_text())
+    data["devices"] = "auto"
+    config.write_text(yaml.safe_dump(data))
+    result = runner.invoke(app, ["run", str(config)])
+    assert result.exit_code == 0, result.output
+    devices = {r["device"] for r in _manifest(tmp_path / "out")}
+    assert devices <= {f"cuda:{i}" for i in range(torch.cuda.device_count())} and "cpu" not in devices
