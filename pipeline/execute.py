@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from multiprocessing import Manager
 from pathlib import Path
 from queue import Queue
@@ -82,8 +82,6 @@ def _run_one(renderer: Renderer, job: Job, rel: str) -> Record:
     if job.error is not None:
         return Record(**base, state="failed", error=job.error)
     try:
-        if job.source.kind == "video" and not job.content.is_file():
-            extract_frames(job.source.path, job.content.parent)  # once per video; later calls are no-ops
         r = renderer.render(job.content, job.style.blend, job.output)
     except torch.cuda.OutOfMemoryError:
         return Record(**base, state="failed", error=f"{job.content}: out of device memory at size {renderer.settings.size}")
@@ -142,6 +140,23 @@ def _records(config: Config, pending: list[Job], out_dir: Path, slots: list[str]
             yield pending[index], record
 
 
+def _extract_videos(pending: list[Job], report: Report) -> list[Job]:
+    """Decode each video with pending frames once, here, before any worker needs them.
+
+    A video that cannot be decoded fails its pending frame jobs with the reason.
+    """
+    failed: dict[Path, str] = {}
+    for source in dict.fromkeys(j.source for j in pending if j.source.kind == "video" and j.error is None):
+        frames_dir = next(j.content.parent for j in pending if j.source == source)
+        try:
+            info = extract_frames(source.path, frames_dir)  # a no-op when already complete
+        except VideoError as exc:
+            failed[source.path] = str(exc)
+            continue
+        report.log(f"{source.relative}: {info.frames} frames at {info.fps} fps")
+    return [replace(j, error=failed[j.source.path]) if j.source.path in failed else j for j in pending]
+
+
 def _reassemble(video: VideoOut, rel: str) -> Record:
     base = dict(output=rel, source=str(video.source.path), style=video.frames[0].style.name, key=video.key)
     start = time.perf_counter()
@@ -171,6 +186,7 @@ def execute(config: Config, plan: Plan, report: Report) -> list[Outcome]:
         report.log(f"{len(outcomes)} of {len(plan.jobs)} jobs already done")
     if pending and len(slots) > 1:
         report.log(f"{len(slots)} workers on {', '.join(sorted(set(slots)))}")
+    pending = _extract_videos(pending, report)
     report.start(len(pending))
     for i, (job, record) in enumerate(_records(config, pending, out_dir, slots), start=1):
         manifest.put(record)
