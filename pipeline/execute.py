@@ -146,8 +146,8 @@ def _extract_videos(pending: list[Job], report: Report) -> list[Job]:
     A video that cannot be decoded fails its pending frame jobs with the reason.
     """
     failed: dict[Path, str] = {}
-    for source in dict.fromkeys(j.source for j in pending if j.source.kind == "video" and j.error is None):
-        frames_dir = next(j.content.parent for j in pending if j.source == source)
+    frame_dirs = {j.source: j.content.parent for j in pending if j.source.kind == "video" and j.error is None}
+    for source, frames_dir in frame_dirs.items():
         try:
             info = extract_frames(source.path, frames_dir)  # a no-op when already complete
         except VideoError as exc:

@@ -18,8 +18,8 @@ class Job:
     """One output image. `key` changes whenever anything that changes its pixels does.
 
     `content` is the image to stylise: the source itself, a frame of a
-    sequence, or a frame of a video (extracted on first use). A job with an
-    `error` fails with it without running.
+    sequence, or a frame of a video (decoded by execute before dispatch). A
+    job with an `error` fails with it without running.
     """
 
     source: Source
@@ -73,6 +73,11 @@ def frame_folder(source: Source, style: str, out_dir: Path) -> Path:
     rel = source.relative
     stem = rel.stem if source.kind == "video" else rel.name
     return out_dir / rel.parent / f"{stem}.{style}"
+
+
+def video_output(source: Source, style: str, out_dir: Path) -> Path:
+    """`clip.mp4` becomes `clip.<style>.mp4`, beside its frame folder."""
+    return Path(f"{frame_folder(source, style, out_dir)}.mp4")
 
 
 def video_frames_dir(cache_dir: Path, video_digest: str) -> Path:
@@ -142,7 +147,7 @@ class _Planner:
         except (VideoError, OSError) as exc:
             error = str(exc) if isinstance(exc, VideoError) else f"{source.path}: cannot read video ({exc.strerror})"
             jobs = [
-                Job(source, style, source.path, frame_folder(source, style.name, cfg.output.dir).with_suffix(".mp4"),
+                Job(source, style, source.path, video_output(source, style.name, cfg.output.dir),
                     key="unreadable", error=error)
                 for style, _ in self.styles
             ]
@@ -159,7 +164,7 @@ class _Planner:
             jobs.extend(style_jobs)
             if cfg.video.reassemble:
                 key = value_digest({"frames": [j.key for j in style_jobs], "fps": str(info.fps), "audio": digest})
-                out = Path(f"{folder}.mp4")
+                out = video_output(source, style.name, cfg.output.dir)
                 videos.append(VideoOut(source, style_jobs, out, info.fps, key))
         return jobs, videos
 

@@ -91,3 +91,5 @@ def test_unreadable_video_fails_only_its_jobs(tmp_path, shared):
     result = runner.invoke(app, ["run", str(config)])
     assert result.exit_code == 1
     assert "broken.mp4" in result.output and (tmp_path / "out" / "coffee.wave.png").is_file()
+    records = json.loads((tmp_path / "out" / "manifest.json").read_text())["jobs"]
+    assert records["broken.wave.mp4"]["state"] == "failed"  # named like the video it would have made
