@@ -182,6 +182,76 @@ def pipeline_figures(work: Path, images: int = 50) -> dict:
     }
 
 
+def _first_frames(video: Path, folder: Path, count: int) -> None:
+    """The first `count` frames of `video` as a numbered PNG sequence (the pipeline's frame-sequence input)."""
+    import cv2
+
+    folder.mkdir(parents=True, exist_ok=True)
+    capture = cv2.VideoCapture(str(video))
+    for i in range(1, count + 1):
+        ok, frame = capture.read()
+        if not ok:
+            raise SystemExit(f"bench: {video} has fewer than {count} frames")
+        cv2.imwrite(str(folder / f"frame_{i:04d}.png"), frame)
+    capture.release()
+
+
+def video_figures(work: Path, frames: int = 48, size: int = 256, iterations: int = 40) -> dict:
+    """Temporal consistency on the first frames of cockatoo.mp4: independent frames, one temporal
+    chain, and the same chain split into 16-frame segments (seams every 16 frames)."""
+    import shutil
+
+    import yaml
+
+    shutil.rmtree(work, ignore_errors=True)
+    clip = work / "cockatoo"
+    _first_frames(SHARED / "video" / "cockatoo.mp4", clip, frames)
+    runs = {
+        "independent": {"temporal": False},
+        "temporal": {"temporal": True},
+        "segments": {"temporal": True, "segment_frames": 16, "segment_overlap": 8},
+    }
+    out: dict = {"frames": frames, "size": size, "iterations": iterations}
+    for name, video in runs.items():
+        config = work / f"{name}.yaml"
+        config.write_text(yaml.safe_dump({
+            "inputs": [str(clip)], "styles": [{"name": "starry", "images": [str(STYLE)]}],
+            "output": {"dir": str(work / name)}, "optimize": {"size": size, "iterations": iterations, "scales": 1},
+            "video": video, "cache_dir": str(work / "cache"),
+        }))
+        seconds = _run_config(config)
+        records = json.loads((work / name / "manifest.json").read_text())["jobs"]
+        metrics = records["cockatoo.starry"]["metrics"]
+        frame_records = [records[k] for k in sorted(records) if k.startswith("cockatoo.starry/")]
+        rendered = [r for r in frame_records if r.get("losses")]
+        out[name] = {
+            "seconds": round(seconds, 1), "frames_per_minute": round(60 * frames / seconds, 2), **metrics,
+            "first_iterations": rendered[0]["iterations"],
+            "later_iterations": statistics.fmean(r["iterations"] for r in rendered[1:]),
+            "style_loss": statistics.fmean(r["losses"]["style"] for r in rendered),
+        }
+        print(f"  {name}: {seconds:.0f}s, warp error {metrics['warp_error']:.3g} (content {metrics['warp_error_content']:.3g})"
+              + (f", seams {metrics['warp_error_seams']:.3g} vs inside {metrics['warp_error_inside']:.3g}" if "warp_error_seams" in metrics else ""),
+              flush=True)
+    return out
+
+
+def _video_markdown(v: dict) -> list[str]:
+    ind, tem, seg = v["independent"], v["temporal"], v["segments"]
+    return [
+        "", f"cockatoo.mp4, first {v['frames']} frames at {v['size']} px, starry night, {v['iterations']} iterations (one scale):", "",
+        "| run | warp error | vs independent | iterations: first / later frames | mean style loss | frames per minute |",
+        "|---|---|---|---|---|---|",
+        *(f"| {label} | {r['warp_error']:.3g} | {r['warp_error'] / ind['warp_error']:.2f}× | "
+          f"{r['first_iterations']} / {r['later_iterations']:.1f} | {r['style_loss']:.4g} ({r['style_loss'] / ind['style_loss']:.2f}×) | "
+          f"{r['frames_per_minute']} |"
+          for label, r in (("independent frames", ind), ("temporal, one chain", tem), ("temporal, 16-frame segments", seg))),
+        f"| content frames (the floor) | {ind['warp_error_content']:.3g} | | | | |",
+        "", f"Seams (16-frame segments, 8 frames cross-faded): warp error {seg['warp_error_seams']:.3g} at seams vs "
+        f"{seg['warp_error_inside']:.3g} inside segments ({seg['warp_error_seams'] / seg['warp_error_inside']:.2f}×).",
+    ]
+
+
 def _markdown(results: dict) -> str:
     lines = [f"Machine: {results['machine']}; torch {results['torch']}; {results['threads']} threads.", ""]
     lines += ["| size | conv GFLOP | floor: bare VGG fwd+bwd (direct conv) | floor GFLOP/s | bare VGG, Winograd | our iteration | vs floor | vs bare Winograd |",
@@ -203,6 +273,8 @@ def _markdown(results: dict) -> str:
                   f"| rerun of the finished config (zero jobs run: {b['rerun_zero_jobs']}) | {b['rerun_s']} s |",
                   f"| style encoding: first run / second run with {b['images']} new images | {b['style_encode_first_s']} s / {b['style_encode_second_s']} s |",
                   f"| big_buck_bunny_432_433.webm at 128 px, 10 iterations | {b['video_frames']} frames at {b['video_fps']} fps, audio {', '.join(b['video_audio']) or 'none'}, {b['video_s']} s |"]
+    if results.get("video"):
+        lines += _video_markdown(results["video"])
     return "\n".join(lines) + "\n"
 
 
@@ -210,6 +282,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     parser.add_argument("--skip-pastiche", action="store_true")
     parser.add_argument("--skip-core", action="store_true", help="skip the per-iteration and pastiche figures")
+    parser.add_argument("--skip-pipeline", action="store_true", help="skip the rerun, style-cache and video-with-audio figures")
+    parser.add_argument("--skip-video", action="store_true", help="skip the temporal-consistency figures (about 15 minutes)")
     parser.add_argument("--sizes", type=int, nargs="+", default=[256, 512])
     args = parser.parse_args()
     keep_freed_memory("bench")  # the same allocator settings as the stylize command
@@ -230,8 +304,12 @@ def main() -> None:
     if not (args.skip_pastiche or args.skip_core):
         print("stylize against pastiche", flush=True)
         results["pastiche"] = versus_pastiche(out)
-    print("pipeline: rerun, style cache, video", flush=True)
-    results["pipeline"] = pipeline_figures(out / "pipeline")
+    if not args.skip_pipeline:
+        print("pipeline: rerun, style cache, video", flush=True)
+        results["pipeline"] = pipeline_figures(out / "pipeline")
+    if not args.skip_video:
+        print("temporal consistency: cockatoo.mp4", flush=True)
+        results["video"] = video_figures(out / "video")
     (HERE / "results.json").write_text(json.dumps(results, indent=1))
     (HERE / "results.md").write_text(_markdown(results))
     print(_markdown(results))

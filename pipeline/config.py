@@ -101,9 +101,25 @@ class ModelConfig(_Strict):
 
 
 class VideoConfig(_Strict):
-    temporal: bool = Field(default=True, description="flow-warped init and temporal loss (not implemented yet: frames are independent)")
-    temporal_weight: float = Field(default=1.0e2, ge=0, description="weight of the temporal term (not implemented yet)")
+    temporal: bool = Field(default=True, description="temporal consistency for videos and frame sequences: each frame starts from the previous stylised frame warped by optical flow, with a temporal loss")
+    temporal_weight: float = Field(default=50.0, ge=0, description="weight of the temporal loss (mean squared difference to the warped previous frame, [0, 1] RGB, where the flow is reliable)")
+    long_term: list[Annotated[int, Field(ge=2, le=64)]] = Field(default=[], description="earlier frames also held by the temporal loss besides t-1, e.g. [2, 4] (Ruder et al.'s long-term consistency)")
+    iterations_after_first: int | None = Field(default=None, ge=1, description="iterations for each frame after the first of a shot (one scale, warped init); null: a quarter of optimize.iterations")
+    flow: Literal["dis", "farneback"] = Field(default="dis", description="optical flow: OpenCV DIS (fast, accurate) or Farneback")
+    segment_frames: int = Field(default=100, ge=2, description="frames per segment: segments render in parallel, each a sequential chain")
+    segment_overlap: int = Field(default=8, ge=0, description="frames each segment renders before its start and cross-fades with the previous segment, so no seam shows")
+    measure: bool = Field(default=True, description="record the warp error of each stylised clip (and of its content, the floor) in the manifest")
     reassemble: bool = Field(default=True, description="write {clip}.{style}.mp4 once every frame of a video is done")
+
+    def after_first(self, iterations: int) -> int:
+        """Iterations for frames that follow an earlier stylised frame."""
+        return self.iterations_after_first or max(1, round(iterations / 4))
+
+    @model_validator(mode="after")
+    def _overlap_fits(self) -> "VideoConfig":
+        if self.segment_overlap >= self.segment_frames:
+            raise ValueError(f"segment_overlap ({self.segment_overlap}) must be below segment_frames ({self.segment_frames})")
+        return self
 
 
 class Config(_Strict):

@@ -3,28 +3,36 @@
 from __future__ import annotations
 
 import os
+import threading
 import time
 import uuid
 from dataclasses import dataclass, replace
 from multiprocessing import Manager
 from pathlib import Path
 from queue import Queue
-from typing import Iterator, Protocol, Union
+from typing import Callable, Iterator, Protocol, Union
 
 import torch
 from joblib import Parallel, delayed
 
 from pipeline.cache import StyleCache
+from pipeline.chain import run_segment
 from pipeline.config import Config
-from pipeline.manifest import Manifest, Record
-from pipeline.plan import Job, Plan, VideoOut
-from pipeline.render import Renderer
+from pipeline.consistency import measure
+from pipeline.flow import FlowCache
+from pipeline.images import read_image, write_image
+from pipeline.manifest import Manifest, Record, reason
+from pipeline.plan import ChainFrame, Clip, Job, Plan, Seam, Segment, VideoOut
+from pipeline.render import Rendered, Renderer
 from pipeline.video import VideoError, assemble, extract_frames
+
+
+Task = Union[Job, Segment]  # what a worker runs: one job, or a segment's frames in order
 
 
 @dataclass(frozen=True)
 class Outcome:
-    job: Union[Job, VideoOut]
+    job: Union[Job, VideoOut, Clip]
     record: Record
     skipped: bool  # done by an earlier run with the same key
 
@@ -62,37 +70,67 @@ def pick_device(devices: str | list[str]) -> str:
     return resolve_devices(devices)[0]
 
 
-def relative_output(job: Union[Job, VideoOut], out_dir: Path) -> str:
+def relative_output(job: Union[Job, VideoOut, Clip], out_dir: Path) -> str:
     return job.output.relative_to(out_dir).as_posix()
 
 
-def is_done(job: Union[Job, VideoOut], manifest: Manifest, out_dir: Path) -> bool:
+def is_done(job: Union[Job, VideoOut, Clip], manifest: Manifest, out_dir: Path) -> bool:
     """Done when the output exists and its manifest record has the same key."""
-    return manifest.is_done(relative_output(job, out_dir), job.key, job.output.is_file())
+    return manifest.is_done(relative_output(job, out_dir), job.key, job.output.exists())
 
 
-def _failure(exc: BaseException, path: Path) -> str:
-    """A one-line reason that names the file."""
-    message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    return message if str(path) in message else f"{path}: {message}"
+def _base(job: Job, rel: str, key: str | None = None) -> dict:
+    """The fields every record of `job`'s source and style shares (`key`: the record's own, if not the job's)."""
+    return dict(output=rel, source=str(job.source.path), style=job.style.name, key=key or job.key)
 
 
-def _run_one(renderer: Renderer, job: Job, rel: str) -> Record:
-    base = dict(output=rel, source=str(job.source.path), style=job.style.name, key=job.key)
-    if job.error is not None:
-        return Record(**base, state="failed", error=job.error)
-    try:
-        r = renderer.render(job.content, job.style.blend, job.output)
-    except torch.cuda.OutOfMemoryError:
-        return Record(**base, state="failed", error=f"{job.content}: out of device memory at size {renderer.settings.size}")
-    except Exception as exc:  # one bad job never stops the run
-        return Record(**base, state="failed", error=_failure(exc, job.content))
+def _record(job: Job, rel: str, r: Rendered) -> Record:
     losses = {"loss": r.loss, "content": r.content, "style": r.style, "tv": r.tv}
+    if r.temporal:
+        losses["temporal"] = r.temporal
     return Record(
-        **base, state="done", losses=losses, iterations=r.iterations, device=r.device, pid=os.getpid(),
+        **_base(job, rel), state="done", losses=losses, iterations=r.iterations, device=r.device, pid=os.getpid(),
         seconds=round(r.seconds, 3),
         style_hits=r.style_hits, style_misses=r.style_misses, style_seconds=round(r.style_seconds, 3),
     )
+
+
+def _run_one(renderer: Renderer, job: Job, rel: str) -> Record:
+    if job.error is not None:
+        return Record(**_base(job, rel), state="failed", error=job.error)
+    try:
+        r = renderer.render(job.content, job.style.blend, job.output)
+    except torch.cuda.OutOfMemoryError:
+        return Record(**_base(job, rel), state="failed", error=f"{job.content}: out of device memory at size {renderer.settings.size}")
+    except Exception as exc:  # one bad job never stops the run
+        return Record(**_base(job, rel), state="failed", error=reason(exc, job.content))
+    return _record(job, rel, r)
+
+
+def _segment_records(
+    renderer: Renderer, config: Config, segment: Segment, done: frozenset[Path], out_dir: Path,
+) -> Iterator[tuple[Job, Record]]:
+    """Run a segment; a record for each of its own frames it rendered (cross-faded versions get none)."""
+    def is_rendered(frame: ChainFrame) -> bool:
+        return frame.path in done if frame.path == frame.job.output else frame.path.is_file()
+
+    flows = FlowCache(config.cache_dir / "flow")
+    for result in run_segment(renderer, segment, config.video, flows, is_rendered):
+        job = result.frame.job
+        rel = relative_output(job, out_dir)
+        if result.frame.path != job.output and result.rendered is not None:
+            continue  # a version to cross-fade; the frame's record comes with the cross-fade
+        if result.rendered is None:
+            yield job, Record(**_base(job, rel), state="failed", error=result.error)
+        else:
+            yield job, _record(job, rel, result.rendered)
+
+
+def _run_task(renderer: Renderer, config: Config, task: Task, done: frozenset[Path], out_dir: Path) -> Iterator[tuple[Job, Record]]:
+    if isinstance(task, Segment):
+        yield from _segment_records(renderer, config, task, done, out_dir)
+    else:
+        yield task, _run_one(renderer, task, relative_output(task, out_dir))
 
 
 def _renderer(config: Config, device: str) -> Renderer:
@@ -102,42 +140,106 @@ def _renderer(config: Config, device: str) -> Renderer:
     )
 
 
+_END = ("end", None)  # what the pool's driver thread sends after the last record
+
 # Per worker process: (run id, Renderer). A process loads the model once per run and keeps its style targets warm.
 _WORKER: dict[str, tuple[str, Renderer]] = {}
 
 
-def _worker_job(run_id: str, config: Config, slots: Queue, index: int, job: Job, rel: str) -> tuple[int, Record]:
-    """Run one job in a pool process, claiming a device slot for life on its first job of a run."""
+def _worker_task(
+    run_id: str, config: Config, slots: Queue, results: Queue, task: Task, done: frozenset[Path], out_dir: Path,
+) -> None:
+    """Run one task in a pool process, claiming a device slot for life on its first task of a run.
+
+    Each record goes to `results` as soon as its job ends, so a long segment's frames reach the
+    manifest one by one.
+    """
     held = _WORKER.get("state")
     if held is None or held[0] != run_id:
         device, threads = slots.get()
         torch.set_num_threads(threads)
         _WORKER["state"] = held = (run_id, _renderer(config, device))
-    return index, _run_one(held[1], job, rel)
+    for item in _run_task(held[1], config, task, done, out_dir):
+        results.put(item)
 
 
-def _records(config: Config, pending: list[Job], out_dir: Path, slots: list[str]) -> Iterator[tuple[Job, Record]]:
-    """(job, record) as each job finishes: in this process for one slot, else on a pool of processes
-    that pull jobs as they free up, so a slow job never leaves another worker idle."""
-    if not pending:
+def _records(
+    config: Config, tasks: list[Task], done: frozenset[Path], out_dir: Path, slots: list[str],
+) -> Iterator[tuple[Job, Record]]:
+    """(job, record) as jobs finish: in this process for one slot, else on a pool of processes
+    that pull tasks as they free up, so a slow task never leaves another worker idle."""
+    if not tasks:
         return
     if len(slots) == 1:
         renderer = _renderer(config, slots[0])
-        for job in pending:
-            yield job, _run_one(renderer, job, relative_output(job, out_dir))
+        for task in tasks:
+            yield from _run_task(renderer, config, task, done, out_dir)
         return
     cpu_slots = slots.count("cpu")
     threads = max(1, torch.get_num_threads() // max(1, cpu_slots))
     with Manager() as manager:
-        queue = manager.Queue()
+        slot_queue, results = manager.Queue(), manager.Queue()
         for device in slots:
-            queue.put((device, threads if device == "cpu" else torch.get_num_threads()))
+            slot_queue.put((device, threads if device == "cpu" else torch.get_num_threads()))
         run_id = uuid.uuid4().hex
         pool = Parallel(n_jobs=len(slots), backend="loky", return_as="generator_unordered", batch_size=1)
-        tasks = (delayed(_worker_job)(run_id, config, queue, i, job, relative_output(job, out_dir))
-                 for i, job in enumerate(pending))
-        for index, record in pool(tasks):
-            yield pending[index], record
+        calls = pool(delayed(_worker_task)(run_id, config, slot_queue, results, t, done, out_dir) for t in tasks)
+
+        failure: list[BaseException] = []
+
+        def drive() -> None:  # runs the pool; a worker's crash is re-raised below, in this thread
+            try:
+                for _ in calls:
+                    pass
+            except BaseException as exc:  # noqa: BLE001
+                failure.append(exc)
+            finally:
+                results.put(_END)
+
+        runner = threading.Thread(target=drive, name="pool", daemon=True)
+        runner.start()
+        while (item := results.get()) != _END:
+            yield item
+        runner.join()
+        if failure:
+            raise failure[0]
+
+
+def _tasks(plan: Plan, pending: list[Job]) -> list[Task]:
+    """Pending single jobs, and each segment with work left, longest first. Jobs that already
+    carry an error (an undecodable video) fail as single jobs."""
+    chained = plan.chained()
+    waiting = {j.output for j in pending if j.error is None}
+    singles: list[Task] = [j for j in pending if j.output not in chained or j.error is not None]
+
+    def has_work(segment: Segment) -> bool:
+        return any(f.job.output in waiting and (f.path == f.job.output or not f.path.is_file()) for f in segment.frames)
+
+    segments = [s for s in plan.segments if has_work(s)]
+    return sorted(segments, key=lambda s: -len(s.frames)) + singles
+
+
+def _stitch(seam: Seam, rel: str) -> Record:
+    """Cross-fade a frame's two segment versions into its output."""
+    base = _base(seam.job, rel)
+    start = time.perf_counter()
+    try:
+        earlier, later = read_image(seam.earlier), read_image(seam.later)
+        write_image(torch.lerp(earlier, later, seam.weight), seam.job.output)
+    except Exception as exc:
+        return Record(**base, state="failed", error=f"{seam.job.output}: cannot cross-fade its segments ({reason(exc, seam.earlier)})")
+    return Record(**base, state="done", iterations=0, seconds=round(time.perf_counter() - start, 3))
+
+
+def _measure(clip: Clip, config: Config, rel: str, seams: list[int]) -> Record:
+    base = _base(clip.frames[0], rel, clip.key)
+    start = time.perf_counter()
+    try:
+        metrics = measure([j.content for j in clip.frames], [j.output for j in clip.frames],
+                          FlowCache(config.cache_dir / "flow"), config.video.flow, seams)
+    except Exception as exc:
+        return Record(**base, state="failed", error=f"{clip.output}: cannot measure the warp error ({exc})")
+    return Record(**base, state="done", metrics=metrics, seconds=round(time.perf_counter() - start, 3))
 
 
 def _extract_videos(pending: list[Job], report: Report) -> list[Job]:
@@ -158,18 +260,33 @@ def _extract_videos(pending: list[Job], report: Report) -> list[Job]:
 
 
 def _reassemble(video: VideoOut, rel: str) -> Record:
-    base = dict(output=rel, source=str(video.source.path), style=video.frames[0].style.name, key=video.key)
+    base = _base(video.clip.frames[0], rel, video.key)
     start = time.perf_counter()
     try:
-        assemble([j.output for j in video.frames], video.output, video.fps, audio_from=video.source.path)
+        assemble([j.output for j in video.clip.frames], video.output, video.fps, audio_from=video.clip.source.path)
     except VideoError as exc:
         return Record(**base, state="failed", error=str(exc))
-    return Record(**base, state="done", iterations=len(video.frames), seconds=round(time.perf_counter() - start, 3))
+    return Record(**base, state="done", iterations=len(video.clip.frames), seconds=round(time.perf_counter() - start, 3))
+
+
+def _finish(
+    item: Union[Seam, Clip, VideoOut], manifest: Manifest, out_dir: Path, rerun: bool, make: Callable[[str], Record],
+) -> Outcome | None:
+    """Run a step that needs finished frames (cross-fade, measurement, reassembly) unless done already."""
+    job = item.job if isinstance(item, Seam) else item
+    rel = relative_output(job, out_dir)
+    if not rerun and is_done(job, manifest, out_dir):
+        return Outcome(job, manifest.records[rel], skipped=True)
+    record = make(rel)
+    manifest.put(record)
+    manifest.save()
+    return Outcome(job, record, skipped=False)
 
 
 def execute(config: Config, plan: Plan, report: Report) -> list[Outcome]:
-    """Run every pending job, skipping done ones, saving the manifest after each; then
-    reassemble each video whose frames are all done (also frames done by earlier runs).
+    """Run every pending job, skipping done ones, saving the manifest after each; then cross-fade
+    segment seams, measure each clip's warp error and reassemble each video whose frames are all
+    done (also frames done by earlier runs).
 
     Raises DeviceError before any work when the configured device does not exist.
     """
@@ -188,21 +305,52 @@ def execute(config: Config, plan: Plan, report: Report) -> list[Outcome]:
         report.log(f"{len(slots)} workers on {', '.join(sorted(set(slots)))}")
     pending = _extract_videos(pending, report)
     report.start(len(pending))
-    for i, (job, record) in enumerate(_records(config, pending, out_dir, slots), start=1):
+    finished = frozenset(j.output for j, d in zip(plan.jobs, done) if d)
+    rendered: set[Path] = set()
+    count = 0
+    for job, record in _records(config, _tasks(plan, pending), finished, out_dir, slots):
+        count += 1
+        rendered.add(job.output)
         manifest.put(record)
         manifest.save()
         outcomes.append(Outcome(job, record, skipped=False))
         report.finished(record)
         detail = f"{record.seconds:.1f}s" if record.state == "done" else record.error
-        report.log(f"[{i}/{len(pending)}] {record.state} {job.name} -> {record.output} ({detail})")
+        report.log(f"[{count}/{len(pending)}] {record.state} {job.name} -> {record.output} ({detail})")
+
+    def frames_done(jobs) -> bool:
+        return all(is_done(j, manifest, out_dir) for j in jobs)
+
+    for seam in plan.seams:
+        if seam.earlier.is_file() and seam.later.is_file():
+            outcome = _finish(seam, manifest, out_dir, seam.job.output in rendered, lambda rel, s=seam: _stitch(s, rel))
+            outcomes.append(outcome)
+            if not outcome.skipped:
+                report.finished(outcome.record)
+                rendered.add(seam.job.output)
+    seam_frames = {s.job.output for s in plan.seams}
+    for clip in plan.clips:
+        if frames_done(clip.frames):
+            seams = [i for i, j in enumerate(clip.frames) if j.output in seam_frames]
+            outcome = _finish(clip, manifest, out_dir, bool(rendered & {j.output for j in clip.frames}),
+                              lambda rel, c=clip, s=seams: _measure(c, config, rel, s))
+            outcomes.append(outcome)
+            if not outcome.skipped:
+                report.log(_metrics_line(clip, outcome.record))
     for video in plan.videos:
-        rel = relative_output(video, out_dir)
-        if is_done(video, manifest, out_dir):
-            outcomes.append(Outcome(video, manifest.records[rel], skipped=True))
-        elif all(is_done(j, manifest, out_dir) for j in video.frames):
-            record = _reassemble(video, rel)
-            manifest.put(record)
-            manifest.save()
-            outcomes.append(Outcome(video, record, skipped=False))
-            report.log(f"{record.state} {video.name} -> {rel} ({record.error or f'{len(video.frames)} frames at {video.fps} fps'})")
+        if frames_done(video.clip.frames):
+            outcome = _finish(video, manifest, out_dir, False, lambda rel, v=video: _reassemble(v, rel))
+            outcomes.append(outcome)
+            if not outcome.skipped:
+                r = outcome.record
+                report.log(f"{r.state} {video.name} -> {r.output} ({r.error or f'{len(video.clip.frames)} frames at {video.fps} fps'})")
     return outcomes
+
+
+def _metrics_line(clip: Clip, record: Record) -> str:
+    if record.state != "done" or not record.metrics:
+        return f"{record.state} {clip.name}: {record.error}"
+    m = record.metrics
+    seams = f", at seams {m['warp_error_seams']:.3g} (inside {m['warp_error_inside']:.3g})" if "warp_error_seams" in m else ""
+    cuts = f", {int(m['cuts'])} cuts" if m["cuts"] else ""
+    return f"{clip.name}: warp error {m['warp_error']:.3g} (content {m['warp_error_content']:.3g}){seams}{cuts}"

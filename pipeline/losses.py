@@ -24,11 +24,25 @@ import torch
 _EPS = 1e-8
 
 
+class _Gram(torch.autograd.Function):
+    """F Fᵀ / n for (N, C, n) F; the backward is one batched matmul, (G' + G'ᵀ) F / n, not autograd's two."""
+
+    @staticmethod
+    def forward(ctx: torch.autograd.function.FunctionCtx, f: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        ctx.save_for_backward(f)
+        return torch.bmm(f, f.transpose(1, 2)).div_(f.shape[-1])
+
+    @staticmethod
+    def backward(ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        (f,) = ctx.saved_tensors
+        return torch.bmm(grad + grad.transpose(1, 2), f).div_(f.shape[-1])
+
+
 def gram(features: torch.Tensor) -> torch.Tensor:
     """Gram matrices of (N, C, H, W) features, shape (N, C, C), divided by H·W."""
     n, c, h, w = features.shape
-    f = features.float().reshape(n, c, h * w)
-    return torch.bmm(f, f.transpose(1, 2)).div_(h * w)
+    f = features.to(torch.promote_types(features.dtype, torch.float32))  # reduced precision -> float32
+    return _Gram.apply(f.reshape(n, c, h * w))
 
 
 def relative_error(x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

@@ -30,6 +30,13 @@ class Record:
     style_hits: int | None = None  # style target sets read from the cache
     style_misses: int | None = None  # style target sets encoded
     style_seconds: float | None = None
+    metrics: dict[str, float] | None = None  # a clip's warp errors (see pipeline.consistency)
+
+
+def reason(exc: BaseException, path: Path) -> str:
+    """A failed job's one-line error, naming its file."""
+    message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return message if str(path) in message else f"{path}: {message}"
 
 
 class Manifest:

@@ -13,7 +13,9 @@ from typing import Callable, Mapping, Sequence
 import torch
 import torch.nn.functional as F
 
+from pipeline.descent import adam, lbfgs
 from pipeline.losses import content_loss, gram, style_loss, tv_loss
+from pipeline.temporal import temporal_loss
 
 DEFAULT_CONTENT_LAYERS: tuple[str, ...] = ("relu4_2",)
 DEFAULT_STYLE_LAYERS: Mapping[str, float] = {f"relu{i}_1": 1.0 for i in range(1, 6)}
@@ -36,6 +38,7 @@ class Settings:
     content_weight: float = 1.0
     style_weight: float = 10.0
     tv_weight: float = 1.0
+    temporal_weight: float = 0.0  # weight of the temporal term, when held frames are given
     content_layers: tuple[str, ...] = DEFAULT_CONTENT_LAYERS
     style_layers: Mapping[str, float] = field(default_factory=lambda: dict(DEFAULT_STYLE_LAYERS))
     init: str = "content"  # content | noise | style | image (pass init_image)
@@ -60,6 +63,7 @@ class Progress:
     content: float
     style: float
     tv: float
+    temporal: float = 0.0
 
 
 @dataclass
@@ -74,6 +78,7 @@ class Result:
 
 Callback = Callable[[Progress], None]
 StyleTargets = dict[str, torch.Tensor]
+Held = Sequence[tuple[torch.Tensor, torch.Tensor]]  # (earlier stylised frame warped onto this one, its mask)
 
 
 def scale_shapes(height: int, width: int, size: int, scales: int) -> list[tuple[int, int]]:
@@ -170,7 +175,7 @@ class _Objective:
     """Weighted total loss of an image at one scale; keeps the last components."""
 
     def __init__(
-        self, model: torch.nn.Module, settings: Settings, content: torch.Tensor, targets: StyleTargets
+        self, model: torch.nn.Module, settings: Settings, content: torch.Tensor, targets: StyleTargets, held: Held = ()
     ) -> None:
         self.model = model
         self.settings = settings
@@ -178,16 +183,20 @@ class _Objective:
             feats = model(content)
         self.content_targets = {k: feats[k].clone() for k in settings.content_layers}
         self.style_targets = {k: targets[k] for k in settings.style_layers}
+        shape = tuple(content.shape[-2:])
+        self.held = [(resize(w, shape), resize(m, shape)) for w, m in held]
 
     def __call__(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Returns (total loss, stacked [total, content, style, tv]) for a (1, 3, H, W) image."""
+        """Returns (total loss, stacked [total, content, style, tv, temporal]) for a (1, 3, H, W) image."""
         s = self.settings
         feats = self.model(image)
         c = content_loss(feats, self.content_targets)
         st = style_loss(feats, self.style_targets, s.style_layers)
         tv = tv_loss(image)
-        total = (s.content_weight * c + s.style_weight * st + s.tv_weight * tv).sum()
-        return total, torch.stack([total.detach(), c.sum().detach(), st.sum().detach(), tv.sum().detach()])
+        tm = temporal_loss(image, self.held) if self.held else torch.zeros_like(tv)
+        total = (s.content_weight * c + s.style_weight * st + s.tv_weight * tv + s.temporal_weight * tm).sum()
+        parts = [total, c.sum(), st.sum(), tv.sum(), tm.sum()]
+        return total, torch.stack([p.detach() for p in parts])
 
 
 def _run_scale(
@@ -196,9 +205,8 @@ def _run_scale(
     image = image.detach().clone(memory_format=torch.contiguous_format).requires_grad_(True)
     count = 0
 
-    def closure() -> torch.Tensor:
+    def evaluate() -> torch.Tensor:
         nonlocal count
-        optimizer.zero_grad(set_to_none=True)
         total, parts = objective(image)
         total.backward()
         count += 1
@@ -206,15 +214,9 @@ def _run_scale(
         return total
 
     if settings.optimizer == "lbfgs":
-        optimizer: torch.optim.Optimizer = torch.optim.LBFGS(
-            [image], lr=1.0, max_iter=iterations, max_eval=iterations,
-            tolerance_grad=0.0, tolerance_change=0.0, history_size=50,
-        )
-        optimizer.step(closure)
+        lbfgs(image, evaluate, iterations)
     elif settings.optimizer == "adam":
-        optimizer = torch.optim.Adam([image], lr=settings.learning_rate)
-        for _ in range(iterations):
-            optimizer.step(closure)
+        adam(image, evaluate, iterations, settings.learning_rate)
     else:
         raise ValueError(f"unknown optimizer {settings.optimizer!r}; use lbfgs or adam")
     return image.detach()
@@ -227,18 +229,26 @@ def stylize(
     settings: Settings,
     init_image: torch.Tensor | None = None,
     callback: Callback | None = None,
+    held: Held = (),
 ) -> Result:
     """Optimise one image from coarse to fine.
 
     `content` is (1, 3, H, W) RGB [0, 1] at the output shape; `targets` holds
     one set of style Grams per level of `scale_shapes(H, W, max(H, W), settings.scales)`,
     as made by `style_targets` at that level's area (luminance-only when
-    `preserve_colors`). Returns the image in [0, 1] and a per-iteration trace.
+    `preserve_colors`). `held` adds the temporal term (video): earlier
+    stylised frames warped onto this one, with their (N, 1, H, W) reliability
+    masks, weighted by `settings.temporal_weight`. Returns the image in [0, 1]
+    and a per-iteration trace.
     """
     shapes = scale_shapes(*content.shape[-2:], max(content.shape[-2:]), settings.scales)
     if len(targets) != len(shapes):
         raise ValueError(f"{len(shapes)} scales need {len(shapes)} style target sets, got {len(targets)}")
-    source = luminance(content) if settings.preserve_colors else content
+    source = content
+    if settings.preserve_colors:  # optimise luminance only; earlier frames and the init image too
+        source = luminance(content)
+        held = [(luminance(w), m) for w, m in held]
+        init_image = luminance(init_image) if init_image is not None else None
     image = _initial_image(settings, source, init_image)
     trace: list[Progress] = []
     for level, (shape, iters, level_targets) in enumerate(
@@ -250,7 +260,7 @@ def stylize(
             if callback is not None:
                 callback(p)
 
-        objective = _Objective(model, settings, resize(source, shape), level_targets)
+        objective = _Objective(model, settings, resize(source, shape), level_targets, held)
         image = _run_scale(objective, resize(image, shape).clamp(0, 1), iters, settings, report)
     image = image.clamp(0, 1)
     if settings.preserve_colors:

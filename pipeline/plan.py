@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from fractions import Fraction
 from pathlib import Path
 
-from pipeline.config import Config, StyleConfig
+from pipeline.config import Config, StyleConfig, VideoConfig
 from pipeline.discover import Source
 from pipeline.keys import file_digest, value_digest
 from pipeline.model import weights_identity
@@ -36,24 +36,70 @@ class Job:
 
 
 @dataclass(frozen=True)
-class VideoOut:
-    """A stylised video, assembled from its frame jobs once all of them are done."""
+class Clip:
+    """The frames of one video or sequence × style, in order: what temporal consistency is measured on."""
 
     source: Source
     frames: tuple[Job, ...]
+    output: Path  # the frame folder; its manifest record carries the measurements
+    key: str
+
+    @property
+    def name(self) -> str:
+        return f"{self.source.relative} × {self.frames[0].style.name}"
+
+
+@dataclass(frozen=True)
+class VideoOut:
+    """A stylised video, assembled from its clip's frames once all of them are done."""
+
+    clip: Clip
     output: Path
     fps: Fraction
     key: str
 
     @property
     def name(self) -> str:
-        return f"{self.source.relative} × {self.frames[0].style.name} (video)"
+        return f"{self.clip.name} (video)"
+
+
+@dataclass(frozen=True)
+class ChainFrame:
+    """One frame of a Segment: the job it renders and where this segment writes it."""
+
+    job: Job
+    path: Path  # job.output for the segment's own frames; a version in the cache for cross-faded ones
+    key: str  # the chain's key at this frame: it depends on every earlier frame of the segment
+
+
+@dataclass(frozen=True)
+class Segment:
+    """Consecutive frames of one clip × style, rendered in order by one worker, each from the one before."""
+
+    frames: tuple[ChainFrame, ...]
+
+
+@dataclass(frozen=True)
+class Seam:
+    """A frame two segments both render; its output cross-fades the two versions."""
+
+    job: Job
+    earlier: Path  # the earlier segment's version
+    later: Path  # the later segment's version
+    weight: float  # of the later version
 
 
 @dataclass(frozen=True)
 class Plan:
     jobs: list[Job]
     videos: list[VideoOut]
+    segments: list[Segment] = field(default_factory=list)
+    seams: list[Seam] = field(default_factory=list)
+    clips: list[Clip] = field(default_factory=list)
+
+    def chained(self) -> set[Path]:
+        """Outputs of the jobs that segments (and seams) render, not single-job tasks."""
+        return {f.job.output for s in self.segments for f in s.frames} | {s.job.output for s in self.seams}
 
 
 def output_path(source: Source, style: str, out_dir: Path, fmt: str, full_name: bool = False) -> Path:
@@ -105,12 +151,67 @@ def _digest_or_unreadable(path: Path) -> str:
         return "unreadable"
 
 
+def chain(frames: tuple[Job, ...], video: VideoConfig, cache_dir: Path) -> tuple[tuple[Job, ...], list[Segment], list[Seam]]:
+    """Split a clip's frame jobs into segments of `video.segment_frames`, each starting `segment_overlap`
+    frames early; those frames become Seams that cross-fade the two segments' versions.
+
+    Returns the frames with chain keys (a frame's key covers every frame its segment rendered before it),
+    the segments and the seams.
+    """
+    n, size, overlap = len(frames), video.segment_frames, video.segment_overlap
+    temporal = video.model_dump(mode="json", exclude={"measure", "reassemble"})
+    starts = list(range(0, n, size))
+    renders: list[list[tuple[int, str]]] = []  # per segment: (frame index, chain key)
+    for k, start in enumerate(starts):
+        key = value_digest({"temporal": temporal, "begins": frames[max(0, start - overlap) if k else 0].key})
+        renders.append([])
+        for i in range(max(0, start - overlap) if k else 0, min(n, start + size)):
+            key = value_digest({"previous": key, "frame": frames[i].key})
+            renders[-1].append((i, key))
+    own: dict[int, str] = {i: key for seg in renders for i, key in seg}  # the last segment rendering i wins...
+    seam_parts: dict[int, list[str]] = {}
+    for seg in renders:
+        for i, key in seg:
+            seam_parts.setdefault(i, []).append(key)
+    seam_dir = cache_dir / "seams"
+    final, seams = list(frames), []
+    for i, keys in seam_parts.items():
+        if len(keys) == 1:
+            final[i] = replace(frames[i], key=own[i])
+            continue
+        start = next(s for s in starts if s > i)  # ...except where two segments render it: a seam
+        weight = (i - (start - overlap) + 1) / (overlap + 1)
+        final[i] = replace(frames[i], key=value_digest({"seam": keys, "weight": weight}))
+        seams.append(Seam(final[i], seam_dir / f"{keys[0]}.png", seam_dir / f"{keys[1]}.png", weight))
+    segments = [
+        Segment(tuple(ChainFrame(final[i], final[i].output if len(seam_parts[i]) == 1 else seam_dir / f"{key}.png", key)
+                      for i, key in seg))
+        for seg in renders
+    ]
+    return tuple(final), segments, seams
+
+
 class _Planner:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.settings = pixel_settings(config)
         self.styles = [(s, [(file_digest(p), w) for p, w in s.blend]) for s in config.styles]
         self.taken: set[Path] = set()
+        self.segments: list[Segment] = []
+        self.seams: list[Seam] = []
+        self.clips: list[Clip] = []
+
+    def _clip(self, source: Source, frames: tuple[Job, ...], folder: Path) -> Clip:
+        """Chain a clip's frames when temporal and note it for measurement."""
+        video = self.config.video
+        if video.temporal and len(frames) > 1:
+            frames, segments, seams = chain(frames, video, self.config.cache_dir)
+            self.segments += segments
+            self.seams += seams
+        clip = Clip(source, frames, folder, value_digest([j.key for j in frames]))
+        if video.measure and len(frames) > 1:
+            self.clips.append(clip)
+        return clip
 
     def _key(self, content: object, style_digest: list, suffix: str) -> str:
         return value_digest({"content": content, "style": style_digest, "settings": self.settings, "format": suffix})
@@ -133,9 +234,11 @@ class _Planner:
         jobs = []
         for style, style_digest in self.styles:
             folder = frame_folder(source, style.name, self.config.output.dir)
+            frames = []
             for frame, digest in zip(source.frames, digests):
                 out = folder / (frame.name if fmt == "same" else f"{frame.stem}.{fmt}")
-                jobs.append(Job(source, style, frame, out, self._key(digest, style_digest, out.suffix)))
+                frames.append(Job(source, style, frame, out, self._key(digest, style_digest, out.suffix)))
+            jobs.extend(self._clip(source, tuple(frames), folder).frames)
         return jobs
 
     def video(self, source: Source) -> tuple[list[Job], list[VideoOut]]:
@@ -161,11 +264,12 @@ class _Planner:
                     self._key((digest, i), style_digest, suffix))
                 for i in range(1, info.frames + 1)
             )
-            jobs.extend(style_jobs)
+            clip = self._clip(source, style_jobs, folder)
+            jobs.extend(clip.frames)
             if cfg.video.reassemble:
-                key = value_digest({"frames": [j.key for j in style_jobs], "fps": str(info.fps), "audio": digest})
+                key = value_digest({"frames": [j.key for j in clip.frames], "fps": str(info.fps), "audio": digest})
                 out = video_output(source, style.name, cfg.output.dir)
-                videos.append(VideoOut(source, style_jobs, out, info.fps, key))
+                videos.append(VideoOut(clip, out, info.fps, key))
         return jobs, videos
 
 
@@ -183,4 +287,4 @@ def plan(config: Config, sources: list[Source]) -> Plan:
             jobs.extend(planner.sequence(source))
         else:
             jobs.extend(planner.image(source))
-    return Plan(jobs, videos)
+    return Plan(jobs, videos, planner.segments, planner.seams, planner.clips)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Sequence
 
@@ -13,7 +13,17 @@ from pipeline.cache import StyleCache
 from pipeline.images import read_image, write_image
 from pipeline.keys import file_digest
 from pipeline.model import VGGFeatures, resolve_weights
-from pipeline.optimize import Callback, Settings, StyleTargets, scale_shapes, style_targets, stylize
+from pipeline.optimize import Callback, Held, Settings, StyleTargets, scale_shapes, style_targets, stylize
+
+
+@dataclass(frozen=True)
+class Follow:
+    """A video frame that follows an earlier stylised one: one scale, warped init, temporal loss."""
+
+    init: torch.Tensor  # the previous stylised frame warped onto this one, (1, 3, H, W)
+    held: Held  # (earlier stylised frame warped onto this one, reliability mask) pairs
+    iterations: int
+    temporal_weight: float
 
 
 @dataclass(frozen=True)
@@ -23,6 +33,7 @@ class Rendered:
     content: float
     style: float
     tv: float
+    temporal: float
     loss: float
     iterations: int
     seconds: float
@@ -30,6 +41,7 @@ class Rendered:
     style_hits: int  # style target sets found in the cache
     style_misses: int  # style target sets encoded for this job
     style_seconds: float  # time spent getting style targets
+    image: torch.Tensor  # the output, (1, 3, H, W) RGB [0, 1] on the device
 
 
 class Renderer:
@@ -78,27 +90,37 @@ class Renderer:
             out.append(self.cache.get(key, layers, self.device, compute))
         return out
 
+    def read_content(self, path: Path) -> torch.Tensor:
+        """A content image at the working size, on the device."""
+        return read_image(path, self.settings.size).to(self.device)
+
     def render(
-        self, content_path: Path, blend: Sequence[tuple[Path, float]], output: Path, callback: Callback | None = None
+        self, content_path: Path, blend: Sequence[tuple[Path, float]], output: Path,
+        callback: Callback | None = None, follow: Follow | None = None,
     ) -> Rendered:
         """Stylise `content_path` with the blended styles and write `output` atomically."""
         start = time.perf_counter()
         s = self.settings
-        content = read_image(content_path, s.size).to(self.device)
-        shapes = scale_shapes(*content.shape[-2:], s.size, s.scales)
+        content = self.read_content(content_path)
         init = None
-        if s.init == "style":
+        if follow is not None:
+            s = replace(s, scales=1, iterations=follow.iterations, init="image", temporal_weight=follow.temporal_weight)
+            init = follow.init
+        elif s.init == "style":
             init = self._style_image(blend[0][0])
         elif s.init == "image" and self.init_path is not None:
             init = read_image(self.init_path)
+        shapes = scale_shapes(*content.shape[-2:], s.size, s.scales)
         hits, misses, style_start = self.cache.hits, self.cache.misses, time.perf_counter()
         targets = self.targets(blend, shapes)
         style_seconds = time.perf_counter() - style_start
-        result = stylize(self.model, content, targets, s, init_image=init, callback=callback)
+        held = follow.held if follow is not None else ()
+        result = stylize(self.model, content, targets, s, init_image=init, callback=callback, held=held)
         write_image(result.image, output)
         final = result.final
         return Rendered(
-            content=final.content, style=final.style, tv=final.tv, loss=final.loss,
+            content=final.content, style=final.style, tv=final.tv, temporal=final.temporal, loss=final.loss,
             iterations=len(result.trace), seconds=time.perf_counter() - start, device=str(self.device),
             style_hits=self.cache.hits - hits, style_misses=self.cache.misses - misses, style_seconds=style_seconds,
+            image=result.image,
         )

@@ -53,3 +53,14 @@ def test_losses_are_per_batch_element():
     x = torch.rand(3, 3, 8, 8)
     assert tv_loss(x).shape == (3,)
     assert gram(x).shape == (3, 3, 3)
+
+
+def test_gram_gradient_matches_autograd_of_the_plain_formula():
+    f = torch.randn(2, 3, 4, 5, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(gram, (f,))
+    weights = torch.randn(2, 3, 3, dtype=torch.float64)
+    (gram(f) * weights).sum().backward()
+    plain = f.detach().clone().requires_grad_(True)
+    flat = plain.reshape(2, 3, 20)
+    ((flat @ flat.transpose(1, 2) / 20) * weights).sum().backward()
+    assert torch.allclose(f.grad, plain.grad)
