@@ -2,8 +2,9 @@
 
 Writes bench/results.json and bench/results.md. Inputs come from ../shared/data.
 
-    python -m bench                 # everything (about 5 minutes on a 2-core CPU)
+    python -m bench                 # everything (about 35 minutes on a 2-core CPU)
     python -m bench --skip-pastiche # without the pastiche comparison
+    python -m bench --skip-core --skip-pipeline   # temporal consistency only (about 25 minutes)
 """
 
 from __future__ import annotations
