@@ -140,6 +140,7 @@ def _renderer(config: Config, device: str) -> Renderer:
     )
 
 
+SAVE_EVERY = 1.0  # seconds between manifest writes while jobs finish (and once more at the end)
 _END = ("end", None)  # what the pool's driver thread sends after the last record
 
 # Per worker process: (run id, Renderer). A process loads the model once per run and keeps its style targets warm.
@@ -308,15 +309,18 @@ def execute(config: Config, plan: Plan, report: Report) -> list[Outcome]:
     finished = frozenset(j.output for j, d in zip(plan.jobs, done) if d)
     rendered: set[Path] = set()
     count = 0
-    for job, record in _records(config, _tasks(plan, pending), finished, out_dir, slots):
-        count += 1
-        rendered.add(job.output)
-        manifest.put(record)
+    try:
+        for job, record in _records(config, _tasks(plan, pending), finished, out_dir, slots):
+            count += 1
+            rendered.add(job.output)
+            manifest.put(record)
+            manifest.save(at_most_every=SAVE_EVERY)
+            outcomes.append(Outcome(job, record, skipped=False))
+            report.finished(record)
+            detail = f"{record.seconds:.1f}s" if record.state == "done" else record.error
+            report.log(f"[{count}/{len(pending)}] {record.state} {job.name} -> {record.output} ({detail})")
+    finally:
         manifest.save()
-        outcomes.append(Outcome(job, record, skipped=False))
-        report.finished(record)
-        detail = f"{record.seconds:.1f}s" if record.state == "done" else record.error
-        report.log(f"[{count}/{len(pending)}] {record.state} {job.name} -> {record.output} ({detail})")
 
     def frames_done(jobs) -> bool:
         return all(is_done(j, manifest, out_dir) for j in jobs)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -45,6 +46,7 @@ class Manifest:
     def __init__(self, out_dir: Path) -> None:
         self.path = out_dir / MANIFEST_NAME
         self.records: dict[str, Record] = {}
+        self._saved = float("-inf")  # time.monotonic() of the last write
         try:
             data: dict[str, Any] = json.loads(self.path.read_text(encoding="utf-8"))
             self.records = {k: Record(**v) for k, v in data.get("jobs", {}).items()}
@@ -58,7 +60,17 @@ class Manifest:
     def put(self, record: Record) -> None:
         self.records[record.output] = record
 
-    def save(self) -> None:
+    def save(self, at_most_every: float = 0.0) -> None:
+        """Write the manifest atomically; skipped when the last write is less than `at_most_every` s old.
+
+        A long clip on many workers finishes frames faster than its manifest
+        (thousands of records) can be rewritten; a run that is killed loses
+        at most that many seconds of records, whose jobs a rerun redoes.
+        """
+        now = time.monotonic()
+        if now - self._saved < at_most_every:
+            return
+        self._saved = now
         payload = {"version": 1, "jobs": {k: asdict(v) for k, v in sorted(self.records.items())}}
         with atomic_path(self.path) as tmp:
             tmp.write_text(json.dumps(payload, indent=1), encoding="utf-8")

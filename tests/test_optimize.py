@@ -101,6 +101,32 @@ def test_style_blend_is_weighted_gram_average(shared, model):
         assert torch.allclose(mix[layer], 0.75 * only_starry[layer] + 0.25 * only_wave[layer], rtol=1e-4)
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("preserve_colors", [False, True])
+def test_temporal_term_pulls_towards_the_held_frame_where_the_mask_holds(shared, model, preserve_colors):
+    content, style = _inputs(shared)
+    settings = dataclasses.replace(TINY, preserve_colors=preserve_colors, temporal_weight=0.0)
+    targets = _targets(model, content, style, settings)
+    unheld = stylize(model, content, targets, settings)
+    free = unheld.image
+    held_frame = torch.flip(free, dims=[-1])  # a different stylised frame to hold on to
+    mask = torch.zeros(1, 1, *content.shape[-2:])
+    mask[..., :, : content.shape[-1] // 2] = 1  # held on the left half only
+    pulled = stylize(model, content, targets, dataclasses.replace(settings, temporal_weight=500.0),
+                     held=[(held_frame, mask)])
+    left, right = slice(None, content.shape[-1] // 2), slice(content.shape[-1] // 2, None)
+
+    def gap(image, half):
+        a, b = image[..., half], held_frame[..., half]
+        if preserve_colors:  # only luminance is optimised; compare it
+            a, b = luminance(a), luminance(b)
+        return (a - b).pow(2).mean().item()
+
+    assert gap(pulled.image, left) < 0.3 * gap(free, left)
+    assert gap(pulled.image, right) > 0.5 * gap(free, right)  # no pull where the mask is 0
+    assert pulled.final.temporal > 0 and unheld.final.temporal == 0
+
+
 def test_style_targets_need_no_grad(shared, model):
     _, style = _inputs(shared)
     targets = style_targets(model, [(style, 1.0)], 32 * 32, ["relu1_1"])

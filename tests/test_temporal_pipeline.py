@@ -25,12 +25,12 @@ def _pan(photo: Path, folder: Path, count: int, start: int = 1, step: int = 3) -
         image.crop((step * i, step * i // 2, step * i + 96, step * i // 2 + 64)).save(folder / f"f{start + i:03d}.png")
 
 
-def _run(tmp_path: Path, inputs: Path, style: Path, name: str, video: dict, iterations: int = 12) -> dict:
+def _run(tmp_path: Path, inputs: Path, style: Path, name: str, video: dict, iterations: int = 12, workers: int = 1) -> dict:
     config = tmp_path / f"{name}.yaml"
     config.write_text(yaml.safe_dump({
         "inputs": [str(inputs)], "styles": [{"name": "wave", "images": [str(style)]}],
         "output": {"dir": str(tmp_path / name)}, "optimize": {"size": 64, "iterations": iterations, "scales": 1},
-        "video": video, "devices": "cpu", "cache_dir": str(tmp_path / "cache"),
+        "video": video, "devices": "cpu", "workers_per_device": workers, "cache_dir": str(tmp_path / "cache"),
     }))
     result = runner.invoke(app, ["run", str(config)])
     assert result.exit_code in (0, 1), result.output
@@ -98,10 +98,11 @@ def test_scene_cut_restarts_the_chain(shared, tmp_path):
 
 
 @pytest.mark.slow
-def test_seam_frames_are_the_cross_fade_of_both_segments(shared, tmp_path):
+@pytest.mark.parametrize("workers", [1, 2])  # 2: the segments run at once on a pool of processes
+def test_seam_frames_are_the_cross_fade_of_both_segments(shared, tmp_path, workers):
     _pan(shared / "content" / "coffee.png", tmp_path / "clip", 7)
     video = {"segment_frames": 4, "segment_overlap": 2, "iterations_after_first": 3}
-    records = _run(tmp_path, tmp_path / "clip", shared / "style" / "wave.jpg", "out", video, iterations=6)
+    records = _run(tmp_path, tmp_path / "clip", shared / "style" / "wave.jpg", "out", video, iterations=6, workers=workers)
     assert records["_exit"] == 0
     assert all(records[f"clip.wave/f{i:03d}.png"]["state"] == "done" for i in range(1, 8))
     seams = sorted((tmp_path / "cache" / "seams").glob("*.png"))
@@ -112,7 +113,7 @@ def test_seam_frames_are_the_cross_fade_of_both_segments(shared, tmp_path):
     assert min(np.abs(out3 - b).max() for b in blends) <= 1.0  # PNG rounding only
     metrics = records["clip.wave"]["metrics"]
     assert {"warp_error_seams", "warp_error_inside"} <= set(metrics)
-    rerun = _run(tmp_path, tmp_path / "clip", shared / "style" / "wave.jpg", "out", video, iterations=6)
+    rerun = _run(tmp_path, tmp_path / "clip", shared / "style" / "wave.jpg", "out", video, iterations=6, workers=workers)
     assert "0 run" in rerun["_log"] and "0 failed" in rerun["_log"]
 
 
