@@ -42,11 +42,15 @@ class Clip:
     source: Source
     frames: tuple[Job, ...]
     output: Path  # the frame folder; its manifest record carries the measurements
-    key: str
 
     @property
     def name(self) -> str:
         return f"{self.source.relative} × {self.frames[0].style.name}"
+
+    @property
+    def key(self) -> str:
+        """Changes whenever any frame's key does."""
+        return value_digest([j.key for j in self.frames])
 
 
 @dataclass(frozen=True)
@@ -208,7 +212,7 @@ class _Planner:
             frames, segments, seams = chain(frames, video, self.config.cache_dir)
             self.segments += segments
             self.seams += seams
-        clip = Clip(source, frames, folder, value_digest([j.key for j in frames]))
+        clip = Clip(source, frames, folder)
         if video.measure and len(frames) > 1:
             self.clips.append(clip)
         return clip
