@@ -113,7 +113,7 @@ def run_segment(
                 stylised.pop(i, None)
                 previous_content = None
                 if not is_done:
-                    yield FrameResult(frame, None, error=reason(exc, frame.job.content))
+                    yield FrameResult(frame, None, error=reason(exc, frame.job.content, renderer.settings.size))
                 continue
             previous_content = content
             fetch.forget(i)

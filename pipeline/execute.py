@@ -100,10 +100,8 @@ def _run_one(renderer: Renderer, job: Job, rel: str) -> Record:
         return Record(**_base(job, rel), state="failed", error=job.error)
     try:
         r = renderer.render(job.content, job.style.blend, job.output)
-    except torch.cuda.OutOfMemoryError:
-        return Record(**_base(job, rel), state="failed", error=f"{job.content}: out of device memory at size {renderer.settings.size}")
     except Exception as exc:  # one bad job never stops the run
-        return Record(**_base(job, rel), state="failed", error=reason(exc, job.content))
+        return Record(**_base(job, rel), state="failed", error=reason(exc, job.content, renderer.settings.size))
     return _record(job, rel, r)
 
 

@@ -34,9 +34,12 @@ class Record:
     metrics: dict[str, float] | None = None  # a clip's warp errors (see pipeline.consistency)
 
 
-def reason(exc: BaseException, path: Path) -> str:
-    """A failed job's one-line error, naming its file."""
+def reason(exc: BaseException, path: Path, size: int | None = None) -> str:
+    """A failed job's one-line error, naming its file (and, when it ran out of memory, the size that did)."""
     message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    if size is not None and (isinstance(exc, MemoryError) or "out of memory" in message.lower()
+                             or "can't allocate memory" in message):
+        return f"{path}: out of {'device ' if 'CUDA' in message else ''}memory at size {size} ({message})"
     return message if str(path) in message else f"{path}: {message}"
 
 

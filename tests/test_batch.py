@@ -130,3 +130,14 @@ def test_every_gpu_gets_a_worker(shared, tmp_path):
     assert result.exit_code == 0, result.output
     devices = {r["device"] for r in _manifest(tmp_path / "out")}
     assert devices <= {f"cuda:{i}" for i in range(torch.cuda.device_count())} and "cpu" not in devices
+
+
+def test_running_out_of_memory_names_the_size_that_failed():
+    from pipeline.manifest import reason
+
+    cuda = reason(RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB\nstack"), Path("/in/a.png"), 2048)
+    assert cuda.startswith("/in/a.png: out of device memory at size 2048 (") and "\n" not in cuda
+    cpu = RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory: you tried to allocate 9 bytes")
+    assert reason(cpu, Path("/in/a.png"), 4096).startswith("/in/a.png: out of memory at size 4096 (")
+    assert reason(MemoryError(), Path("/in/a.png"), 512).startswith("/in/a.png: out of memory at size 512")
+    assert reason(ValueError("/in/a.png: truncated file"), Path("/in/a.png"), 64) == "/in/a.png: truncated file"
