@@ -86,7 +86,9 @@ class RunReport:
         if self._bar is None or self._overall is None:
             return
         self._bar.update(self._overall, advance=1, note=f"{self.failed} failed")
-        worker = f"{record.device} pid {record.pid}" if record.pid else (record.device or "-")
+        if record.device is None:  # made by this process, not a worker (a cross-fade, a job that failed early)
+            return
+        worker = f"{record.device} pid {record.pid}" if record.pid else record.device
         note = f"{record.state} {record.output}" + (f" {record.seconds:.1f}s" if record.seconds else "")
         if worker not in self._workers:
             self._workers[worker] = self._bar.add_task(f"  {worker}", total=None, note=note)
