@@ -36,7 +36,6 @@ class FrameResult:
     frame: ChainFrame
     rendered: Rendered | None
     error: str | None = None
-    cut: bool = False  # a new shot started here
 
 
 class _Flows:
@@ -106,9 +105,10 @@ def run_segment(
                     follow = None
                     if i > shot:
                         follow = _follow(fetch, stylised, i, shot, offsets, (back, mask), iterations, video.temporal_weight)
-                    rendered = renderer.render(frame.job.content, frame.job.style.blend, frame.path, follow=follow)
+                    rendered = renderer.render(frame.job.content, frame.job.style.blend, frame.path,
+                                               follow=follow, content=content)
                     stylised[i] = rendered.image
-                    yield FrameResult(frame, rendered, cut=cut)
+                    yield FrameResult(frame, rendered)
             except Exception as exc:  # this frame fails; the next one starts a new shot
                 stylised.pop(i, None)
                 previous_content = None

@@ -45,7 +45,7 @@ def lbfgs(x: torch.Tensor, evaluate: Evaluate, iterations: int, history: int = 5
         if not pairs:  # cautious first step, as torch.optim.LBFGS takes
             direction.mul_(min(1.0, 1.0 / float(grad.abs().sum())))
         x.view(-1).add_(direction)
-        step, prev_grad = direction, grad.clone()
+        step, prev_grad = direction, grad  # x.grad is a fresh tensor at every evaluation
 
 
 def _gradient(x: torch.Tensor, evaluate: Evaluate) -> torch.Tensor:

@@ -110,13 +110,13 @@ def _segment_records(
 ) -> Iterator[tuple[Job, Record]]:
     """Run a segment; a record for each of its own frames it rendered (cross-faded versions get none)."""
     def is_rendered(frame: ChainFrame) -> bool:
-        return frame.path in done if frame.path == frame.job.output else frame.path.is_file()
+        return frame.path in done if frame.own else frame.path.is_file()
 
     flows = FlowCache(config.cache_dir / "flow")
     for result in run_segment(renderer, segment, config.video, flows, is_rendered):
         job = result.frame.job
         rel = relative_output(job, out_dir)
-        if result.frame.path != job.output and result.rendered is not None:
+        if not result.frame.own and result.rendered is not None:
             continue  # a version to cross-fade; the frame's record comes with the cross-fade
         if result.rendered is None:
             yield job, Record(**_base(job, rel), state="failed", error=result.error)
@@ -212,7 +212,7 @@ def _tasks(plan: Plan, pending: list[Job]) -> list[Task]:
     singles: list[Task] = [j for j in pending if j.output not in chained or j.error is not None]
 
     def has_work(segment: Segment) -> bool:
-        return any(f.job.output in waiting and (f.path == f.job.output or not f.path.is_file()) for f in segment.frames)
+        return any(f.job.output in waiting and (f.own or not f.path.is_file()) for f in segment.frames)
 
     segments = [s for s in plan.segments if has_work(s)]
     return sorted(segments, key=lambda s: -len(s.frames)) + singles
@@ -270,7 +270,7 @@ def _reassemble(video: VideoOut, rel: str) -> Record:
 
 def _finish(
     item: Union[Seam, Clip, VideoOut], manifest: Manifest, out_dir: Path, rerun: bool, make: Callable[[str], Record],
-) -> Outcome | None:
+) -> Outcome:
     """Run a step that needs finished frames (cross-fade, measurement, reassembly) unless done already."""
     job = item.job if isinstance(item, Seam) else item
     rel = relative_output(job, out_dir)

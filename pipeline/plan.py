@@ -75,6 +75,11 @@ class ChainFrame:
     path: Path  # job.output for the segment's own frames; a version in the cache for cross-faded ones
     key: str  # the chain's key at this frame: it depends on every earlier frame of the segment
 
+    @property
+    def own(self) -> bool:
+        """Whether this segment writes the frame's output (else a version to cross-fade)."""
+        return self.path == self.job.output
+
 
 @dataclass(frozen=True)
 class Segment:
@@ -166,13 +171,13 @@ def chain(frames: tuple[Job, ...], video: VideoConfig, cache_dir: Path) -> tuple
     temporal = video.model_dump(mode="json", exclude={"measure", "reassemble"})
     starts = list(range(0, n, size))
     renders: list[list[tuple[int, str]]] = []  # per segment: (frame index, chain key)
-    for k, start in enumerate(starts):
-        key = value_digest({"temporal": temporal, "begins": frames[max(0, start - overlap) if k else 0].key})
+    for start in starts:
+        begin = max(0, start - overlap)
+        key = value_digest({"temporal": temporal, "begins": frames[begin].key})
         renders.append([])
-        for i in range(max(0, start - overlap) if k else 0, min(n, start + size)):
+        for i in range(begin, min(n, start + size)):
             key = value_digest({"previous": key, "frame": frames[i].key})
             renders[-1].append((i, key))
-    own: dict[int, str] = {i: key for seg in renders for i, key in seg}  # the last segment rendering i wins...
     seam_parts: dict[int, list[str]] = {}
     for seg in renders:
         for i, key in seg:
@@ -181,9 +186,9 @@ def chain(frames: tuple[Job, ...], video: VideoConfig, cache_dir: Path) -> tuple
     final, seams = list(frames), []
     for i, keys in seam_parts.items():
         if len(keys) == 1:
-            final[i] = replace(frames[i], key=own[i])
+            final[i] = replace(frames[i], key=keys[0])
             continue
-        start = next(s for s in starts if s > i)  # ...except where two segments render it: a seam
+        start = next(s for s in starts if s > i)  # two segments render frame i: a seam
         weight = (i - (start - overlap) + 1) / (overlap + 1)
         final[i] = replace(frames[i], key=value_digest({"seam": keys, "weight": weight}))
         seams.append(Seam(final[i], seam_dir / f"{keys[0]}.png", seam_dir / f"{keys[1]}.png", weight))

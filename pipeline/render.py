@@ -96,12 +96,16 @@ class Renderer:
 
     def render(
         self, content_path: Path, blend: Sequence[tuple[Path, float]], output: Path,
-        callback: Callback | None = None, follow: Follow | None = None,
+        callback: Callback | None = None, follow: Follow | None = None, content: torch.Tensor | None = None,
     ) -> Rendered:
-        """Stylise `content_path` with the blended styles and write `output` atomically."""
+        """Stylise `content_path` with the blended styles and write `output` atomically.
+
+        `content` is the image already read by `read_content`, when the caller has it.
+        """
         start = time.perf_counter()
         s = self.settings
-        content = self.read_content(content_path)
+        if content is None:
+            content = self.read_content(content_path)
         init = None
         if follow is not None:
             s = replace(s, scales=1, iterations=follow.iterations, init="image", temporal_weight=follow.temporal_weight)
