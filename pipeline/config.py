@@ -63,6 +63,7 @@ class OptimizeConfig(_Strict):
     optimizer: Literal["lbfgs", "adam"] = Field(default="lbfgs", description="lbfgs | adam")
     learning_rate: float = Field(default=Settings.learning_rate, gt=0, description="Adam step size (image in [0, 1])")
     content_weight: float = Field(default=Settings.content_weight, ge=0, description="weight of the content term")
+    precision: Literal["fp32", "bf16", "fp16"] = Field(default="fp32", description="fp32 | bf16 | fp16: the VGG pass under autocast, Grams and losses in fp32 (for GPUs; on CPUs without AVX-512 BF16 it is slower)")
     style_weight: float = Field(default=Settings.style_weight, ge=0, description="weight of the style term")
     tv_weight: float = Field(default=Settings.tv_weight, ge=0, description="total variation weight")
     content_layers: list[str] = Field(default=list(Settings.content_layers), min_length=1, description="VGG-19 layers of the content term")

@@ -10,7 +10,8 @@ about 2 s of start-up on a 2-core CPU: a tenth of a whole 256 px job.
 a unit step and no line search, as `torch.optim.LBFGS(lr=1,
 line_search_fn=None)` does, plus one safeguard: when the direction stops
 being a descent direction the history is dropped and it restarts along the
-gradient.
+gradient. Neither reads the device: the only host-device sync per
+iteration is the caller's own loss read.
 """
 
 from __future__ import annotations
@@ -25,8 +26,14 @@ Evaluate = Callable[[], torch.Tensor]
 
 @torch.no_grad()
 def lbfgs(x: torch.Tensor, evaluate: Evaluate, iterations: int, history: int = 50) -> None:
-    """Run `iterations` L-BFGS evaluations on the leaf tensor `x`, in place."""
-    pairs: deque[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = deque(maxlen=history)  # (s, y, 1 / yᵀs)
+    """Run `iterations` L-BFGS evaluations on the leaf tensor `x`, in place.
+
+    No step reads a value back from the device: each decision (keep a pair,
+    restart) is a tensor select, so on a GPU the loop queues work without
+    waiting. A pair that fails the curvature condition, and every pair at a
+    restart, gets weight 1/yᵀs = 0, which removes it from the recursion.
+    """
+    pairs: deque[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = deque(maxlen=history)  # (s, y, 1/yᵀs or 0)
     gamma = x.new_tensor(1.0)  # initial inverse-Hessian scale sᵀy / yᵀy
     prev_grad: torch.Tensor | None = None
     step: torch.Tensor | None = None
@@ -35,15 +42,19 @@ def lbfgs(x: torch.Tensor, evaluate: Evaluate, iterations: int, history: int = 5
         if step is not None and prev_grad is not None:
             y = grad - prev_grad
             ys = y.dot(step)
-            if ys > 1e-10:  # curvature condition; skipping the pair keeps H positive definite
-                pairs.append((step, y, 1 / ys))
-                gamma = ys / y.dot(y)
+            curved = ys > 1e-10  # curvature condition; dropping the pair otherwise keeps H positive definite
+            pairs.append((step, y, torch.where(curved, ys.reciprocal(), 0.0)))
+            gamma = torch.where(curved, ys / y.dot(y), gamma)
         direction = _two_loop(grad, pairs, gamma)
-        if pairs and direction.dot(grad) >= 0:  # not a descent direction: restart along the gradient
-            pairs.clear()
-            direction = grad.neg()
-        if not pairs:  # cautious first step, as torch.optim.LBFGS takes
-            direction.mul_(min(1.0, 1.0 / float(grad.abs().sum())))
+        fresh = torch.stack([rho for _, _, rho in pairs]).eq(0).all() if pairs else torch.tensor(True, device=x.device)
+        # No usable pair, or not a descent direction: restart along the gradient with the cautious
+        # first step that torch.optim.LBFGS takes, min(1, 1/|g|₁).
+        restart = fresh | (direction.dot(grad) >= 0)
+        for _, _, rho in pairs:
+            rho.mul_(~restart)
+        gamma = torch.where(restart, 1.0, gamma)
+        cautious = grad.abs().sum().reciprocal().clamp(max=1.0)
+        direction = torch.where(restart, grad * -cautious, direction)
         x.view(-1).add_(direction)
         step, prev_grad = direction, grad  # x.grad is a fresh tensor at every evaluation
 

@@ -42,7 +42,8 @@ def gram(features: torch.Tensor) -> torch.Tensor:
     """Gram matrices of (N, C, H, W) features, shape (N, C, C), divided by H·W."""
     n, c, h, w = features.shape
     f = features.to(torch.promote_types(features.dtype, torch.float32))  # reduced precision -> float32
-    return _Gram.apply(f.reshape(n, c, h * w))
+    with torch.autocast(f.device.type, enabled=False):  # under autocast too: the product stays float32
+        return _Gram.apply(f.reshape(n, c, h * w))
 
 
 def relative_error(x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

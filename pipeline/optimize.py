@@ -21,6 +21,8 @@ DEFAULT_CONTENT_LAYERS: tuple[str, ...] = ("relu4_2",)
 DEFAULT_STYLE_LAYERS: Mapping[str, float] = {f"relu{i}_1": 1.0 for i in range(1, 6)}
 MIN_SIDE = 64  # the coarsest scale never goes below this (relu5_1 sees 1/16 of it)
 
+_AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
 # ITU-R BT.601 luma weights, for luminance-only transfer.
 _LUMA = (0.299, 0.587, 0.114)
 
@@ -34,6 +36,7 @@ class Settings:
     iterations: int = 300
     coarse_iterations: float = 1.0  # each coarser level runs this many times the next finer level's iterations
     optimizer: str = "lbfgs"
+    precision: str = "fp32"  # fp32 | bf16 | fp16: the VGG pass under autocast; Grams and losses stay float32
     learning_rate: float = 0.02  # Adam only; the image is in [0, 1]
     content_weight: float = 1.0
     style_weight: float = 10.0
@@ -177,6 +180,8 @@ class _Objective:
     def __init__(
         self, model: torch.nn.Module, settings: Settings, content: torch.Tensor, targets: StyleTargets, held: Held = ()
     ) -> None:
+        if settings.precision not in ("fp32", *_AUTOCAST):
+            raise ValueError(f"unknown precision {settings.precision!r}; use fp32, bf16 or fp16")
         self.model = model
         self.settings = settings
         with torch.inference_mode():
@@ -189,7 +194,9 @@ class _Objective:
     def __call__(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Returns (total loss, stacked [total, content, style, tv, temporal]) for a (1, 3, H, W) image."""
         s = self.settings
-        feats = self.model(image)
+        dtype = _AUTOCAST.get(s.precision)
+        with torch.autocast(image.device.type, dtype=dtype, enabled=dtype is not None):
+            feats = self.model(image)
         c = content_loss(feats, self.content_targets)
         st = style_loss(feats, self.style_targets, s.style_layers)
         tv = tv_loss(image)

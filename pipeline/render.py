@@ -44,6 +44,14 @@ class Rendered:
     image: torch.Tensor  # the output, (1, 3, H, W) RGB [0, 1] on the device
 
 
+def _tune_cuda() -> None:
+    """cuDNN searches once per input shape for its fastest conv (a job's few scales and a video's
+    frames reuse the choice) and runs convs in TF32; matmuls, hence the Grams, stay full float32."""
+    torch.backends.cudnn.benchmark = True
+    torch.backends.cudnn.allow_tf32 = True
+    torch.backends.cuda.matmul.allow_tf32 = False
+
+
 class Renderer:
     """A worker's state: the model on its device, loaded once, and warm style targets."""
 
@@ -57,6 +65,8 @@ class Renderer:
         self.device = torch.device(device)
         resolved = resolve_weights(weights)
         cpu = self.device.type == "cpu"  # cuDNN picks its own algorithms (Winograd among them) on GPUs
+        if self.device.type == "cuda":
+            _tune_cuda()
         self.model = VGGFeatures(resolved, settings.layers, pooling=pooling, winograd=cpu).to(self.device)
         self.init_path = init_path
         self._styles: dict[Path, torch.Tensor] = {}

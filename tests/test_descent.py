@@ -62,3 +62,38 @@ def test_adam_matches_torch_optim(lr):
         _evaluator(ref, a, b, [])()
         opt.step()
     assert torch.allclose(ours.detach(), ref.detach(), rtol=1e-10, atol=1e-12)
+
+
+def test_lbfgs_never_reads_a_value_back_from_the_device(monkeypatch):
+    """Every decision is a tensor op: no bool(), float(), item() or tolist() on a tensor inside the loop."""
+    a, b, solution = _quadratic(3)
+    x = torch.zeros(40, dtype=torch.float64, requires_grad=True)
+
+    def evaluate():
+        loss = 0.5 * x @ a @ x - b @ x
+        loss.backward()
+        return loss
+
+    def sync(*_):
+        raise AssertionError("host-device sync inside lbfgs")
+
+    for name in ("__bool__", "__float__", "__int__", "item", "tolist"):
+        monkeypatch.setattr(torch.Tensor, name, sync)
+    lbfgs(x, evaluate, iterations=150, history=20)
+    monkeypatch.undo()
+    assert torch.allclose(x.detach(), solution, atol=1e-4)
+
+
+def test_lbfgs_restarts_along_the_gradient_when_the_direction_goes_uphill():
+    """A non-convex start (negative curvature) still descends: the loss ends below where it began."""
+    x = torch.tensor([0.1, -0.2], dtype=torch.float64, requires_grad=True)
+    calls = []
+
+    def evaluate():
+        loss = (x[0] ** 2 - 1) ** 2 + 10 * (x[1] - x[0] ** 2) ** 2  # negative curvature near the origin
+        loss.backward()
+        calls.append(loss.item())
+        return loss
+
+    lbfgs(x, evaluate, iterations=200, history=5)
+    assert calls[-1] < 1e-8 and calls[-1] < calls[0]

@@ -1,5 +1,6 @@
 """Each loss against a hand computation on tiny tensors."""
 
+import pytest
 import torch
 
 from pipeline.losses import content_loss, gram, relative_error, style_loss, tv_loss
@@ -64,3 +65,12 @@ def test_gram_gradient_matches_autograd_of_the_plain_formula():
     flat = plain.reshape(2, 3, 20)
     ((flat @ flat.transpose(1, 2) / 20) * weights).sum().backward()
     assert torch.allclose(f.grad, plain.grad)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_gram_stays_float32_under_autocast(dtype):
+    f = torch.randn(2, 8, 6, 5)
+    with torch.autocast("cpu", dtype=dtype):
+        g = gram(f)
+    assert g.dtype == torch.float32
+    assert torch.allclose(g, gram(f), rtol=1e-6, atol=1e-7)

@@ -9,7 +9,7 @@ from conftest import gpu
 from pipeline.images import read_image
 from pipeline.model import VGGFeatures
 from pipeline.optimize import (
-    Settings, iterations_per_scale, luminance, scale_shapes, style_targets, stylize,
+    Settings, _Objective, iterations_per_scale, luminance, scale_shapes, style_targets, stylize,
 )
 
 TINY = Settings(size=64, scales=1, iterations=15)
@@ -150,3 +150,28 @@ def test_cuda_matches_cpu(shared, bundled):
         c = content.to(device)
         results.append(stylize(m, c, _targets(m, c, style.to(device), settings), settings).image.cpu())
     assert (results[0] - results[1]).abs().mean() < 0.02
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_reduced_precision_tracks_fp32(shared, model, precision):
+    """Autocast runs the VGG pass in bf16/fp16 (on the CPU too, slowly); Grams and losses stay float32,
+    so Adam's path follows the fp32 one: the result, scored in fp32, is within 3 %."""
+    content, style = _inputs(shared)
+    settings = dataclasses.replace(TINY, optimizer="adam", learning_rate=0.05, iterations=15)
+    targets = _targets(model, content, style, settings)
+    exact = stylize(model, content, targets, settings)
+    reduced = stylize(model, content, targets, dataclasses.replace(settings, precision=precision))
+    assert reduced.image.dtype == torch.float32
+    assert reduced.final.loss < 0.8 * reduced.trace[0].loss
+    score = _Objective(model, settings, content, targets[0])
+    with torch.no_grad():
+        assert score(reduced.image)[0].item() == pytest.approx(score(exact.image)[0].item(), rel=0.03)
+    assert (reduced.image - exact.image).abs().mean() < 0.03  # different images differ by ~0.3
+
+
+def test_unknown_precision_is_an_error(shared, model):
+    content, style = _inputs(shared)
+    settings = dataclasses.replace(TINY, precision="fp8")
+    with pytest.raises(ValueError, match="precision"):
+        stylize(model, content, _targets(model, content, style, settings), settings)
