@@ -2,7 +2,7 @@
 
 Writes bench/results.json and bench/results.md. Inputs come from ../shared/data.
 
-    python -m bench                 # core, pastiche and pipeline figures (about 8 minutes on a 2-core CPU)
+    python -m bench                 # core, pastiche and pipeline figures (about 12 minutes on a 2-core CPU)
     python -m bench --skip-pastiche # without the pastiche comparison
     python -m bench --skip-core --skip-pipeline --video   # temporal consistency only (about 25 minutes; make bench-video)
 """
@@ -17,6 +17,7 @@ import statistics
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -25,7 +26,7 @@ from torch import nn
 from bench.evaluator import Evaluator
 from pipeline.launch import keep_freed_memory
 from pipeline.model import VGGFeatures, resolve_weights
-from pipeline.optimize import Settings, stylize
+from pipeline.optimize import Settings, scale_shapes, style_targets, stylize
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -91,7 +92,6 @@ def floor_and_iteration(sizes: list[int]) -> list[dict]:
 def _iteration_seconds(model: VGGFeatures, size: int, iterations: int = 8) -> float:
     """Median wall time between consecutive iterations of the real optimiser (scales=1, L-BFGS)."""
     from pipeline.images import read_image
-    from pipeline.optimize import scale_shapes, style_targets
 
     settings = Settings(size=size, scales=1, iterations=iterations)
     content = torch.nn.functional.interpolate(read_image(CONTENT), size=(size, size), mode="bilinear", antialias=True)
@@ -100,6 +100,90 @@ def _iteration_seconds(model: VGGFeatures, size: int, iterations: int = 8) -> fl
     stamps: list[float] = []
     stylize(model, content, targets, settings, callback=lambda p: stamps.append(time.perf_counter()))
     return statistics.median(b - a for a, b in zip(stamps[1:], stamps[2:]))
+
+
+class _Reached(Exception):
+    """Stops a run once it reaches the target loss."""
+
+
+class _Recorder(nn.Module):
+    """The model, keeping the last image it was asked to differentiate (the optimiser's current iterate)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model, self.image = model, None
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        if torch.is_grad_enabled():
+            self.image = x.detach()
+        return self.model(x)
+
+
+def schedule_race(size: int = 256, iterations: int = 100, every: int = 10, cap: int = 400) -> dict:
+    """Seconds for coarse-to-fine (the defaults, `iterations` at the finest scale) and for one scale to
+    reach the same evaluator style loss: the one coarse-to-fine ends with. Scoring time is not counted."""
+    from pipeline.images import read_image
+
+    evaluator = Evaluator()
+    weights = resolve_weights("bundled")
+    content, style = read_image(CONTENT, size), read_image(STYLE)
+    target: float | None = None
+    out: dict = {"size": size}
+    for name, scales, iters in (("coarse_to_fine", Settings().scales, iterations), ("single_scale", 1, cap)):
+        settings = Settings(size=size, scales=scales, iterations=iters)
+        model = _Recorder(VGGFeatures(weights, settings.layers, winograd=True))
+        shapes = scale_shapes(*content.shape[-2:], size, scales)
+        targets = [style_targets(model, [(style, 1.0)], h * w, list(settings.style_layers)) for h, w in shapes]
+        scoring, reached, last = 0.0, None, None
+        start = time.perf_counter()
+
+        def check(p) -> None:
+            nonlocal scoring, reached, last
+            if p.scale < p.scales or (p.iteration % every and p.iteration < p.iterations):
+                return
+            now = time.perf_counter()
+            last = evaluator.score_image(model.image, content, style), p.iteration, now - start - scoring
+            scoring += time.perf_counter() - now
+            if target is not None and last[0].style <= target:
+                reached = last
+                raise _Reached
+
+        try:
+            stylize(model, content, targets, settings, callback=check)
+        except _Reached:
+            pass
+        if target is None:
+            target, reached = last[0].style, last
+        out[name] = {"scales": scales, "reached": reached is not None, "finest_iterations": (reached or last)[1],
+                     "seconds": round((reached or last)[2], 1), "content": (reached or last)[0].content,
+                     "style": (reached or last)[0].style}
+        print(f"  {name}: {out[name]}", flush=True)
+    out["target_style"] = target
+    return out
+
+
+def batch_throughput(size: int = 256, iterations: int = 10, batches: tuple[int, ...] = (1, 2, 4)) -> list[dict]:
+    """Images per second of Adam on same-size images optimised as one batch, per batch size (one scale)."""
+    from pipeline.images import read_image
+    from pipeline.optimize import stack_targets
+
+    settings = Settings(size=size, scales=1, iterations=iterations, optimizer="adam")
+    model = VGGFeatures(resolve_weights("bundled"), settings.layers, winograd=True)
+    photos = [read_image(p) for p in sorted((SHARED / "content").glob("*.png"))]
+    targets = style_targets(model, [(read_image(STYLE), 1.0)], size * size, list(settings.style_layers))
+    rows = []
+    for n in batches:
+        content = torch.cat([torch.nn.functional.interpolate(photos[i % len(photos)], size=(size, size), mode="bilinear",
+                                                             antialias=True) for i in range(n)])
+        batch_targets = stack_targets([[targets]] * n)
+        stylize(model, content[:1], [targets], replace(settings, iterations=1))  # warm-up
+        start = time.perf_counter()
+        stylize(model, content, batch_targets, settings)
+        seconds = time.perf_counter() - start
+        rows.append({"batch": n, "seconds": round(seconds, 2), "images_per_s": round(n / seconds, 4),
+                     "image_iterations_per_s": round(n * iterations / seconds, 2), "iterations": iterations, "size": size})
+        print(f"  batch {n}: {seconds:.1f}s, {n / seconds:.3f} images/s", flush=True)
+    return rows
 
 
 def _timed(cmd: list[str], env: dict[str, str] | None = None) -> float:
@@ -286,6 +370,18 @@ def _markdown(results: dict) -> str:
                   "| | wall time | evaluator content loss | evaluator style loss |", "|---|---|---|---|",
                   f"| pastiche 1.6 | {p['pastiche_s']:.1f} s | {p['pastiche_content']:.4g} | {p['pastiche_style']:.4g} |",
                   f"| stylize | {p['stylize_s']:.1f} s ({p['time_ratio']:.2f}×) | {p['stylize_content']:.4g} | {p['stylize_style']:.4g} |"]
+    r = results.get("schedules")
+    if r:
+        c, o = r["coarse_to_fine"], r["single_scale"]
+        lines += ["", f"Time to the same evaluator style loss ({r['target_style']:.4g}, where coarse-to-fine ends), astronaut × starry night, {r['size']} px:", "",
+                  "| schedule | finest-scale iterations | seconds | evaluator content | evaluator style |", "|---|---|---|---|---|",
+                  f"| coarse to fine, {c['scales']} scales | {c['finest_iterations']} | {c['seconds']} s | {c['content']:.4g} | {c['style']:.4g} |",
+                  f"| one scale | {o['finest_iterations']}{'' if o['reached'] else ' (not reached)'} | {o['seconds']} s | {o['content']:.4g} | {o['style']:.4g} |"]
+    if results.get("batch"):
+        rows = results["batch"]
+        lines += ["", f"Adam on same-size images as one batch ({rows[0]['size']} px, one scale, {rows[0]['iterations']} iterations):", "",
+                  "| batch | seconds | images per second | image-iterations per second |", "|---|---|---|---|",
+                  *(f"| {x['batch']} | {x['seconds']} | {x['images_per_s']} | {x['image_iterations_per_s']} |" for x in rows)]
     b = results.get("pipeline")
     if b:
         lines += ["", "| pipeline figure | measured |", "|---|---|",
@@ -326,6 +422,10 @@ def main() -> None:
     if not args.skip_core:
         print("per-iteration time against the floor", flush=True)
         results["per_iteration"] = floor_and_iteration(args.sizes)
+        print("single scale against coarse to fine: time to the same loss", flush=True)
+        results["schedules"] = schedule_race()
+        print("batched Adam: images per second against batch size", flush=True)
+        results["batch"] = batch_throughput()
     if not (args.skip_pastiche or args.skip_core):
         print("stylize against pastiche", flush=True)
         results["pastiche"] = versus_pastiche(out)

@@ -34,13 +34,16 @@ class Evaluator:
     def __init__(self) -> None:
         self.model = VGGFeatures(resolve_weights("bundled"), (CONTENT_LAYER, *STYLE_LAYERS))
 
-    @torch.inference_mode()
     def score(self, output: Path, content: Path, style: Path) -> Scores:
-        out = read_image(output)
+        """Scores of the image file `output`."""
+        return self.score_image(read_image(output), read_image(content), read_image(style))
+
+    @torch.inference_mode()
+    def score_image(self, out: torch.Tensor, content: torch.Tensor, style: torch.Tensor) -> Scores:
+        """Scores of a (1, 3, H, W) RGB [0, 1] image against full-size content and style images."""
         shape = tuple(out.shape[-2:])
-        content_img = resize(read_image(content), shape)
-        style_img = read_image(style)
-        style_img = resize(style_img, style_area_shape(style_img, shape[0] * shape[1]))
+        content_img = resize(content, shape)
+        style_img = resize(style, style_area_shape(style, shape[0] * shape[1]))
         fo, fc, fs = self.model(out), self.model(content_img), self.model(style_img)
         content_loss = torch.mean((fo[CONTENT_LAYER] - fc[CONTENT_LAYER]) ** 2).item()
         style_terms = []

@@ -71,8 +71,9 @@ class Progress:
 
 @dataclass
 class Result:
-    image: torch.Tensor  # (1, 3, H, W), RGB in [0, 1]
-    trace: list[Progress]  # one entry per iteration, all scales
+    image: torch.Tensor  # (N, 3, H, W), RGB in [0, 1]
+    trace: list[Progress]  # one entry per iteration, all scales; losses summed over the batch
+    finals: list[Progress]  # each image's own losses at the last iteration
 
     @property
     def final(self) -> Progress:
@@ -165,13 +166,13 @@ def style_targets(
 def _initial_image(settings: Settings, content: torch.Tensor, init_image: torch.Tensor | None) -> torch.Tensor:
     if settings.init == "content":
         return content.clone()
-    if settings.init == "noise":
-        generator = torch.Generator().manual_seed(settings.seed)
-        noise = torch.rand(content.shape, generator=generator)
+    if settings.init == "noise":  # each image of a batch gets the noise it would get alone
+        generator = (torch.Generator().manual_seed(settings.seed) for _ in range(content.shape[0]))
+        noise = torch.cat([torch.rand((1, *content.shape[1:]), generator=g) for g in generator])
         return noise.to(content.device, content.dtype)
     if init_image is None:
         raise ValueError(f"init {settings.init!r} needs an init image")
-    return resize(init_image.to(content.device, content.dtype), tuple(content.shape[-2:]))
+    return resize(init_image.to(content.device, content.dtype), tuple(content.shape[-2:])).expand_as(content).clone()
 
 
 class _Objective:
@@ -192,7 +193,7 @@ class _Objective:
         self.held = [(resize(w, shape), resize(m, shape)) for w, m in held]
 
     def __call__(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Returns (total loss, stacked [total, content, style, tv, temporal]) for a (1, 3, H, W) image."""
+        """Returns (total loss, [total, content, style, tv, temporal] per image, shape (5, N)) for (N, 3, H, W) images."""
         s = self.settings
         dtype = _AUTOCAST.get(s.precision)
         with torch.autocast(image.device.type, dtype=dtype, enabled=dtype is not None):
@@ -201,13 +202,13 @@ class _Objective:
         st = style_loss(feats, self.style_targets, s.style_layers)
         tv = tv_loss(image)
         tm = temporal_loss(image, self.held) if self.held else torch.zeros_like(tv)
-        total = (s.content_weight * c + s.style_weight * st + s.tv_weight * tv + s.temporal_weight * tm).sum()
-        parts = [total, c.sum(), st.sum(), tv.sum(), tm.sum()]
-        return total, torch.stack([p.detach() for p in parts])
+        each = s.content_weight * c + s.style_weight * st + s.tv_weight * tv + s.temporal_weight * tm
+        return each.sum(), torch.stack([p.detach() for p in (each, c, st, tv, tm.expand_as(tv))])
 
 
 def _run_scale(
-    objective: _Objective, image: torch.Tensor, iterations: int, settings: Settings, report: Callable[[int, list[float]], None]
+    objective: _Objective, image: torch.Tensor, iterations: int, settings: Settings,
+    report: Callable[[int, list[list[float]]], None],
 ) -> torch.Tensor:
     image = image.detach().clone(memory_format=torch.contiguous_format).requires_grad_(True)
     count = 0
@@ -238,19 +239,24 @@ def stylize(
     callback: Callback | None = None,
     held: Held = (),
 ) -> Result:
-    """Optimise one image from coarse to fine.
+    """Optimise one image, or a batch of same-size images, from coarse to fine.
 
-    `content` is (1, 3, H, W) RGB [0, 1] at the output shape; `targets` holds
+    `content` is (N, 3, H, W) RGB [0, 1] at the output shape; `targets` holds
     one set of style Grams per level of `scale_shapes(H, W, max(H, W), settings.scales)`,
     as made by `style_targets` at that level's area (luminance-only when
-    `preserve_colors`). `held` adds the temporal term (video): earlier
-    stylised frames warped onto this one, with their (N, 1, H, W) reliability
-    masks, weighted by `settings.temporal_weight`. Returns the image in [0, 1]
-    and a per-iteration trace.
+    `preserve_colors`): (C, C) for all images, or (N, C, C), one per image
+    (see `stack_targets`). A batch needs Adam, whose per-element update keeps
+    the images independent; L-BFGS's dot products would couple them.
+    `init_image` is one image for all or one per image. `held` adds the
+    temporal term (video): earlier stylised frames warped onto this one, with
+    their (N, 1, H, W) reliability masks, weighted by `settings.temporal_weight`.
+    Returns the images in [0, 1], a per-iteration trace and each image's final losses.
     """
     shapes = scale_shapes(*content.shape[-2:], max(content.shape[-2:]), settings.scales)
     if len(targets) != len(shapes):
         raise ValueError(f"{len(shapes)} scales need {len(shapes)} style target sets, got {len(targets)}")
+    if content.shape[0] > 1 and settings.optimizer != "adam":
+        raise ValueError(f"a batch of {content.shape[0]} images needs optimizer adam, not {settings.optimizer!r}")
     source = content
     if settings.preserve_colors:  # optimise luminance only; earlier frames and the init image too
         source = luminance(content)
@@ -258,11 +264,13 @@ def stylize(
         init_image = luminance(init_image) if init_image is not None else None
     image = _initial_image(settings, source, init_image)
     trace: list[Progress] = []
+    finals: list[Progress] = []
     for level, (shape, iters, level_targets) in enumerate(
         zip(shapes, iterations_per_scale(settings, len(shapes)), targets), start=1
     ):
-        def report(i: int, parts: list[float], _shape=shape, _iters=iters, _level=level) -> None:
-            p = Progress(_level, len(shapes), _shape, i, _iters, *parts)
+        def report(i: int, parts: list[list[float]], _shape=shape, _iters=iters, _level=level) -> None:
+            finals[:] = [Progress(_level, len(shapes), _shape, i, _iters, *each) for each in zip(*parts)]
+            p = Progress(_level, len(shapes), _shape, i, _iters, *map(sum, parts))
             trace.append(p)
             if callback is not None:
                 callback(p)
@@ -272,4 +280,9 @@ def stylize(
     image = image.clamp(0, 1)
     if settings.preserve_colors:
         image = recolor(image, content)
-    return Result(image=image, trace=trace)
+    return Result(image=image, trace=trace, finals=finals)
+
+
+def stack_targets(per_image: Sequence[Sequence[StyleTargets]]) -> list[StyleTargets]:
+    """Per-image target sets (one list of levels each) as one batch's: (N, C, C) Grams per layer and level."""
+    return [{k: torch.stack([t[k] for t in level]) for k in level[0]} for level in zip(*per_image)]

@@ -13,7 +13,9 @@ from pipeline.cache import StyleCache
 from pipeline.images import read_image, write_image
 from pipeline.keys import file_digest
 from pipeline.model import VGGFeatures, resolve_weights
-from pipeline.optimize import Callback, Held, Settings, StyleTargets, scale_shapes, style_targets, stylize
+from pipeline.optimize import (
+    Callback, Held, Result, Settings, StyleTargets, resize, scale_shapes, stack_targets, style_targets, stylize,
+)
 
 
 @dataclass(frozen=True)
@@ -125,16 +127,50 @@ class Renderer:
         elif s.init == "image" and self.init_path is not None:
             init = read_image(self.init_path)
         shapes = scale_shapes(*content.shape[-2:], s.size, s.scales)
-        hits, misses, style_start = self.cache.hits, self.cache.misses, time.perf_counter()
-        targets = self.targets(blend, shapes)
-        style_seconds = time.perf_counter() - style_start
+        targets, *counts = self._counted(blend, shapes)
         held = follow.held if follow is not None else ()
         result = stylize(self.model, content, targets, s, init_image=init, callback=callback, held=held)
         write_image(result.image, output)
-        final = result.final
+        return self._rendered(result, 0, time.perf_counter() - start, *counts)
+
+    def render_batch(self, contents: Sequence[Path], blends: Sequence[Sequence[tuple[Path, float]]],
+                     outputs: Sequence[Path]) -> list[Rendered]:
+        """Stylise same-size images together as one Adam batch, each with its own styles, and write each output.
+
+        Each image's seconds are the batch's shared equally.
+        """
+        start = time.perf_counter()
+        s = self.settings
+        images = [self.read_content(p) for p in contents]
+        shape = tuple(images[0].shape[-2:])
+        if any(tuple(i.shape[-2:]) != shape for i in images):
+            raise ValueError(f"a batch needs images of one size, got {sorted({tuple(i.shape[-2:]) for i in images})}")
+        init = None
+        if s.init == "style":
+            init = torch.cat([resize(self._style_image(b[0][0]), shape) for b in blends])
+        elif s.init == "image" and self.init_path is not None:
+            init = read_image(self.init_path)
+        shapes = scale_shapes(*shape, s.size, s.scales)
+        counted = [self._counted(b, shapes) for b in blends]
+        result = stylize(self.model, torch.cat(images), stack_targets([c[0] for c in counted]), s, init_image=init)
+        for i, output in enumerate(outputs):
+            write_image(result.image[i : i + 1], output)
+        seconds = (time.perf_counter() - start) / len(images)
+        return [self._rendered(result, i, seconds, *c[1:]) for i, c in enumerate(counted)]
+
+    def _counted(
+        self, blend: Sequence[tuple[Path, float]], shapes: Sequence[tuple[int, int]],
+    ) -> tuple[list[StyleTargets], int, int, float]:
+        """`targets(blend, shapes)`, with the cache hits and misses it took and its seconds."""
+        hits, misses, start = self.cache.hits, self.cache.misses, time.perf_counter()
+        targets = self.targets(blend, shapes)
+        return targets, self.cache.hits - hits, self.cache.misses - misses, time.perf_counter() - start
+
+    def _rendered(self, result: Result, index: int, seconds: float, hits: int, misses: int,
+                  style_seconds: float) -> Rendered:
+        final = result.finals[index]
         return Rendered(
             content=final.content, style=final.style, tv=final.tv, temporal=final.temporal, loss=final.loss,
-            iterations=len(result.trace), seconds=time.perf_counter() - start, device=str(self.device),
-            style_hits=self.cache.hits - hits, style_misses=self.cache.misses - misses, style_seconds=style_seconds,
-            image=result.image,
+            iterations=len(result.trace), seconds=seconds, device=str(self.device), style_hits=hits,
+            style_misses=misses, style_seconds=style_seconds, image=result.image[index : index + 1],
         )

@@ -9,7 +9,7 @@ from conftest import gpu
 from pipeline.images import read_image
 from pipeline.model import VGGFeatures
 from pipeline.optimize import (
-    Settings, _Objective, iterations_per_scale, luminance, scale_shapes, style_targets, stylize,
+    Settings, _Objective, iterations_per_scale, luminance, scale_shapes, stack_targets, style_targets, stylize,
 )
 
 TINY = Settings(size=64, scales=1, iterations=15)
@@ -175,3 +175,30 @@ def test_unknown_precision_is_an_error(shared, model):
     settings = dataclasses.replace(TINY, precision="fp8")
     with pytest.raises(ValueError, match="precision"):
         stylize(model, content, _targets(model, content, style, settings), settings)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("init", ["content", "noise"])
+def test_a_batch_equals_its_images_optimised_alone(shared, model, init):
+    """Adam's per-element update keeps a batch's images independent: each equals its own run."""
+    settings = Settings(size=64, scales=2, iterations=6, optimizer="adam", learning_rate=0.05, init=init, seed=5)
+    contents = [read_image(shared / "content" / name, 64) for name in ("chelsea.png", "coffee.png")]
+    shape = tuple(contents[0].shape[-2:])
+    contents = [torch.nn.functional.interpolate(c, size=shape, mode="bilinear") for c in contents]
+    styles = [read_image(shared / "style" / name) for name in ("starry_night.jpg", "wave.jpg")]
+    per_image = [_targets(model, c, s, settings) for c, s in zip(contents, styles)]
+    alone = [stylize(model, c, t, settings) for c, t in zip(contents, per_image)]
+    batch = stylize(model, torch.cat(contents), stack_targets(per_image), settings)
+    assert batch.image.shape == (2, 3, *shape)
+    for i, single in enumerate(alone):
+        gap = (batch.image[i : i + 1] - single.image).abs()  # float round-off, which Adam's first steps
+        assert gap.mean() < 5e-4 and gap.max() < 0.02  # amplify where a gradient is near 0; other images: ~0.3
+        assert batch.finals[i].loss == pytest.approx(single.final.loss, rel=1e-4)
+    assert batch.final.loss == pytest.approx(sum(s.final.loss for s in alone), rel=1e-4)
+
+
+def test_a_batch_refuses_lbfgs(shared, model):
+    content, style = _inputs(shared)
+    targets = _targets(model, content, style, TINY)
+    with pytest.raises(ValueError, match="needs optimizer adam"):
+        stylize(model, torch.cat([content, content]), targets, TINY)
