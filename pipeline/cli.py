@@ -47,7 +47,8 @@ def run(
     config_path: Path = typer.Argument(..., metavar="CONFIG", help="YAML config"),
     dry_run: bool = typer.Option(False, "--dry-run", help="list what would run, run nothing"),
 ) -> None:
-    """Run the batch described by CONFIG. Exit 0: all done; 1: some jobs failed; 2: bad config; 75: locked."""
+    """Run the batch described by CONFIG. Exit 0: all done; 1: some jobs failed (or the Dask scheduler is gone); 2: bad config; 75: locked."""
+    from pipeline.cluster import ClusterError, StorageError
     from pipeline.execute import DeviceError, execute
     from pipeline.lock import LockHeld, run_lock
     from pipeline.progress import RunReport
@@ -76,6 +77,10 @@ def run(
         _fail(str(exc), EXIT_LOCKED)
     except DeviceError as exc:
         _fail(f"{config_path}: devices: {exc}")
+    except StorageError as exc:
+        _fail(f"{config_path}: {exc}")
+    except ClusterError as exc:  # nothing more can run; what finished is in the manifest
+        _fail(str(exc), EXIT_FAILED)
     raise typer.Exit(EXIT_FAILED if failed else EXIT_OK)
 
 

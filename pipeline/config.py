@@ -8,14 +8,16 @@ the config file's folder.
 from __future__ import annotations
 
 import difflib
+import importlib.util
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from pipeline.optimize import Settings
 
@@ -136,8 +138,8 @@ class Config(_Strict):
         default="auto", description="auto (every GPU, else the CPU) | cpu | [cuda:0, cuda:1]"
     )
     workers_per_device: int = Field(default=1, ge=1, le=64, description="worker processes per device")
-    executor: Literal["local", "dask"] = Field(default="local", description="local (dask is not implemented yet)")
-    scheduler: str | None = Field(default=None, description="with executor: dask: local | tcp://host:8786 (not implemented yet)")
+    executor: Literal["local", "dask"] = Field(default="local", description="local (worker processes on this machine) | dask (a Dask distributed cluster: see Render farm)")
+    scheduler: str | None = Field(default=None, validate_default=True, description="with executor: dask: local (a LocalCluster on this machine, one worker process per device slot) | tcp://host:port of a running dask scheduler")
     cache_dir: Path = Field(default=Path("~/.cache/stylize"), description="style Gram cache and decoded video frames, shared by runs")
 
     @field_validator("styles")
@@ -148,6 +150,16 @@ class Config(_Strict):
         if dup:
             raise ValueError(f"style name {dup!r} is used twice")
         return styles
+
+    @field_validator("scheduler")
+    @classmethod
+    def _scheduler_address(cls, scheduler: str | None, info: ValidationInfo) -> str | None:
+        if scheduler is None:
+            if info.data.get("executor") == "dask":
+                raise ValueError("required with executor: dask (local, or tcp://host:port of a dask scheduler)")
+        elif not re.fullmatch(r"local|tcp://(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+):\d{1,5}", scheduler):
+            raise ValueError(f"{scheduler!r} is neither local nor tcp://host:port")
+        return scheduler
 
 
 def reference() -> str:
@@ -230,6 +242,8 @@ def load_config(path: Path) -> Config:
         config = Config.model_validate(raw)
     except ValidationError as exc:
         raise ConfigError(_format_error(path, exc)) from None
+    if config.executor == "dask" and importlib.util.find_spec("distributed") is None:
+        raise ConfigError(f"{path}: executor: dask needs the distributed package (pip install 'stylize[dask]')")
     base = path.resolve().parent
     styles = [
         s.model_copy(update={"images": [_resolve(base, p) for p in s.images]}) for s in config.styles

@@ -6,7 +6,9 @@ import os
 import threading
 import time
 import uuid
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, replace
+from functools import partial
 from multiprocessing import Manager
 from pathlib import Path
 from queue import Queue
@@ -28,6 +30,7 @@ from pipeline.video import VideoError, assemble, extract_frames
 
 
 Task = Union[Job, Segment]  # what a worker runs: one job, or a segment's frames in order
+Records = Callable[[list[Task], frozenset[Path], Path], Iterator[tuple[Job, Record]]]  # (tasks, done, out dir) -> records as jobs finish
 
 
 @dataclass(frozen=True)
@@ -204,6 +207,16 @@ def _records(
             raise failure[0]
 
 
+def _executor(config: Config, slots: list[str], report: Report, needed: bool) -> AbstractContextManager[Records]:
+    """What runs the tasks: processes here, or with executor dask the cluster, connected (and its workers
+    checked) only when there is work."""
+    if config.executor == "dask" and needed:
+        from pipeline.cluster import session  # the only path that imports distributed
+
+        return session(config, report)
+    return nullcontext(partial(_records, config, slots=slots))
+
+
 def _tasks(plan: Plan, pending: list[Job]) -> list[Task]:
     """Pending single jobs, and each segment with work left, longest first. Jobs that already
     carry an error (an undecodable video) fail as single jobs."""
@@ -287,9 +300,10 @@ def execute(config: Config, plan: Plan, report: Report) -> list[Outcome]:
     segment seams, measure each clip's warp error and reassemble each video whose frames are all
     done (also frames done by earlier runs).
 
-    Raises DeviceError before any work when the configured device does not exist.
+    Raises DeviceError before any work when the configured device does not exist (with executor dask,
+    when no worker offers a device the config allows; see pipeline.cluster for its other errors).
     """
-    slots = [d for d in resolve_devices(config.devices) for _ in range(config.workers_per_device)]
+    slots = [d for d in resolve_devices(config.devices) for _ in range(config.workers_per_device)] if config.executor == "local" else []
     out_dir = config.output.dir
     out_dir.mkdir(parents=True, exist_ok=True)
     for stale in out_dir.rglob(".*.part*"):  # temporaries of a killed run (we hold the lock)
@@ -302,23 +316,24 @@ def execute(config: Config, plan: Plan, report: Report) -> list[Outcome]:
         report.log(f"{len(outcomes)} of {len(plan.jobs)} jobs already done")
     if pending and len(slots) > 1:
         report.log(f"{len(slots)} workers on {', '.join(sorted(set(slots)))}")
-    pending = _extract_videos(pending, report)
-    report.start(len(pending))
-    finished = frozenset(j.output for j, d in zip(plan.jobs, done) if d)
     rendered: set[Path] = set()
-    count = 0
-    try:
-        for job, record in _records(config, _tasks(plan, pending), finished, out_dir, slots):
-            count += 1
-            rendered.add(job.output)
-            manifest.put(record)
-            manifest.save(at_most_every=SAVE_EVERY)
-            outcomes.append(Outcome(job, record, skipped=False))
-            report.finished(record)
-            detail = f"{record.seconds:.1f}s" if record.state == "done" else record.error
-            report.log(f"[{count}/{len(pending)}] {record.state} {job.name} -> {record.output} ({detail})")
-    finally:
-        manifest.save()
+    with _executor(config, slots, report, bool(pending)) as records:
+        pending = _extract_videos(pending, report)
+        report.start(len(pending))
+        finished = frozenset(j.output for j, d in zip(plan.jobs, done) if d)
+        count = 0
+        try:
+            for job, record in records(_tasks(plan, pending), finished, out_dir):
+                count += 1
+                rendered.add(job.output)
+                manifest.put(record)
+                manifest.save(at_most_every=SAVE_EVERY)
+                outcomes.append(Outcome(job, record, skipped=False))
+                report.finished(record)
+                detail = f"{record.seconds:.1f}s" if record.state == "done" else record.error
+                report.log(f"[{count}/{len(pending)}] {record.state} {job.name} -> {record.output} ({detail})")
+        finally:
+            manifest.save()
 
     def frames_done(jobs) -> bool:
         return all(is_done(j, manifest, out_dir) for j in jobs)
