@@ -13,7 +13,7 @@ from collections import Counter
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import pytest
 import yaml
@@ -81,12 +81,12 @@ def _records(out: Path) -> dict[str, dict]:
 
 
 @contextmanager
-def _kill_once_outputs_land(out: Path, count: int, victim: subprocess.Popen) -> Iterator[None]:
-    """SIGKILL `victim` from a thread as soon as `count` outputs have landed in `out`."""
+def _kill_when(ready: Callable[[], bool], victim: subprocess.Popen) -> Iterator[None]:
+    """SIGKILL `victim` from a thread as soon as `ready()` holds."""
     stop = threading.Event()
 
     def watch() -> None:
-        while len(list(out.glob("*.wave.png"))) < count and not stop.is_set():
+        while not ready() and not stop.is_set():
             time.sleep(0.05)
         victim.send_signal(signal.SIGKILL)
 
@@ -178,7 +178,7 @@ def test_a_worker_killed_mid_run_has_its_job_retried_and_each_output_recorded_on
         config = _config(tmp_path, [inputs], "out", shared / "style/wave.jpg", scheduler=farm.address,
                          optimize={"size": 64, "iterations": 6, "scales": 1})
         victim = farm.workers[0]
-        with _kill_once_outputs_land(tmp_path / "out", 2, victim):
+        with _kill_when(lambda: len(list((tmp_path / "out").glob("*.wave.png"))) >= 2, victim):  # two outputs landed
             result = runner.invoke(app, ["run", str(config)])
     assert result.exit_code == 0, result.output
     outputs = sorted(p.name for p in (tmp_path / "out").glob("*.wave.png"))
@@ -214,7 +214,7 @@ def test_losing_the_scheduler_mid_run_stops_with_one_line_and_a_rerun_resumes(sh
     with _farm(tmp_path / "doomed") as doomed:
         config = _config(tmp_path, [inputs], "out", shared / "style/wave.jpg", scheduler=doomed.address,
                          optimize={"size": 64, "iterations": 6, "scales": 1})
-        with _kill_once_outputs_land(tmp_path / "out", 2, doomed.scheduler):
+        with _kill_when((tmp_path / "out" / "manifest.json").is_file, doomed.scheduler):  # a record reached the client
             result = runner.invoke(app, ["run", str(config)])
     assert result.exit_code == 1, result.output
     last = result.output.strip().splitlines()[-1]
