@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import List, Optional
+from typing import Callable, List, Optional
 
 import typer
 
@@ -46,13 +46,17 @@ def _plan(config_path: Path):
 def run(
     config_path: Path = typer.Argument(..., metavar="CONFIG", help="YAML config"),
     dry_run: bool = typer.Option(False, "--dry-run", help="list what would run, run nothing"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="show only failures, warnings and the summary (the log file still gets every line)"),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="also log each worker's iterations (about ten lines a second per worker at most)"),
 ) -> None:
-    """Run the batch described by CONFIG. Exit 0: all done; 1: some jobs failed (or the Dask scheduler is gone); 2: bad config; 75: locked."""
+    """Run the batch described by CONFIG, then write its report. Exit 0: all done; 1: some jobs failed (or the Dask scheduler is gone); 2: bad config; 75: locked."""
     from pipeline.cluster import ClusterError, StorageError
     from pipeline.execute import DeviceError, execute
     from pipeline.lock import LockHeld, run_lock
     from pipeline.progress import RunReport
 
+    if quiet and verbose:
+        _fail("--quiet and --verbose exclude each other")
     config, plan = _plan(config_path)
     if dry_run:
         _show_plan(config, plan)
@@ -61,18 +65,20 @@ def run(
         check_output_dir(config_path, config)
     except ConfigError as exc:
         _fail(str(exc))
+    verbosity = "quiet" if quiet else "verbose" if verbose else "normal"
     try:
-        with run_lock(config.output.dir), RunReport(config.output.dir / LOG_NAME, sys.stderr.isatty()) as report:
+        with run_lock(config.output.dir), RunReport(config.output.dir / LOG_NAME, sys.stderr.isatty(), verbosity) as report:
             report.log(f"{len(plan.jobs)} jobs from {config_path}")
-            outcomes = execute(config, plan, report)
+            outcomes = execute(config, plan, report, live=report.progress)
+            _write_report(config, plan, report.log)
             failed = [o for o in outcomes if o.record.state == "failed"]
             ran = sum(not o.skipped for o in outcomes)
             encoded = sum(o.record.style_misses or 0 for o in outcomes if not o.skipped)
             cached = sum(o.record.style_hits or 0 for o in outcomes if not o.skipped)
             report.log(f"finished: {ran} run, {len(outcomes) - ran} skipped, {len(failed)} failed; "
-                       f"style targets: {encoded} encoded, {cached} from cache; manifest in {config.output.dir}")
+                       f"style targets: {encoded} encoded, {cached} from cache; manifest in {config.output.dir}", always=True)
             for o in failed:
-                report.log(f"FAILED {o.job.name}: {o.record.error}")
+                report.log(f"FAILED {o.job.name}: {o.record.error}", always=True)
     except LockHeld as exc:
         _fail(str(exc), EXIT_LOCKED)
     except DeviceError as exc:
@@ -84,8 +90,21 @@ def run(
     raise typer.Exit(EXIT_FAILED if failed else EXIT_OK)
 
 
+def _write_report(config, plan, log: Callable[..., None]) -> None:
+    """Write report.html and contact_sheet.png; a failure is one logged line and changes nothing else."""
+    from pipeline.manifest import reason
+    from pipeline.report import REPORT_NAME, write_report
+
+    try:
+        page, _ = write_report(config, plan)
+    except Exception as exc:  # noqa: BLE001  the run's outputs and exit code stand
+        log(f"warning: no report: {reason(exc, config.output.dir / REPORT_NAME)}", always=True)
+        return
+    log(f"report: {page}")
+
+
 def _show_plan(config, plan) -> None:
-    from pipeline.execute import is_done, relative_output
+    from pipeline.execute import relative_output
     from pipeline.manifest import Manifest
 
     manifest = Manifest(config.output.dir)
@@ -93,18 +112,28 @@ def _show_plan(config, plan) -> None:
     for job in [*plan.jobs, *plan.videos]:
         rel = relative_output(job, config.output.dir)
         record = manifest.records.get(rel)
-        if is_done(job, manifest, config.output.dir):
-            state = "done"
-        elif record is not None and record.state == "failed" and record.key == job.key:
-            state = "failed"
-        else:
-            state = "pending"
+        state = manifest.state(rel, job.key, job.output.exists())
         counts[state] = counts.get(state, 0) + 1
         extra = f"  ({record.error})" if state == "failed" and record else ""
         typer.echo(f"{state:8} {job.name} -> {rel}{extra}")
     summary = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
     videos = f" and {len(plan.videos)} videos" if plan.videos else ""
     typer.echo(f"{len(plan.jobs)} jobs{videos}: {summary or 'none'}")
+
+
+@app.command("report")
+def report_cmd(config_path: Path = typer.Argument(..., metavar="CONFIG", help="YAML config")) -> None:
+    """Write report.html and contact_sheet.png in CONFIG's output dir from its manifest (also after a partial run)."""
+    from pipeline.manifest import reason
+    from pipeline.report import REPORT_NAME, write_report
+
+    config, plan = _plan(config_path)
+    try:
+        paths = write_report(config, plan)
+    except OSError as exc:
+        _fail(reason(exc, config.output.dir / REPORT_NAME), EXIT_FAILED)
+    for path in paths:
+        typer.echo(path)
 
 
 @app.command("plan")

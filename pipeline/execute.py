@@ -25,12 +25,14 @@ from pipeline.flow import FlowCache
 from pipeline.images import read_image, write_image
 from pipeline.manifest import Manifest, Record, reason
 from pipeline.plan import ChainFrame, Clip, Job, Plan, Seam, Segment, VideoOut
+from pipeline.progress import Tick, Ticker
 from pipeline.render import Rendered, Renderer
 from pipeline.video import VideoError, assemble, extract_frames
 
 
 Task = Union[Job, Segment]  # what a worker runs: one job, or a segment's frames in order
 Records = Callable[[list[Task], frozenset[Path], Path], Iterator[tuple[Job, Record]]]  # (tasks, done, out dir) -> records as jobs finish
+Live = Callable[[Tick], None]  # where workers' live progress goes
 
 
 @dataclass(frozen=True)
@@ -91,10 +93,11 @@ def _record(job: Job, rel: str, r: Rendered) -> Record:
     losses = {"loss": r.loss, "content": r.content, "style": r.style, "tv": r.tv}
     if r.temporal:
         losses["temporal"] = r.temporal
+    trace = [list(row) for row in r.trace] if job.source.kind == "image" else None  # a clip's frames: a curve across frames
     return Record(
         **_base(job, rel), state="done", losses=losses, iterations=r.iterations, device=r.device, pid=os.getpid(),
         seconds=round(r.seconds, 3),
-        style_hits=r.style_hits, style_misses=r.style_misses, style_seconds=round(r.style_seconds, 3),
+        style_hits=r.style_hits, style_misses=r.style_misses, style_seconds=round(r.style_seconds, 3), trace=trace,
     )
 
 
@@ -150,30 +153,36 @@ _WORKER: dict[str, tuple[str, Renderer]] = {}
 
 def _worker_task(
     run_id: str, config: Config, slots: Queue, results: Queue, task: Task, done: frozenset[Path], out_dir: Path,
+    live: bool,
 ) -> None:
     """Run one task in a pool process, claiming a device slot for life on its first task of a run.
 
     Each record goes to `results` as soon as its job ends, so a long segment's frames reach the
-    manifest one by one.
+    manifest one by one; with `live`, Ticks of the job running go there too.
     """
     held = _WORKER.get("state")
     if held is None or held[0] != run_id:
         device, threads = slots.get()
         torch.set_num_threads(threads)
         _WORKER["state"] = held = (run_id, _renderer(config, device))
+        if live:
+            held[1].on_progress = Ticker(results.put, device, out_dir)
     for item in _run_task(held[1], config, task, done, out_dir):
         results.put(item)
 
 
 def _records(
-    config: Config, tasks: list[Task], done: frozenset[Path], out_dir: Path, slots: list[str],
+    config: Config, tasks: list[Task], done: frozenset[Path], out_dir: Path, slots: list[str], live: Live | None = None,
 ) -> Iterator[tuple[Job, Record]]:
     """(job, record) as jobs finish: in this process for one slot, else on a pool of processes
-    that pull tasks as they free up, so a slow task never leaves another worker idle."""
+    that pull tasks as they free up, so a slow task never leaves another worker idle. Workers'
+    Ticks go to `live`."""
     if not tasks:
         return
     if len(slots) == 1:
         renderer = _renderer(config, slots[0])
+        if live is not None:
+            renderer.on_progress = Ticker(live, slots[0], out_dir)
         for task in tasks:
             yield from _run_task(renderer, config, task, done, out_dir)
         return
@@ -185,7 +194,8 @@ def _records(
             slot_queue.put((device, threads if device == "cpu" else torch.get_num_threads()))
         run_id = uuid.uuid4().hex
         pool = Parallel(n_jobs=len(slots), backend="loky", return_as="generator_unordered", batch_size=1)
-        calls = pool(delayed(_worker_task)(run_id, config, slot_queue, results, t, done, out_dir) for t in tasks)
+        calls = pool(delayed(_worker_task)(run_id, config, slot_queue, results, t, done, out_dir, live is not None)
+                     for t in tasks)
 
         failure: list[BaseException] = []
 
@@ -201,20 +211,25 @@ def _records(
         runner = threading.Thread(target=drive, name="pool", daemon=True)
         runner.start()
         while (item := results.get()) != _END:
-            yield item
+            if isinstance(item, Tick):
+                live(item)
+            else:
+                yield item
         runner.join()
         if failure:
             raise failure[0]
 
 
-def _executor(config: Config, slots: list[str], report: Report, needed: bool) -> AbstractContextManager[Records]:
-    """What runs the tasks: processes here, or with executor dask the cluster, connected (and its workers
-    checked) only when there is work."""
+def _executor(
+    config: Config, slots: list[str], report: Report, needed: bool, live: Live | None,
+) -> AbstractContextManager[Records]:
+    """What runs the tasks: processes here (their Ticks to `live`), or with executor dask the cluster,
+    connected (and its workers checked) only when there is work; it reports finished jobs only."""
     if config.executor == "dask" and needed:
         from pipeline.cluster import session  # the only path that imports distributed
 
         return session(config, report)
-    return nullcontext(partial(_records, config, slots=slots))
+    return nullcontext(partial(_records, config, slots=slots, live=live))
 
 
 def _tasks(plan: Plan, pending: list[Job]) -> list[Task]:
@@ -295,10 +310,11 @@ def _finish(
     return Outcome(job, record, skipped=False)
 
 
-def execute(config: Config, plan: Plan, report: Report) -> list[Outcome]:
+def execute(config: Config, plan: Plan, report: Report, live: Live | None = None) -> list[Outcome]:
     """Run every pending job, skipping done ones, saving the manifest after each; then cross-fade
     segment seams, measure each clip's warp error and reassemble each video whose frames are all
-    done (also frames done by earlier runs).
+    done (also frames done by earlier runs). With `live`, the local executor's workers send it
+    where they are in their current job (see pipeline.progress.Ticker).
 
     Raises DeviceError before any work when the configured device does not exist (with executor dask,
     when no worker offers a device the config allows; see pipeline.cluster for its other errors).
@@ -317,7 +333,7 @@ def execute(config: Config, plan: Plan, report: Report) -> list[Outcome]:
     if pending and len(slots) > 1:
         report.log(f"{len(slots)} workers on {', '.join(sorted(set(slots)))}")
     rendered: set[Path] = set()
-    with _executor(config, slots, report, bool(pending)) as records:
+    with _executor(config, slots, report, bool(pending), live) as records:
         pending = _extract_videos(pending, report)
         report.start(len(pending))
         finished = frozenset(j.output for j, d in zip(plan.jobs, done) if d)

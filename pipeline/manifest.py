@@ -32,6 +32,7 @@ class Record:
     style_misses: int | None = None  # style target sets encoded
     style_seconds: float | None = None
     metrics: dict[str, float] | None = None  # a clip's warp errors (see pipeline.consistency)
+    trace: list[list[float]] | None = None  # an image's loss curve: [scale, iteration, loss, content, style] rows (see render.compact_trace)
 
 
 def reason(exc: BaseException, path: Path, size: int | None = None) -> str:
@@ -59,6 +60,13 @@ class Manifest:
     def is_done(self, output: str, key: str, exists: bool) -> bool:
         record = self.records.get(output)
         return exists and record is not None and record.state == "done" and record.key == key
+
+    def state(self, output: str, key: str, exists: bool) -> str:
+        """done | failed | pending: a record for another key (a changed input or setting) counts as pending."""
+        if self.is_done(output, key, exists):
+            return "done"
+        record = self.records.get(output)
+        return "failed" if record is not None and record.state == "failed" and record.key == key else "pending"
 
     def put(self, record: Record) -> None:
         self.records[record.output] = record

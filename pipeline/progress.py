@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import math
+import os
 import sys
 import time
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 from pipeline.manifest import Record
 from pipeline.optimize import Callback, Progress
@@ -39,14 +42,64 @@ def timestamped(message: str) -> str:
     return f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}"
 
 
+TICK_EVERY = 0.1  # seconds: a worker sends at most this often a Tick of the job it runs
+
+
+def worker_name(device: str, pid: int | None) -> str:
+    """How the display names a worker: its device and process."""
+    return f"{device} pid {pid}" if pid else device
+
+
+@dataclass(frozen=True)
+class Tick:
+    """Where a worker is in its current job."""
+
+    worker: str  # see worker_name
+    output: str  # the job's output, relative to the output dir
+    scale: int
+    scales: int
+    iteration: int
+    iterations: int
+    loss: float
+
+    def __str__(self) -> str:
+        return f"{self.output} scale {self.scale}/{self.scales} iteration {self.iteration}/{self.iterations} loss {self.loss:.4g}"
+
+
+class Ticker:
+    """A Renderer's `on_progress` in a worker: Ticks to `send`, each job's first and then at most one
+    per TICK_EVERY seconds, so a parent process is not flooded."""
+
+    def __init__(self, send: Callable[[Tick], None], device: str, out_dir: Path) -> None:
+        self.send, self.out_dir = send, out_dir
+        self.worker = worker_name(device, os.getpid())
+        self._output: Path | None = None
+        self._sent = -math.inf
+
+    def __call__(self, output: Path, p: Progress) -> None:
+        now = time.monotonic()
+        if output == self._output and now - self._sent < TICK_EVERY:
+            return
+        self._output, self._sent = output, now
+        rel = output.relative_to(self.out_dir).as_posix() if output.is_relative_to(self.out_dir) else output.name
+        self.send(Tick(self.worker, rel, p.scale, p.scales, p.iteration, p.iterations, p.loss))
+
+
 class RunReport:
     """What a batch run shows: timestamped lines on stderr and in `log_file`; on a TTY
     also a live display of overall progress with ETA, the failure count and, per
-    worker, the last finished job. Use as a context manager."""
+    worker, its current job (scale, iteration, loss) or the last it finished. Use as a
+    context manager.
 
-    def __init__(self, log_file: Path, tty: bool) -> None:
+    `verbosity` quiet shows on stderr only the lines logged with `always` (failures,
+    warnings, the summary) and no live display; verbose also logs each Tick (about one
+    line per iteration per worker). `log_file` gets every line either way.
+    """
+
+    def __init__(self, log_file: Path, tty: bool, verbosity: str = "normal") -> None:
         self.log_file = log_file
-        self.tty = tty
+        self.quiet, self.verbose = verbosity == "quiet", verbosity == "verbose"
+        self.tty = tty and not self.quiet
         self._bar = None
         self._overall = None
         self._workers: dict[str, int] = {}
@@ -55,12 +108,9 @@ class RunReport:
     def __enter__(self) -> "RunReport":
         if self.tty:
             from rich.console import Console
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress as Bar, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+            from rich.progress import Progress as Bar
 
-            self._bar = Bar(
-                TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[note]}"),
-                TimeElapsedColumn(), TimeRemainingColumn(), console=Console(stderr=True),
-            )
+            self._bar = Bar(*_columns(), console=Console(stderr=True))
             self._bar.start()
         return self
 
@@ -68,18 +118,26 @@ class RunReport:
         if self._bar is not None:
             self._bar.stop()
 
-    def log(self, message: str) -> None:
+    def log(self, message: str, always: bool = False) -> None:
+        """A line for stderr (unless quiet and not `always`) and the log file."""
         line = timestamped(message)
         if self._bar is not None:
             self._bar.console.print(line, markup=False, highlight=False)
-        else:
+        elif always or not self.quiet:
             print(line, file=sys.stderr, flush=True)
         with self.log_file.open("a", encoding="utf-8") as f:
             f.write(line + "\n")
 
     def start(self, pending: int) -> None:
         if self._bar is not None and pending:
-            self._overall = self._bar.add_task("jobs", total=pending, note="0 failed")
+            self._overall = self._bar.add_task("jobs", total=pending, note="0 failed", overall=True)
+
+    def progress(self, tick: Tick) -> None:
+        """A worker's current job: its display line, and with verbose a log line."""
+        if self.verbose:
+            self.log(f"{tick.worker}: {tick}")
+        note = f"{tick.output} scale {tick.scale}/{tick.scales} loss {tick.loss:.4g}"
+        self._worker(tick.worker, note, total=tick.iterations, completed=tick.iteration)
 
     def finished(self, record: Record) -> None:
         self.failed += record.state == "failed"
@@ -88,8 +146,30 @@ class RunReport:
         self._bar.update(self._overall, advance=1, note=f"{self.failed} failed")
         if record.device is None:  # made by this process, not a worker (a cross-fade, a job that failed early)
             return
-        worker = f"{record.device} pid {record.pid}" if record.pid else record.device
         note = f"{record.state} {record.output}" + (f" {record.seconds:.1f}s" if record.seconds else "")
+        self._worker(worker_name(record.device, record.pid), note, total=1, completed=1)
+
+    def _worker(self, worker: str, note: str, **fields: float) -> None:
+        if self._bar is None:
+            return
         if worker not in self._workers:
-            self._workers[worker] = self._bar.add_task(f"  {worker}", total=None, note=note)
-        self._bar.update(self._workers[worker], note=note)
+            self._workers[worker] = self._bar.add_task(f"  {worker}", note=note, **fields)
+        self._bar.update(self._workers[worker], note=note, **fields)
+
+
+def _columns() -> tuple:
+    """The live display's columns: name, bar, count, elapsed and remaining time (on the overall row only:
+    a worker's count is its iterations, which restart with each scale and job), a note."""
+    from rich.progress import BarColumn, MofNCompleteColumn, ProgressColumn, Task, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from rich.text import Text
+
+    class Overall(ProgressColumn):
+        def __init__(self, column: ProgressColumn) -> None:
+            super().__init__()
+            self.column = column
+
+        def render(self, task: Task) -> Text:
+            return self.column.render(task) if task.fields.get("overall") else Text("")
+
+    return (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), Overall(TimeElapsedColumn()),
+            Overall(TimeRemainingColumn()), TextColumn("{task.fields[note]}"))

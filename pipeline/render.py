@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 
@@ -14,8 +15,11 @@ from pipeline.images import read_image, write_image
 from pipeline.keys import file_digest
 from pipeline.model import VGGFeatures, resolve_weights
 from pipeline.optimize import (
-    Callback, Held, Result, Settings, StyleTargets, resize, scale_shapes, stack_targets, style_targets, stylize,
+    Callback, Held, Progress, Result, Settings, StyleTargets, resize, scale_shapes, stack_targets, style_targets, stylize,
 )
+
+TRACE_POINTS = 24  # per scale, in a job's loss curve (it lives in the manifest: keep it small)
+TraceRow = tuple[int, int, float, float, float]  # scale, iteration, loss, content, style
 
 
 @dataclass(frozen=True)
@@ -44,6 +48,21 @@ class Rendered:
     style_misses: int  # style target sets encoded for this job
     style_seconds: float  # time spent getting style targets
     image: torch.Tensor  # the output, (1, 3, H, W) RGB [0, 1] on the device
+    trace: tuple[TraceRow, ...] = ()  # the loss curve, at most TRACE_POINTS per scale (see compact_trace)
+
+
+def compact_trace(trace: Sequence[Progress], images: int = 1) -> tuple[TraceRow, ...]:
+    """At most TRACE_POINTS evenly spaced rows per scale (its first and last kept), to 4 significant
+    digits; a batch's summed losses are divided by its `images`."""
+    def fig(value: float) -> float:
+        return float(f"{value / images:.4g}")
+
+    rows: list[TraceRow] = []
+    for scale in sorted({p.scale for p in trace}):
+        points = [p for p in trace if p.scale == scale]
+        picks = sorted({round(i * (len(points) - 1) / (TRACE_POINTS - 1)) for i in range(TRACE_POINTS)})
+        rows += [(p.scale, p.iteration, fig(p.loss), fig(p.content), fig(p.style)) for p in map(points.__getitem__, picks)]
+    return tuple(rows)
 
 
 def _tune_cuda() -> None:
@@ -73,6 +92,7 @@ class Renderer:
         self.init_path = init_path
         self._styles: dict[Path, torch.Tensor] = {}
         self._digests: dict[Path, str] = {}
+        self.on_progress: Callable[[Path, Progress], None] | None = None  # each render's progress (with its output) when it has no callback
 
     def _style_image(self, path: Path) -> torch.Tensor:
         if path not in self._styles:
@@ -129,6 +149,8 @@ class Renderer:
         shapes = scale_shapes(*content.shape[-2:], s.size, s.scales)
         targets, *counts = self._counted(blend, shapes)
         held = follow.held if follow is not None else ()
+        if callback is None and self.on_progress is not None:
+            callback = partial(self.on_progress, output)
         result = stylize(self.model, content, targets, s, init_image=init, callback=callback, held=held)
         write_image(result.image, output)
         return self._rendered(result, 0, time.perf_counter() - start, *counts)
@@ -173,4 +195,5 @@ class Renderer:
             content=final.content, style=final.style, tv=final.tv, temporal=final.temporal, loss=final.loss,
             iterations=len(result.trace), seconds=seconds, device=str(self.device), style_hits=hits,
             style_misses=misses, style_seconds=style_seconds, image=result.image[index : index + 1],
+            trace=compact_trace(result.trace, len(result.finals)),
         )
