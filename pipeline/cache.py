@@ -18,6 +18,8 @@ from pipeline.keys import value_digest
 from pipeline.optimize import StyleTargets
 
 _FORMAT = 1  # bump when the Gram normalisation or the file layout changes
+_ZIP = b"PK\x03\x04"  # how every torch.save file starts
+_SMALLEST = 512  # bytes: torch.save's zip of even one small tensor is larger
 
 
 class StyleCache:
@@ -38,6 +40,9 @@ class StyleCache:
 
     def _read(self, path: Path, layers: list[str], device: torch.device) -> StyleTargets | None:
         try:
+            with path.open("rb") as f:
+                if f.read(len(_ZIP)) != _ZIP or path.stat().st_size < _SMALLEST:
+                    return None  # empty, truncated or not torch.save's zip at all: never handed to torch.load
             data = torch.load(path, map_location=device, weights_only=True)
         except Exception:  # torch raises many types for a truncated or foreign file: a miss
             return None

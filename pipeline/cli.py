@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import signal
 import sys
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, List, Optional
+from typing import Callable, Iterator, List, Optional
 
 import typer
 
@@ -15,6 +17,7 @@ from pipeline.model import WeightsError
 from pipeline.progress import timestamped
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_LOCKED = 0, 1, 2, 75
+EXIT_TERMINATED = 128 + signal.SIGTERM  # what a shell reports for a process that SIGTERM ended
 LOG_NAME = "stylize.log"
 
 _DEFAULTS = OptimizeConfig()
@@ -29,6 +32,24 @@ def _log(message: str) -> None:
 def _fail(message: str, code: int = EXIT_USAGE) -> None:
     typer.echo(f"stylize: error: {message}", err=True)
     raise typer.Exit(code)
+
+
+class Terminated(BaseException):
+    """SIGTERM arrived. A BaseException, so that no job's error handling takes it for the job's failure."""
+
+
+@contextmanager
+def _sigterm_raises() -> Iterator[None]:
+    """SIGTERM raises Terminated in the main thread while inside: the job in hand is abandoned (its atomic
+    write leaves nothing), the manifest is saved and the lock released on the way out."""
+    def terminate(signum: int, frame: object) -> None:
+        raise Terminated()
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _plan(config_path: Path):
@@ -49,7 +70,7 @@ def run(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="show only failures, warnings and the summary (the log file still gets every line)"),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="also log each worker's iterations (about ten lines a second per worker at most)"),
 ) -> None:
-    """Run the batch described by CONFIG, then write its report. Exit 0: all done; 1: some jobs failed (or the Dask scheduler is gone); 2: bad config; 75: locked."""
+    """Run the batch described by CONFIG, then write its report. Exit 0: all done; 1: some jobs failed (or the Dask scheduler is gone); 2: bad config; 75: locked; 143: stopped by SIGTERM."""
     from pipeline.cluster import ClusterError, StorageError
     from pipeline.execute import DeviceError, execute
     from pipeline.lock import LockHeld, run_lock
@@ -67,7 +88,7 @@ def run(
         _fail(str(exc))
     verbosity = "quiet" if quiet else "verbose" if verbose else "normal"
     try:
-        with run_lock(config.output.dir), RunReport(config.output.dir / LOG_NAME, sys.stderr.isatty(), verbosity) as report:
+        with _sigterm_raises(), run_lock(config.output.dir), RunReport(config.output.dir / LOG_NAME, sys.stderr.isatty(), verbosity) as report:
             report.log(f"{len(plan.jobs)} jobs from {config_path}")
             outcomes = execute(config, plan, report, live=report.progress)
             _write_report(config, plan, report.log)
@@ -81,6 +102,9 @@ def run(
                 report.log(f"FAILED {o.job.name}: {o.record.error}", always=True)
     except LockHeld as exc:
         _fail(str(exc), EXIT_LOCKED)
+    except Terminated:
+        _fail(f"terminated: the job in hand was abandoned; what finished is in {config.output.dir / 'manifest.json'}",
+              EXIT_TERMINATED)
     except DeviceError as exc:
         _fail(f"{config_path}: devices: {exc}")
     except StorageError as exc:

@@ -55,6 +55,7 @@ class StyleConfig(_Strict):
 class OutputConfig(_Strict):
     dir: Path = Field(description="output folder; images mirror the input tree as {rel dir}/{stem}.{style}.{ext}")
     format: Literal["png", "jpg", "same"] = Field(default="png", description="png | jpg | same (the input's format; video frames are png)")
+    alpha: Literal["keep", "drop"] = Field(default="keep", description="keep | drop: an input's transparency, resized, goes into PNG, WebP and TIFF outputs (JPEG has none); the optimiser works on RGB")
 
 
 class OptimizeConfig(_Strict):

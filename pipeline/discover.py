@@ -43,6 +43,11 @@ def _kind(path: Path) -> str | None:
     return None
 
 
+def _real(path: Path) -> Path:
+    """`path` with its symlinks resolved; a symlink loop is left as it is (its job fails with the reason)."""
+    return Path(os.path.realpath(path))
+
+
 def _is_within(path: Path, folder: Path) -> bool:
     return path == folder or folder in path.parents
 
@@ -52,7 +57,7 @@ def _walk(folder: Path, exclude: Path) -> Iterator[Path]:
     for dirpath, dirnames, filenames in os.walk(folder):
         here = Path(dirpath)
         dirnames[:] = sorted(
-            d for d in dirnames if not d.startswith(".") and not _is_within((here / d).resolve(), exclude)
+            d for d in dirnames if not d.startswith(".") and not _is_within(_real(here / d), exclude)
         )
         for name in sorted(filenames):
             if not name.startswith("."):
@@ -127,8 +132,10 @@ def discover(inputs: Iterable[str], exclude: Path) -> list[Source]:
             raise InputError(f"inputs[{i}]: {entry}: matches no files")
         for file, root in candidates:
             kind = _kind(file)
-            real = file.resolve()
-            if kind is None or real in seen or _is_within(real, exclude):
+            if kind is None:
+                continue
+            real = _real(file)
+            if real in seen or _is_within(real, exclude):
                 continue
             seen.add(real)
             sources.append(Source(path=file, root=root, kind=kind))

@@ -6,10 +6,12 @@ import os
 import threading
 import time
 import uuid
+from concurrent.futures.process import BrokenProcessPool
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, replace
 from functools import partial
 from multiprocessing import Manager
+from multiprocessing.managers import SyncManager
 from pathlib import Path
 from queue import Queue
 from typing import Callable, Iterator, Protocol, Union
@@ -141,6 +143,7 @@ def _renderer(config: Config, device: str) -> Renderer:
     return Renderer(
         config.optimize.settings(), device=device, weights=config.model.weights,
         pooling=config.model.pooling, init_path=config.optimize.init_path, cache=StyleCache(config.cache_dir),
+        keep_alpha=config.output.alpha == "keep",
     )
 
 
@@ -151,15 +154,24 @@ _END = ("end", None)  # what the pool's driver thread sends after the last recor
 _WORKER: dict[str, tuple[str, Renderer]] = {}
 
 
+@dataclass(frozen=True)
+class _Mark:
+    """A worker's word that it started or ended task `index` of its pool (what a dead worker leaves unended)."""
+
+    index: int
+    ended: bool
+
+
 def _worker_task(
-    run_id: str, config: Config, slots: Queue, results: Queue, task: Task, done: frozenset[Path], out_dir: Path,
-    live: bool,
+    run_id: str, config: Config, slots: Queue, results: Queue, index: int, task: Task, done: frozenset[Path],
+    out_dir: Path, live: bool,
 ) -> None:
     """Run one task in a pool process, claiming a device slot for life on its first task of a run.
 
     Each record goes to `results` as soon as its job ends, so a long segment's frames reach the
     manifest one by one; with `live`, Ticks of the job running go there too.
     """
+    results.put(_Mark(index, ended=False))
     held = _WORKER.get("state")
     if held is None or held[0] != run_id:
         device, threads = slots.get()
@@ -169,6 +181,55 @@ def _worker_task(
             held[1].on_progress = Ticker(results.put, device, out_dir)
     for item in _run_task(held[1], config, task, done, out_dir):
         results.put(item)
+    results.put(_Mark(index, ended=True))
+
+
+def _task_jobs(task: Task) -> list[Job]:
+    """The jobs whose records a task sends."""
+    if isinstance(task, Segment):
+        return [f.job for f in task.frames if f.own]
+    return [task] if isinstance(task, Job) else list(task.jobs)
+
+
+def _pool(
+    config: Config, tasks: dict[int, Task], done: set[Path], out_dir: Path, slots: list[str], manager: SyncManager,
+    live: Live | None, ended: dict[int, bool],
+) -> Iterator[tuple[Job, Record]]:
+    """One pool of processes over `tasks`, skipping the jobs in `done`: records as jobs finish (their
+    outputs added to `done`), workers' Ticks to `live`, and in `ended` each task a worker started (True
+    once it ended). Returns the error that broke the pool, if one did."""
+    threads = max(1, torch.get_num_threads() // max(1, slots.count("cpu")))
+    slot_queue, results = manager.Queue(), manager.Queue()
+    for device in slots:
+        slot_queue.put((device, threads if device == "cpu" else torch.get_num_threads()))
+    run_id = uuid.uuid4().hex  # workers of an earlier, broken pool claim a slot anew
+    pool = Parallel(n_jobs=len(slots), backend="loky", return_as="generator_unordered", batch_size=1)
+    skip = frozenset(done)
+    calls = pool(delayed(_worker_task)(run_id, config, slot_queue, results, i, t, skip, out_dir, live is not None)
+                 for i, t in tasks.items())
+    failure: list[BaseException] = []
+
+    def drive() -> None:  # runs the pool; a worker's crash is returned below, from this thread
+        try:
+            for _ in calls:
+                pass
+        except BaseException as exc:  # noqa: BLE001
+            failure.append(exc)
+        finally:
+            results.put(_END)
+
+    runner = threading.Thread(target=drive, name="pool", daemon=True)
+    runner.start()
+    while (item := results.get()) != _END:
+        if isinstance(item, Tick):
+            live(item)
+        elif isinstance(item, _Mark):
+            ended[item.index] = item.ended
+        else:
+            done.add(item[0].output)
+            yield item
+    runner.join()
+    return failure[0] if failure else None
 
 
 def _records(
@@ -176,7 +237,10 @@ def _records(
 ) -> Iterator[tuple[Job, Record]]:
     """(job, record) as jobs finish: in this process for one slot, else on a pool of processes
     that pull tasks as they free up, so a slow task never leaves another worker idle. Workers'
-    Ticks go to `live`."""
+    Ticks go to `live`.
+
+    A worker process that dies breaks its pool: the tasks that had not ended run again on a fresh
+    pool (skipping the jobs they finished), and a task that was running when a pool broke twice fails."""
     if not tasks:
         return
     if len(slots) == 1:
@@ -186,38 +250,23 @@ def _records(
         for task in tasks:
             yield from _run_task(renderer, config, task, done, out_dir)
         return
-    cpu_slots = slots.count("cpu")
-    threads = max(1, torch.get_num_threads() // max(1, cpu_slots))
+    todo, strikes, finished = dict(enumerate(tasks)), dict.fromkeys(range(len(tasks)), 0), set(done)
     with Manager() as manager:
-        slot_queue, results = manager.Queue(), manager.Queue()
-        for device in slots:
-            slot_queue.put((device, threads if device == "cpu" else torch.get_num_threads()))
-        run_id = uuid.uuid4().hex
-        pool = Parallel(n_jobs=len(slots), backend="loky", return_as="generator_unordered", batch_size=1)
-        calls = pool(delayed(_worker_task)(run_id, config, slot_queue, results, t, done, out_dir, live is not None)
-                     for t in tasks)
-
-        failure: list[BaseException] = []
-
-        def drive() -> None:  # runs the pool; a worker's crash is re-raised below, in this thread
-            try:
-                for _ in calls:
-                    pass
-            except BaseException as exc:  # noqa: BLE001
-                failure.append(exc)
-            finally:
-                results.put(_END)
-
-        runner = threading.Thread(target=drive, name="pool", daemon=True)
-        runner.start()
-        while (item := results.get()) != _END:
-            if isinstance(item, Tick):
-                live(item)
-            else:
-                yield item
-        runner.join()
-        if failure:
-            raise failure[0]
+        while todo:
+            ended: dict[int, bool] = {}
+            broken = yield from _pool(config, todo, finished, out_dir, slots, manager, live, ended)
+            if broken is None:
+                return
+            if not isinstance(broken, BrokenProcessPool) or not ended:  # not a worker's death, or none to blame
+                raise broken
+            for index, over in ended.items():
+                strikes[index] += not over
+                if over or strikes[index] == 2:
+                    task = todo.pop(index)
+                    for job in _task_jobs(task) if not over else ():
+                        if job.output not in finished:
+                            error = f"{job.content}: worker process died while running it, twice (killed, crashed or out of memory)"
+                            yield job, Record(**_base(job, relative_output(job, out_dir)), state="failed", error=error)
 
 
 def _executor(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field, replace
 from fractions import Fraction
 from pathlib import Path
@@ -111,13 +112,21 @@ class Plan:
         return {f.job.output for s in self.segments for f in s.frames} | {s.job.output for s in self.seams}
 
 
+def _safe(rel: Path) -> Path:
+    """`rel` with control characters (a newline in a file name) replaced by `_`, so that output names
+    stay one line in logs; `rel` is relative to its source's root, so it holds no `..` and no root."""
+    if rel.is_absolute() or ".." in rel.parts:
+        raise ValueError(f"{rel}: not a path inside the input folder")
+    return Path(*(re.sub(r"[\x00-\x1f\x7f]", "_", part) for part in rel.parts))
+
+
 def output_path(source: Source, style: str, out_dir: Path, fmt: str, full_name: bool = False) -> Path:
     """`<relative dir>/<stem>.<style>.<ext>` under `out_dir`; `fmt` same keeps the input's suffix.
 
     `full_name` keeps the input's suffix in the name (`a.jpg.<style>.png`), for
     inputs whose stems clash.
     """
-    rel = source.relative
+    rel = _safe(source.relative)
     suffix = rel.suffix.lower() if fmt == "same" else f".{fmt}"
     stem = rel.name if full_name else rel.stem
     return out_dir / rel.parent / f"{stem}.{style}{suffix}"
@@ -125,7 +134,7 @@ def output_path(source: Source, style: str, out_dir: Path, fmt: str, full_name: 
 
 def frame_folder(source: Source, style: str, out_dir: Path) -> Path:
     """`clip.mp4` and a sequence folder `shot010` become `clip.<style>/` and `shot010.<style>/`."""
-    rel = source.relative
+    rel = _safe(source.relative)
     stem = rel.stem if source.kind == "video" else rel.name
     return out_dir / rel.parent / f"{stem}.{style}"
 
@@ -148,6 +157,7 @@ def pixel_settings(config: Config) -> dict:
     return {
         "optimize": optimize,
         "pooling": config.model.pooling,
+        "alpha": config.output.alpha,
         "weights": weights_identity(config.model.weights),
     }
 
@@ -265,7 +275,8 @@ class _Planner:
             ]
             return jobs, []
         frames_dir = video_frames_dir(cfg.cache_dir, digest)
-        jobs, videos = [], []
+        jobs: list[Job] = []
+        videos: list[VideoOut] = []
         for style, style_digest in self.styles:
             folder = frame_folder(source, style.name, cfg.output.dir)
             style_jobs = tuple(
@@ -275,7 +286,12 @@ class _Planner:
             )
             clip = self._clip(source, style_jobs, folder)
             jobs.extend(clip.frames)
-            if cfg.video.reassemble:
+            if info.claimed:  # the stream breaks: its frames are stylised, the video is a failure
+                error = (f"{source.path}: the video stream breaks after frame {info.frames} of {info.claimed}; "
+                         f"those frames are stylised in {folder}, no video is assembled")
+                jobs.append(Job(source, style, source.path, video_output(source, style.name, cfg.output.dir),
+                                key="broken", error=error))
+            elif cfg.video.reassemble:
                 key = value_digest({"frames": [j.key for j in clip.frames], "fps": str(info.fps), "audio": digest})
                 out = video_output(source, style.name, cfg.output.dir)
                 videos.append(VideoOut(clip, out, info.fps, key))

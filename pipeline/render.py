@@ -9,9 +9,10 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import torch
+from PIL import Image
 
 from pipeline.cache import StyleCache
-from pipeline.images import read_image, write_image
+from pipeline.images import read_alpha, read_image, write_image
 from pipeline.keys import file_digest
 from pipeline.model import VGGFeatures, resolve_weights
 from pipeline.optimize import (
@@ -78,7 +79,7 @@ class Renderer:
 
     def __init__(
         self, settings: Settings, device: str = "cpu", weights: str = "bundled", pooling: str = "max",
-        init_path: Path | None = None, cache: StyleCache | None = None,
+        init_path: Path | None = None, cache: StyleCache | None = None, keep_alpha: bool = True,
     ) -> None:
         self.settings = settings
         self.pooling = pooling
@@ -90,6 +91,7 @@ class Renderer:
             _tune_cuda()
         self.model = VGGFeatures(resolved, settings.layers, pooling=pooling, winograd=cpu).to(self.device)
         self.init_path = init_path
+        self.keep_alpha = keep_alpha  # an input's transparency goes into its output (see images.write_image)
         self._styles: dict[Path, torch.Tensor] = {}
         self._digests: dict[Path, str] = {}
         self.on_progress: Callable[[Path, Progress], None] | None = None  # each render's progress (with its output) when it has no callback
@@ -122,6 +124,9 @@ class Renderer:
             out.append(self.cache.get(key, layers, self.device, compute))
         return out
 
+    def _alpha(self, content_path: Path) -> Image.Image | None:
+        return read_alpha(content_path) if self.keep_alpha else None
+
     def read_content(self, path: Path) -> torch.Tensor:
         """A content image at the working size, on the device."""
         return read_image(path, self.settings.size).to(self.device)
@@ -152,7 +157,7 @@ class Renderer:
         if callback is None and self.on_progress is not None:
             callback = partial(self.on_progress, output)
         result = stylize(self.model, content, targets, s, init_image=init, callback=callback, held=held)
-        write_image(result.image, output)
+        write_image(result.image, output, self._alpha(content_path))
         return self._rendered(result, 0, time.perf_counter() - start, *counts)
 
     def render_batch(self, contents: Sequence[Path], blends: Sequence[Sequence[tuple[Path, float]]],
@@ -176,7 +181,7 @@ class Renderer:
         counted = [self._counted(b, shapes) for b in blends]
         result = stylize(self.model, torch.cat(images), stack_targets([c[0] for c in counted]), s, init_image=init)
         for i, output in enumerate(outputs):
-            write_image(result.image[i : i + 1], output)
+            write_image(result.image[i : i + 1], output, self._alpha(contents[i]))
         seconds = (time.perf_counter() - start) / len(images)
         return [self._rendered(result, i, seconds, *c[1:]) for i, c in enumerate(counted)]
 

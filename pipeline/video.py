@@ -37,6 +37,7 @@ class VideoInfo:
     width: int  # display size: a 90/270 degree rotation flag is applied, as OpenCV does
     height: int
     has_audio: bool
+    claimed: int | None = None  # frames the container promises, when fewer decode (the stream breaks)
 
 
 def _error(path: Path, problem: str) -> VideoError:
@@ -128,7 +129,7 @@ def probe(path: Path) -> VideoInfo:
     else:
         with _open(path) as container:
             frames = sum(1 for _ in _decodable(container))
-    return VideoInfo(Fraction(fps), frames, width, height, has_audio)
+    return VideoInfo(Fraction(fps), frames, width, height, has_audio, claimed if claimed > frames else None)
 
 
 # --- extract_frames ----------------------------------------------------------------------------
@@ -150,7 +151,8 @@ def _finished(folder: Path, source: dict[str, int]) -> VideoInfo | None:
         data = json.loads((folder / _MARKER).read_text())
         if data["source"] != source:
             return None
-        info = VideoInfo(Fraction(data["fps"]), data["frames"], data["width"], data["height"], data["has_audio"])
+        info = VideoInfo(Fraction(data["fps"]), data["frames"], data["width"], data["height"], data["has_audio"],
+                         data.get("claimed"))
     except (OSError, ValueError, KeyError, TypeError, ZeroDivisionError):
         return None  # no marker, or a foreign or damaged one: extract again
     frames_there = all((folder / _frame_name(i)).is_file() for i in range(1, info.frames + 1))
