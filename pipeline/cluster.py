@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Callable, Iterator
 import torch
 
 from pipeline.config import Config
-from pipeline.execute import DeviceError, Records, Report, Task, _base, _renderer, _run_task, relative_output, resolve_devices
+from pipeline.execute import Batch, DeviceError, Records, Report, Task, _base, _renderer, _run_task, relative_output, resolve_devices
 from pipeline.images import atomic_path
 from pipeline.keys import value_digest
 from pipeline.launch import TUNABLES
@@ -214,9 +214,11 @@ def _paths(task: Task) -> frozenset[Path]:
 
 
 def _jobs(task: Task, done: frozenset[Path]) -> list[Job]:
-    """The jobs a task records: a single job, or a segment's own frames not done before the run."""
+    """The jobs a task records: a single job, a batch's, or a segment's own frames not done before the run."""
     if isinstance(task, Segment):
         return [f.job for f in task.frames if f.own and f.path not in done]
+    if isinstance(task, Batch):
+        return list(task.jobs)
     return [task]
 
 
@@ -244,7 +246,7 @@ def run_task(config: Config, task: Task, done: frozenset[Path], out_dir: Path) -
     """On a worker: run one task and return its records. Jobs an earlier, killed attempt finished
     (output and stamp in place) are not rendered again: their stamped records come back instead."""
     stamped = [(job, r) for job in _jobs(task, done) if (r := _read_stamp(job)) is not None]
-    if stamped and not isinstance(task, Segment):
+    if stamped and isinstance(task, Job):
         return stamped
     results = list(stamped)
     skip = done | {job.output for job, _ in stamped}

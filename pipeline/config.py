@@ -64,9 +64,10 @@ class OptimizeConfig(_Strict):
     iterations: int = Field(default=300, ge=1, le=100_000, description="iterations at the finest scale")
     coarse_iterations: float = Field(default=Settings.coarse_iterations, gt=0, le=8, description="each coarser level runs this many times the iterations of the next finer one")
     optimizer: Literal["lbfgs", "adam"] = Field(default="lbfgs", description="lbfgs | adam")
+    precision: Literal["fp32", "bf16", "fp16"] = Field(default="fp32", description="fp32 | bf16 | fp16: the VGG pass under autocast, Grams and losses in fp32 (for GPUs; on CPUs without AVX-512 BF16 it is slower)")
+    batch: int = Field(default=1, ge=1, le=256, description="optimise up to this many same-size images together (optimizer adam only; for GPUs, where one small image leaves the device idle)")
     learning_rate: float = Field(default=Settings.learning_rate, gt=0, description="Adam step size (image in [0, 1])")
     content_weight: float = Field(default=Settings.content_weight, ge=0, description="weight of the content term")
-    precision: Literal["fp32", "bf16", "fp16"] = Field(default="fp32", description="fp32 | bf16 | fp16: the VGG pass under autocast, Grams and losses in fp32 (for GPUs; on CPUs without AVX-512 BF16 it is slower)")
     style_weight: float = Field(default=Settings.style_weight, ge=0, description="weight of the style term")
     tv_weight: float = Field(default=Settings.tv_weight, ge=0, description="total variation weight")
     content_layers: list[str] = Field(default=list(Settings.content_layers), min_length=1, description="VGG-19 layers of the content term")
@@ -86,9 +87,15 @@ class OptimizeConfig(_Strict):
                 raise ValueError(f"unknown layer {name!r}" + (f" (did you mean {near[0]!r}?)" if near else ""))
         return value
 
+    @model_validator(mode="after")
+    def _batch_needs_adam(self) -> "OptimizeConfig":
+        if self.batch > 1 and self.optimizer != "adam":
+            raise ValueError(f"batch {self.batch} needs optimizer: adam (L-BFGS would couple the batch's images)")
+        return self
+
     def settings(self) -> Settings:
         """The core's settings for this section (an init path becomes init 'image')."""
-        data = self.model_dump()
+        data = self.model_dump(exclude={"batch"})
         data["content_layers"] = tuple(data["content_layers"])
         if data["init"] not in ("content", "noise", "style"):
             data["init"] = "image"

@@ -24,7 +24,7 @@ from pipeline.chain import run_segment
 from pipeline.config import Config
 from pipeline.consistency import measure
 from pipeline.flow import FlowCache
-from pipeline.images import read_image, write_image
+from pipeline.images import read_image, working_shape, write_image
 from pipeline.manifest import Manifest, Record, reason
 from pipeline.plan import ChainFrame, Clip, Job, Plan, Seam, Segment, VideoOut
 from pipeline.progress import Tick, Ticker
@@ -32,7 +32,14 @@ from pipeline.render import Rendered, Renderer
 from pipeline.video import VideoError, assemble, extract_frames
 
 
-Task = Union[Job, Segment]  # what a worker runs: one job, or a segment's frames in order
+@dataclass(frozen=True)
+class Batch:
+    """Same-size single jobs that a worker optimises together (Adam, `optimize.batch`)."""
+
+    jobs: tuple[Job, ...]
+
+
+Task = Union[Job, Segment, Batch]  # what a worker runs: one job, a segment's frames in order, or a batch
 Records = Callable[[list[Task], frozenset[Path], Path], Iterator[tuple[Job, Record]]]  # (tasks, done, out dir) -> records as jobs finish
 Live = Callable[[Tick], None]  # where workers' live progress goes
 
@@ -132,9 +139,24 @@ def _segment_records(
             yield job, _record(job, rel, result.rendered)
 
 
+def _batch_records(renderer: Renderer, jobs: list[Job], out_dir: Path) -> Iterator[tuple[Job, Record]]:
+    """Run jobs as one batch; if the batch fails (a bad file, out of memory), each job alone, so it fails alone."""
+    rels = [relative_output(j, out_dir) for j in jobs]
+    try:
+        rendered = renderer.render_batch([j.content for j in jobs], [j.style.blend for j in jobs], [j.output for j in jobs])
+    except Exception:  # noqa: BLE001 - retried one by one below, where each job gets its own reason
+        for job, rel in zip(jobs, rels):
+            yield job, _run_one(renderer, job, rel)
+        return
+    for job, rel, r in zip(jobs, rels, rendered):
+        yield job, _record(job, rel, r)
+
+
 def _run_task(renderer: Renderer, config: Config, task: Task, done: frozenset[Path], out_dir: Path) -> Iterator[tuple[Job, Record]]:
     if isinstance(task, Segment):
         yield from _segment_records(renderer, config, task, done, out_dir)
+    elif isinstance(task, Batch):
+        yield from _batch_records(renderer, [j for j in task.jobs if j.output not in done], out_dir)
     else:
         yield task, _run_one(renderer, task, relative_output(task, out_dir))
 
@@ -281,12 +303,28 @@ def _executor(
     return nullcontext(partial(_records, config, slots=slots, live=live))
 
 
-def _tasks(plan: Plan, pending: list[Job]) -> list[Task]:
-    """Pending single jobs, and each segment with work left, longest first. Jobs that already
-    carry an error (an undecodable video) fail as single jobs."""
+def _batches(jobs: list[Job], size: int, batch: int) -> list[Task]:
+    """Jobs whose images have one working shape grouped into batches of up to `batch`; the rest alone."""
+    if batch == 1:
+        return list(jobs)
+    groups: dict[tuple[int, int] | None, list[Job]] = {}
+    for job in jobs:
+        shape = working_shape(job.content, size) if job.error is None else None
+        groups.setdefault(shape, []).append(job)
+    tasks: list[Task] = list(groups.pop(None, []))  # unreadable: each fails alone, with its reason
+    for group in groups.values():
+        for i in range(0, len(group), batch):
+            chunk = tuple(group[i : i + batch])
+            tasks.append(Batch(chunk) if len(chunk) > 1 else chunk[0])
+    return tasks
+
+
+def _tasks(plan: Plan, pending: list[Job], size: int, batch: int = 1) -> list[Task]:
+    """Pending single jobs (same-size ones in batches of up to `batch`), and each segment with work
+    left, longest first. Jobs that already carry an error (an undecodable video) fail as single jobs."""
     chained = plan.chained()
     waiting = {j.output for j in pending if j.error is None}
-    singles: list[Task] = [j for j in pending if j.output not in chained or j.error is not None]
+    singles = _batches([j for j in pending if j.output not in chained or j.error is not None], size, batch)
 
     def has_work(segment: Segment) -> bool:
         return any(f.job.output in waiting and (f.own or not f.path.is_file()) for f in segment.frames)
@@ -388,7 +426,7 @@ def execute(config: Config, plan: Plan, report: Report, live: Live | None = None
         finished = frozenset(j.output for j, d in zip(plan.jobs, done) if d)
         count = 0
         try:
-            for job, record in records(_tasks(plan, pending), finished, out_dir):
+            for job, record in records(_tasks(plan, pending, config.optimize.size, config.optimize.batch), finished, out_dir):
                 count += 1
                 rendered.add(job.output)
                 manifest.put(record)

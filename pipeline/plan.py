@@ -151,7 +151,7 @@ def video_frames_dir(cache_dir: Path, video_digest: str) -> Path:
 
 def pixel_settings(config: Config) -> dict:
     """Every setting that changes an output's pixels (paths replaced by their bytes' digests)."""
-    optimize = config.optimize.model_dump(mode="json")
+    optimize = config.optimize.model_dump(mode="json", exclude={"batch"})  # a batch's images equal their own runs
     if config.optimize.init_path is not None:
         optimize["init"] = file_digest(config.optimize.init_path)
     return {

@@ -7,6 +7,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 from PIL import Image
@@ -141,3 +142,43 @@ def test_running_out_of_memory_names_the_size_that_failed():
     assert reason(cpu, Path("/in/a.png"), 4096).startswith("/in/a.png: out of memory at size 4096 (")
     assert reason(MemoryError(), Path("/in/a.png"), 512).startswith("/in/a.png: out of memory at size 512")
     assert reason(ValueError("/in/a.png: truncated file"), Path("/in/a.png"), 64) == "/in/a.png: truncated file"
+
+
+@pytest.mark.slow
+def test_batched_jobs_equal_their_single_runs_and_a_bad_file_fails_alone(shared, tmp_path):
+    """optimize.batch groups same-size images into one Adam batch: the same keys and (to float
+    round-off) the same pixels as one job at a time; an unreadable file in the folder fails alone."""
+    inputs = photo_crops(shared / "content/coffee.png", tmp_path / "in", 3)
+    Image.open(inputs / "photo_a.png").crop((0, 0, 200, 300)).save(inputs / "photo_d.png")  # another shape
+    (inputs / "broken.png").write_text("not a png")
+    outs = {}
+    for batch in (1, 3):
+        config = _config(tmp_path, inputs, f"out{batch}", shared / "style/wave.jpg")
+        data = yaml.safe_load(config.read_text())
+        data["optimize"] |= {"optimizer": "adam", "iterations": 4, "batch": batch}
+        config.write_text(yaml.safe_dump(data))
+        result = runner.invoke(app, ["run", str(config)])
+        assert result.exit_code == 1, result.output  # the broken file
+        outs[batch] = {r["output"]: r for r in _manifest(tmp_path / f"out{batch}")}
+    assert outs[1].keys() == outs[3].keys() and len(outs[1]) == 5
+    for name, record in outs[3].items():
+        assert record["key"] == outs[1][name]["key"]
+        if name.startswith("broken"):
+            assert record["state"] == "failed" and "broken.png" in record["error"]
+            continue
+        assert record["state"] == "done"
+        a, b = (np.asarray(Image.open(tmp_path / f"out{n}" / name), dtype=float) for n in (1, 3))
+        assert np.abs(a - b).mean() < 0.5  # 8-bit levels
+        assert record["losses"]["loss"] == pytest.approx(outs[1][name]["losses"]["loss"], rel=1e-3)
+    together = [r["seconds"] for n, r in outs[3].items() if n[:7] in ("photo_a", "photo_b", "photo_c")]
+    assert len(together) == 3 and len(set(together)) == 1  # one batch: its time shared equally
+
+
+def test_batch_needs_adam(shared, tmp_path):
+    config = _config(tmp_path, shared / "content", "out", shared / "style/wave.jpg")
+    data = yaml.safe_load(config.read_text())
+    data["optimize"]["batch"] = 4
+    config.write_text(yaml.safe_dump(data))
+    result = runner.invoke(app, ["run", str(config)])
+    assert result.exit_code == 2
+    assert "optimize.batch" in result.output or "batch 4 needs optimizer: adam" in result.output
