@@ -241,12 +241,13 @@ def test_16_bit_colour_png_keeps_its_high_byte(tmp_path):
 
 
 def test_a_decompression_bomb_is_refused_from_its_header(tmp_path, monkeypatch):
-    from pipeline.images import ImageError
+    from pipeline.images import ImageError, working_shape
 
     _bomb(tmp_path / "bomb.png")
     monkeypatch.setattr(Image.Image, "load", lambda self: pytest.fail("the bomb was decoded"))
     with pytest.raises(ImageError, match=r"bomb\.png: refused before decoding: Image size \(2500000000 pixels\)"):
         read_image(tmp_path / "bomb.png", 48)
+    assert working_shape(tmp_path / "bomb.png", 48) is None
 
 
 def test_alpha_drop_writes_rgb_and_jpeg_output_has_none(shared, tmp_path):
