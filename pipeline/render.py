@@ -12,7 +12,8 @@ import torch
 from PIL import Image
 
 from pipeline.cache import StyleCache
-from pipeline.images import read_alpha, read_image, write_image
+from pipeline.images import read_alpha, read_image, working_shape, write_image
+from pipeline.memory import check_fits
 from pipeline.keys import file_digest
 from pipeline.model import VGGFeatures, resolve_weights
 from pipeline.optimize import (
@@ -127,8 +128,11 @@ class Renderer:
     def _alpha(self, content_path: Path) -> Image.Image | None:
         return read_alpha(content_path) if self.keep_alpha else None
 
-    def read_content(self, path: Path) -> torch.Tensor:
-        """A content image at the working size, on the device."""
+    def read_content(self, path: Path, images: int = 1) -> torch.Tensor:
+        """A content image at the working size, on the device. On the CPU, an image (or a batch of
+        `images` like it) that would not fit in RAM raises MemoryError before it is decoded."""
+        if self.device.type == "cpu" and (shape := working_shape(path, self.settings.size)) is not None:
+            check_fits(shape, self.settings.optimizer, images)
         return read_image(path, self.settings.size).to(self.device)
 
     def render(
@@ -168,7 +172,7 @@ class Renderer:
         """
         start = time.perf_counter()
         s = self.settings
-        images = [self.read_content(p) for p in contents]
+        images = [self.read_content(p, len(contents)) for p in contents]
         shape = tuple(images[0].shape[-2:])
         if any(tuple(i.shape[-2:]) != shape for i in images):
             raise ValueError(f"a batch needs images of one size, got {sorted({tuple(i.shape[-2:]) for i in images})}")
