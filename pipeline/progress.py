@@ -8,6 +8,7 @@ import sys
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -158,18 +159,23 @@ class RunReport:
 
 
 def _columns() -> tuple:
-    """The live display's columns: name, bar, count, elapsed and remaining time (on the overall row only:
-    a worker's count is its iterations, which restart with each scale and job), a note."""
-    from rich.progress import BarColumn, MofNCompleteColumn, ProgressColumn, Task, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    """The live display's columns: name, bar, count, times and a note. Times show on the overall row only
+    (a worker's count is its iterations, which restart with each scale and job); the time left is at the
+    run's average pace so far, as parallel workers finish jobs in bursts."""
+    from rich.progress import BarColumn, MofNCompleteColumn, ProgressColumn, Task, TextColumn
     from rich.text import Text
 
-    class Overall(ProgressColumn):
-        def __init__(self, column: ProgressColumn) -> None:
-            super().__init__()
-            self.column = column
-
+    class Times(ProgressColumn):
         def render(self, task: Task) -> Text:
-            return self.column.render(task) if task.fields.get("overall") else Text("")
+            if not task.fields.get("overall"):
+                return Text("")
+            elapsed = task.elapsed or 0.0
+            left = _clock(elapsed / task.completed * (task.remaining or 0)) if task.completed else "-:--:--"
+            return Text(f"{_clock(elapsed)} eta {left}")
 
-    return (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), Overall(TimeElapsedColumn()),
-            Overall(TimeRemainingColumn()), TextColumn("{task.fields[note]}"))
+    return (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), Times(),
+            TextColumn("{task.fields[note]}"))
+
+
+def _clock(seconds: float) -> str:
+    return str(timedelta(seconds=round(seconds)))

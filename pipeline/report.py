@@ -290,7 +290,7 @@ written {time.strftime('%Y-%m-%d %H:%M:%S')}</p>
 
 _CSS = """body{font:13px/1.35 system-ui,sans-serif;margin:16px;color:#222}
 h2{margin:24px 0 8px}h3{font-size:13px;margin:0 0 4px;overflow-wrap:anywhere}
-.grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(340px,1fr));gap:10px}
+.grid{display:grid;grid-template-columns:repeat(auto-fill,340px);gap:10px}
 .card{border:1px solid #ccc;border-radius:4px;padding:8px}.card.failed{border-color:#d62728;background:#fff5f5}
 .card.pending{opacity:.6}.card p{margin:2px 0}.pair{display:flex;gap:4px;align-items:flex-start}
 .style{display:flex;gap:8px}figure{margin:0}figcaption{font-size:11px;color:#555}
