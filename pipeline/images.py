@@ -14,6 +14,8 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"})
+_UMASK = os.umask(0o022)  # read once, at import (os.umask can only be read by setting it)
+os.umask(_UMASK)
 _ALPHA_FORMATS = frozenset({"PNG", "WEBP", "TIFF"})
 _SAVE_FORMATS = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".webp": "WEBP", ".bmp": "BMP", ".tif": "TIFF", ".tiff": "TIFF"}
 
@@ -103,16 +105,18 @@ def to_pil(image: torch.Tensor) -> Image.Image:
 
 @contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; on success rename it over `path`.
+    """Yield a hidden temporary path beside `path` (same suffix last: encoders go by it); on success
+    rename it over `path`, with the permissions a new file gets (mode 666 less the umask).
 
     A crash or error leaves no file at `path` (nor a stray temporary).
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".part{path.suffix}", dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        os.chmod(tmp_path, 0o666 & ~_UMASK)  # mkstemp made it 600: others on the farm could not read it
         os.replace(tmp_path, path)
     finally:
         tmp_path.unlink(missing_ok=True)

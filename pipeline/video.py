@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import json
 import os
-import uuid
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, replace
 from fractions import Fraction
 from pathlib import Path
@@ -18,6 +17,8 @@ from typing import Iterator, Sequence
 import av
 import cv2
 import numpy as np
+
+from pipeline.images import atomic_path
 
 _MARKER = "complete.json"
 _MP4_AUDIO = frozenset({"aac", "mp3", "ac3", "eac3", "alac"})  # copied as is; anything else becomes AAC
@@ -46,20 +47,6 @@ def _error(path: Path, problem: str) -> VideoError:
 
 def _frame_name(index: int) -> str:
     return f"frame_{index:06d}.png"
-
-
-@contextmanager
-def _atomic(path: Path) -> Iterator[Path]:
-    """A hidden temporary beside `path`, same suffix (encoders go by it), renamed over `path` on success."""
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.part{path.suffix}")
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-# --- probe -------------------------------------------------------------------------------------
 
 
 def _stat(path: Path) -> os.stat_result:
@@ -136,7 +123,7 @@ def probe(path: Path) -> VideoInfo:
 
 
 def _write_json(path: Path, data: dict) -> None:
-    with _atomic(path) as tmp:
+    with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(data, indent=2) + "\n")
 
 
@@ -168,7 +155,7 @@ def _clear(folder: Path) -> None:
 
 
 def _write_png(path: Path, image: np.ndarray) -> None:
-    with _atomic(path) as tmp:
+    with atomic_path(path) as tmp:
         if not cv2.imwrite(str(tmp), image):
             raise _error(path, "cannot write PNG")
 
@@ -324,7 +311,7 @@ def assemble(frames: Sequence[Path], out: Path, fps: Fraction, audio_from: Path 
         raise _error(out, "no frames to encode")
     out.parent.mkdir(parents=True, exist_ok=True)
     try:
-        with _atomic(out) as tmp:
+        with atomic_path(out) as tmp:
             _encode(tmp, frames, out, Fraction(fps), audio_from)
     except (av.FFmpegError, OSError) as exc:
         raise _error(out, f"cannot write video ({exc.strerror or exc})") from None

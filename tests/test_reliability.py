@@ -436,3 +436,15 @@ def test_corrupt_cache_entries_are_recomputed(tmp_path):
     torch.save({"relu1_1": torch.ones(2, 3)}, entry)  # loads, but not a Gram matrix
     StyleCache(tmp_path).get(key, layers, torch.device("cpu"), compute)
     assert len(calls) == 6
+
+
+def test_outputs_get_the_permissions_of_a_new_file_not_the_temporary_600(tmp_path):
+    """Atomic writes go through a private temporary; the result is readable by others per the umask."""
+    import torch
+
+    from pipeline import images
+
+    out = tmp_path / "a.png"
+    images.write_image(torch.rand(1, 3, 8, 8), out)
+    assert out.stat().st_mode & 0o777 == 0o666 & ~images._UMASK != 0o600
+    assert [p.name for p in tmp_path.iterdir()] == ["a.png"]
