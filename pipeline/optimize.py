@@ -73,11 +73,16 @@ class Progress:
 class Result:
     image: torch.Tensor  # (N, 3, H, W), RGB in [0, 1]
     trace: list[Progress]  # one entry per iteration, all scales; losses summed over the batch
-    finals: list[Progress]  # each image's own losses at the last iteration
+    traces: list[list[Progress]]  # the same, per image of the batch, with its own losses
 
     @property
     def final(self) -> Progress:
         return self.trace[-1]
+
+    @property
+    def finals(self) -> list[Progress]:
+        """Each image's own losses at the last iteration."""
+        return [t[-1] for t in self.traces]
 
 
 Callback = Callable[[Progress], None]
@@ -264,12 +269,13 @@ def stylize(
         init_image = luminance(init_image) if init_image is not None else None
     image = _initial_image(settings, source, init_image)
     trace: list[Progress] = []
-    finals: list[Progress] = []
+    traces: list[list[Progress]] = [[] for _ in range(content.shape[0])]
     for level, (shape, iters, level_targets) in enumerate(
         zip(shapes, iterations_per_scale(settings, len(shapes)), targets), start=1
     ):
         def report(i: int, parts: list[list[float]], _shape=shape, _iters=iters, _level=level) -> None:
-            finals[:] = [Progress(_level, len(shapes), _shape, i, _iters, *each) for each in zip(*parts)]
+            for own, each in zip(traces, zip(*parts)):
+                own.append(Progress(_level, len(shapes), _shape, i, _iters, *each))
             p = Progress(_level, len(shapes), _shape, i, _iters, *map(sum, parts))
             trace.append(p)
             if callback is not None:
@@ -280,7 +286,7 @@ def stylize(
     image = image.clamp(0, 1)
     if settings.preserve_colors:
         image = recolor(image, content)
-    return Result(image=image, trace=trace, finals=finals)
+    return Result(image=image, trace=trace, traces=traces)
 
 
 def stack_targets(per_image: Sequence[Sequence[StyleTargets]]) -> list[StyleTargets]:

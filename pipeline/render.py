@@ -53,11 +53,10 @@ class Rendered:
     trace: tuple[TraceRow, ...] = ()  # the loss curve, at most TRACE_POINTS per scale (see compact_trace)
 
 
-def compact_trace(trace: Sequence[Progress], images: int = 1) -> tuple[TraceRow, ...]:
-    """At most TRACE_POINTS evenly spaced rows per scale (its first and last kept), to 4 significant
-    digits; a batch's summed losses are divided by its `images`."""
+def compact_trace(trace: Sequence[Progress]) -> tuple[TraceRow, ...]:
+    """At most TRACE_POINTS evenly spaced rows per scale (its first and last kept), to 4 significant digits."""
     def fig(value: float) -> float:
-        return float(f"{value / images:.4g}")
+        return float(f"{value:.4g}")
 
     rows: list[TraceRow] = []
     for scale in sorted({p.scale for p in trace}):
@@ -204,5 +203,5 @@ class Renderer:
             content=final.content, style=final.style, tv=final.tv, temporal=final.temporal, loss=final.loss,
             iterations=len(result.trace), seconds=seconds, device=str(self.device), style_hits=hits,
             style_misses=misses, style_seconds=style_seconds, image=result.image[index : index + 1],
-            trace=compact_trace(result.trace, len(result.finals)),
+            trace=compact_trace(result.traces[index]),
         )

@@ -194,6 +194,7 @@ def test_a_batch_equals_its_images_optimised_alone(shared, model, init):
         gap = (batch.image[i : i + 1] - single.image).abs()  # float round-off, which Adam's first steps
         assert gap.mean() < 5e-4 and gap.max() < 0.02  # amplify where a gradient is near 0; other images: ~0.3
         assert batch.finals[i].loss == pytest.approx(single.final.loss, rel=1e-4)
+        assert [p.loss for p in batch.traces[i]] == pytest.approx([p.loss for p in single.trace], rel=1e-3)
     assert batch.final.loss == pytest.approx(sum(s.final.loss for s in alone), rel=1e-4)
 
 
