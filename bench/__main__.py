@@ -2,7 +2,7 @@
 
 Writes bench/results.json and bench/results.md. Inputs come from ../shared/data.
 
-    python -m bench                 # core, pastiche and pipeline figures (about 12 minutes on a 2-core CPU)
+    python -m bench                 # core, pastiche and pipeline figures (about 15 minutes on a 2-core CPU)
     python -m bench --skip-pastiche # without the pastiche comparison
     python -m bench --skip-core --skip-pipeline --video   # temporal consistency only (about 25 minutes; make bench-video)
 """
