@@ -108,7 +108,7 @@ class OptimizeConfig(_Strict):
 
 class ModelConfig(_Strict):
     weights: str = Field(default="bundled", description="bundled | torchvision | PATH to a .pth state dict")
-    pooling: Literal["max", "avg"] = Field(default="max", description="max | avg")
+    pooling: Literal["max", "avg"] = Field(default="max", description="max | avg (average pooling, rescaled to keep max pooling's activation scale)")
 
 
 class VideoConfig(_Strict):

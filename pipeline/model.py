@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Iterable
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from pipeline.keys import file_digest
@@ -37,6 +38,17 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 BUNDLED_FILE = "vgg19_weights_tf_dim_ordering_tf_kernels_notop_q.bin"
+
+# Average pooling shrinks activations against max pooling (RMS at relu4_2: 0.34x with the bundled
+# weights), so, as crowsonkb's style_transfer does, each average pool is rescaled. crowsonkb's 2.0
+# suits torchvision's weights; with the bundled ones 1.45 keeps relu2_1..relu4_2 within 20 % of max
+# pooling's RMS on each of chelsea, coffee and astronaut at 128 px (2.0 gives 1.5x-2.8x).
+AVG_POOL_SCALE = 1.45
+
+
+def pooling_identity(pooling: str) -> str:
+    """A stable id of a pooling choice, its rescale included (for job and cache keys)."""
+    return pooling if pooling == "max" else f"{pooling}x{AVG_POOL_SCALE}"
 
 
 class WeightsError(RuntimeError):
@@ -170,6 +182,16 @@ def _features(count: int) -> nn.Sequential:
     return nn.Sequential(*layers[:count])
 
 
+class ScaledAvgPool2d(nn.Module):
+    """2x2 average pooling times AVG_POOL_SCALE."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.avg_pool2d(x, 2, 2) * AVG_POOL_SCALE
+
+    def extra_repr(self) -> str:
+        return f"scale={AVG_POOL_SCALE}"
+
+
 class VGGFeatures(nn.Module):
     """Frozen VGG-19 `features`, truncated after the deepest requested layer.
 
@@ -191,10 +213,11 @@ class VGGFeatures(nn.Module):
             if isinstance(module, nn.ReLU):  # in place only where no tap sees the input
                 body[i] = nn.ReLU(inplace=i - 1 not in taps)
             if pooling == "avg" and isinstance(module, nn.MaxPool2d):
-                body[i] = nn.AvgPool2d(2, 2)
+                body[i] = ScaledAvgPool2d()
         self.preprocess = Preprocess(weights.caffe)
         self.body = use_winograd(body) if winograd else body
         self.identity = weights.identity
+        self.pooling = pooling_identity(pooling)
         self._taps = taps
         self.requires_grad_(False)
         self.eval()

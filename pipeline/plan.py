@@ -10,7 +10,7 @@ from pathlib import Path
 from pipeline.config import Config, StyleConfig, VideoConfig
 from pipeline.discover import Source
 from pipeline.keys import file_digest, value_digest
-from pipeline.model import weights_identity
+from pipeline.model import pooling_identity, weights_identity
 from pipeline.video import VideoError, probe
 
 
@@ -156,7 +156,7 @@ def pixel_settings(config: Config) -> dict:
         optimize["init"] = file_digest(config.optimize.init_path)
     return {
         "optimize": optimize,
-        "pooling": config.model.pooling,
+        "pooling": pooling_identity(config.model.pooling),
         "alpha": config.output.alpha,
         "weights": weights_identity(config.model.weights),
     }

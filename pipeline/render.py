@@ -82,7 +82,6 @@ class Renderer:
         init_path: Path | None = None, cache: StyleCache | None = None, keep_alpha: bool = True,
     ) -> None:
         self.settings = settings
-        self.pooling = pooling
         self.cache = cache or StyleCache(None)
         self.device = torch.device(device)
         resolved = resolve_weights(weights)
@@ -114,7 +113,7 @@ class Renderer:
         for h, w in shapes:
             key = StyleCache.key(
                 styles=[(self._digest(p), wt) for p, wt in blend], area=h * w, layers=sorted(layers),
-                weights=self.model.identity, pooling=self.pooling, luminance=s.preserve_colors,
+                weights=self.model.identity, pooling=self.model.pooling, luminance=s.preserve_colors,
             )
 
             def compute(area: int = h * w) -> StyleTargets:

@@ -135,3 +135,21 @@ def test_winograd_model_matches_direct(shared, bundled):
 
 def test_resize_keeps_shape_request():
     assert resize(torch.rand(1, 3, 10, 20), (5, 10)).shape == (1, 3, 5, 10)
+
+
+def test_average_pooling_is_rescaled_to_keep_max_poolings_activation_scale(shared, bundled):
+    """Plain average pooling shrinks relu4_2 to about a third of max pooling's RMS; rescaled, each
+    tapped layer from relu2_1 to relu4_2 stays within 20 %."""
+    from pipeline.images import read_image
+    from pipeline.model import AVG_POOL_SCALE, ScaledAvgPool2d
+
+    layers = ("relu2_1", "relu3_1", "relu4_1", "relu4_2")
+    image = read_image(shared / "content" / "coffee.png", 128)
+    average = VGGFeatures(bundled, layers, pooling="avg")
+    assert sum(isinstance(m, ScaledAvgPool2d) for m in average.body) == 3
+    with torch.no_grad():
+        a, m = average(image), VGGFeatures(bundled, layers)(image)
+    for layer in layers:
+        ratio = (a[layer].pow(2).mean() / m[layer].pow(2).mean()).sqrt().item()
+        assert 0.8 < ratio < 1.2, (layer, ratio)
+    assert average.pooling == f"avgx{AVG_POOL_SCALE}" and VGGFeatures(bundled, layers).pooling == "max"
