@@ -107,6 +107,7 @@ class OptimizeConfig(_Strict):
 
 
 class ModelConfig(_Strict):
+    arch: Literal["vgg19", "vgg16"] = Field(default="vgg19", description="vgg19 | vgg16 (the bundled weights are VGG-19 only: vgg16 takes torchvision's or a file)")
     weights: str = Field(default="bundled", description="bundled | torchvision | PATH to a .pth state dict")
     pooling: Literal["max", "avg"] = Field(default="max", description="max | avg (average pooling, rescaled to keep max pooling's activation scale)")
 
@@ -158,6 +159,20 @@ class Config(_Strict):
         if dup:
             raise ValueError(f"style name {dup!r} is used twice")
         return styles
+
+    @field_validator("model")
+    @classmethod
+    def _layers_in_arch(cls, model: ModelConfig, info: ValidationInfo) -> ModelConfig:
+        from pipeline.model import TITLES, layer_index
+
+        optimize = info.data.get("optimize")
+        if optimize is not None:
+            index = layer_index(model.arch)
+            for key, layers in (("content_layers", optimize.content_layers), ("style_layers", optimize.style_layers)):
+                missing = [n for n in layers if n not in index]
+                if missing:
+                    raise ValueError(f"arch {model.arch}: {TITLES[model.arch]} has no layer {missing[0]!r} (optimize.{key})")
+        return model
 
     @field_validator("scheduler")
     @classmethod

@@ -164,7 +164,7 @@ def _run_task(renderer: Renderer, config: Config, task: Task, done: frozenset[Pa
 def _renderer(config: Config, device: str) -> Renderer:
     return Renderer(
         config.optimize.settings(), device=device, weights=config.model.weights,
-        pooling=config.model.pooling, init_path=config.optimize.init_path, cache=StyleCache(config.cache_dir),
+        pooling=config.model.pooling, arch=config.model.arch, init_path=config.optimize.init_path, cache=StyleCache(config.cache_dir),
         keep_alpha=config.output.alpha == "keep",
     )
 

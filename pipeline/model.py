@@ -20,17 +20,31 @@ from torch import nn
 from pipeline.keys import file_digest
 from pipeline.winograd import use_winograd
 
-# Layer names in torchvision's `vgg19().features` order.
-_BLOCKS = (2, 2, 4, 4, 4)
-LAYER_NAMES: tuple[str, ...] = tuple(
-    name
-    for block, convs in enumerate(_BLOCKS, start=1)
-    for name in (
-        *(f"{kind}{block}_{i}" for i in range(1, convs + 1) for kind in ("conv", "relu")),
-        f"pool{block}",
+# Convs per block of each network; layer names follow torchvision's `vggNN().features` order.
+BLOCKS = {"vgg19": (2, 2, 4, 4, 4), "vgg16": (2, 2, 3, 3, 3)}
+TITLES = {"vgg19": "VGG-19", "vgg16": "VGG-16"}
+
+
+@lru_cache(maxsize=None)
+def layer_names(arch: str = "vgg19") -> tuple[str, ...]:
+    """`conv1_1`, `relu1_1`, …, `pool5` of `arch`, in `features` order."""
+    return tuple(
+        name
+        for block, convs in enumerate(BLOCKS[arch], start=1)
+        for name in (
+            *(f"{kind}{block}_{i}" for i in range(1, convs + 1) for kind in ("conv", "relu")),
+            f"pool{block}",
+        )
     )
-)
-LAYER_INDEX = {name: i for i, name in enumerate(LAYER_NAMES)}
+
+
+def layer_index(arch: str = "vgg19") -> dict[str, int]:
+    """Layer name to its position in `arch`'s `features`."""
+    return {name: i for i, name in enumerate(layer_names(arch))}
+
+
+LAYER_NAMES = layer_names("vgg19")
+LAYER_INDEX = layer_index("vgg19")
 CONV_NAMES = tuple(n for n in LAYER_NAMES if n.startswith("conv"))
 
 CAFFE_BGR_MEAN = (103.939, 116.779, 123.68)
@@ -77,11 +91,12 @@ class Preprocess(nn.Module):
 
 @dataclass(frozen=True)
 class Weights:
-    """A resolved set of VGG-19 conv weights and the preprocessing they need."""
+    """A resolved set of VGG conv weights, their network and the preprocessing they need."""
 
     state: dict[str, torch.Tensor]  # torchvision `features` state dict
     caffe: bool  # True: BGR 0-255 minus means; False: RGB ImageNet mean/std
     identity: str  # stable id for job keys and cache keys
+    arch: str = "vgg19"
 
 
 def _bundled_path() -> Path:
@@ -116,64 +131,72 @@ def _load_state_file(path: Path) -> dict[str, torch.Tensor]:
     return obj
 
 
-def _normalise_user_state(state: dict[str, torch.Tensor], path: Path) -> dict[str, torch.Tensor]:
-    """Accept a full VGG-19 state dict (`features.N.weight`) or a features-only one (`N.weight`)."""
+def _normalise_user_state(state: dict[str, torch.Tensor], path: Path, arch: str = "vgg19") -> dict[str, torch.Tensor]:
+    """Accept a full VGG state dict of `arch` (`features.N.weight`) or a features-only one (`N.weight`)."""
     if any(k.startswith("features.") for k in state):
         state = {k[len("features."):]: v for k, v in state.items() if k.startswith("features.")}
-    wanted = {f"{LAYER_INDEX[n]}.{p}" for n in CONV_NAMES for p in ("weight", "bias")}
-    missing = sorted(wanted - state.keys(), key=lambda k: int(k.split(".")[0]))
+    shapes = {k: v.shape for k, v in _features(len(layer_names(arch)), arch).state_dict().items()}
+    missing = sorted(shapes.keys() - state.keys(), key=lambda k: int(k.split(".")[0]))
     if missing:
-        raise WeightsError(f"{path}: not a VGG-19 state dict (missing {missing[0]})")
-    return {k: state[k].float() for k in wanted}
+        raise WeightsError(f"{path}: not a {TITLES[arch]} state dict (missing {missing[0]})")
+    wrong = [k for k, shape in shapes.items() if state[k].shape != shape]
+    if wrong:
+        raise WeightsError(f"{path}: not a {TITLES[arch]} state dict ({wrong[0]} has shape {tuple(state[wrong[0]].shape)})")
+    return {k: state[k].float() for k in shapes}
 
 
-def weights_identity(source: str) -> str:
+def weights_identity(source: str, arch: str = "vgg19") -> str:
     """A stable id of a weight source, without decoding it (for job and cache keys)."""
+    net = "" if arch == "vgg19" else f"{arch}:"
     if source == "bundled":
+        if arch != "vgg19":
+            raise WeightsError(f"the bundled weights are VGG-19 only; with model.arch: {arch} use "
+                               "model.weights: torchvision or a path to a .pth state dict")
         return f"bundled:{file_digest(_bundled_path())}"
     if source == "torchvision":
-        return "torchvision:IMAGENET1K_V1"
+        return f"torchvision:{net}IMAGENET1K_V1"
     path = Path(source).expanduser()
     try:
-        return f"file:{file_digest(path)}"
+        return f"file:{net}{file_digest(path)}"
     except OSError as exc:
         raise WeightsError(f"{path}: cannot read weights file ({exc.strerror or exc})") from None
 
 
 @lru_cache(maxsize=4)
-def resolve_weights(source: str = "bundled") -> Weights:
-    """Resolve `bundled`, `torchvision` or a path to a `.pth` file into weights.
+def resolve_weights(source: str = "bundled", arch: str = "vgg19") -> Weights:
+    """Resolve `bundled` (VGG-19 only), `torchvision` or a path to a `.pth` file into `arch` weights.
 
     A path file is taken as Caffe-style (BGR, 0-255) when its name contains
     'caffe', else as torchvision-style (RGB, mean/std).
     """
+    identity = weights_identity(source, arch)
     if source == "bundled":
-        path = _bundled_path()
-        q = _load_state_file(path)
-        return Weights(_decode_quantized(q), caffe=True, identity=weights_identity(source))
+        q = _load_state_file(_bundled_path())
+        return Weights(_decode_quantized(q), caffe=True, identity=identity)
     if source == "torchvision":
-        from torchvision.models import VGG19_Weights
+        from torchvision import models
 
+        weights = getattr(models, f"VGG{arch[3:]}_Weights").IMAGENET1K_V1
         try:
-            full = VGG19_Weights.IMAGENET1K_V1.get_state_dict(progress=False, weights_only=True)
+            full = weights.get_state_dict(progress=False, weights_only=True)
         except Exception as exc:
+            alternative = "use model.weights: bundled" if arch == "vgg19" else "give model.weights a .pth file"
             raise WeightsError(
-                "torchvision VGG-19 weights are not cached and cannot be downloaded "
-                f"({type(exc).__name__}); copy vgg19-dcbb9e9d.pth into "
-                f"{Path(torch.hub.get_dir()) / 'checkpoints'} or use model.weights: bundled"
+                f"torchvision {TITLES[arch]} weights are not cached and cannot be downloaded "
+                f"({type(exc).__name__}); copy {Path(weights.url).name} into "
+                f"{Path(torch.hub.get_dir()) / 'checkpoints'} or {alternative}"
             ) from None
-        state = _normalise_user_state(full, Path("torchvision"))
-        return Weights(state, caffe=False, identity=weights_identity(source))
+        return Weights(_normalise_user_state(full, Path("torchvision"), arch), caffe=False, identity=identity, arch=arch)
     path = Path(source).expanduser()
-    state = _normalise_user_state(_load_state_file(path), path)
-    return Weights(state, caffe="caffe" in path.name.lower(), identity=weights_identity(source))
+    state = _normalise_user_state(_load_state_file(path), path, arch)
+    return Weights(state, caffe="caffe" in path.name.lower(), identity=identity, arch=arch)
 
 
-def _features(count: int) -> nn.Sequential:
-    """The first `count` layers of torchvision's `vgg19().features`, without building the classifier."""
+def _features(count: int, arch: str = "vgg19") -> nn.Sequential:
+    """The first `count` layers of torchvision's `vggNN().features`, without building the classifier."""
     layers: list[nn.Module] = []
     channels = 3
-    for block, convs in enumerate(_BLOCKS):
+    for block, convs in enumerate(BLOCKS[arch]):
         width = min(64 * 2**block, 512)
         for _ in range(convs):
             layers += [nn.Conv2d(channels, width, 3, padding=1), nn.ReLU(inplace=True)]
@@ -193,7 +216,7 @@ class ScaledAvgPool2d(nn.Module):
 
 
 class VGGFeatures(nn.Module):
-    """Frozen VGG-19 `features`, truncated after the deepest requested layer.
+    """Frozen VGG-19 or VGG-16 `features` (the weights' network), truncated after the deepest requested layer.
 
     `forward(x)` returns {layer name: activation} for the requested layers.
     """
@@ -202,12 +225,13 @@ class VGGFeatures(nn.Module):
         """`winograd` computes the wide 3x3 convs with Winograd F(4x4, 3x3): about 1.4x faster on CPUs."""
         super().__init__()
         self.layers = tuple(dict.fromkeys(layers))
-        unknown = [n for n in self.layers if n not in LAYER_INDEX]
+        index = layer_index(weights.arch)
+        unknown = [n for n in self.layers if n not in index]
         if unknown:
-            raise ValueError(f"unknown VGG-19 layer {unknown[0]!r}; valid: {', '.join(LAYER_NAMES)}")
-        taps = {LAYER_INDEX[n]: n for n in self.layers}
+            raise ValueError(f"unknown {TITLES[weights.arch]} layer {unknown[0]!r}; valid: {', '.join(index)}")
+        taps = {index[n]: n for n in self.layers}
         last = max(taps)
-        body = _features(last + 1)
+        body = _features(last + 1, weights.arch)
         body.load_state_dict({k: v for k, v in weights.state.items() if int(k.split(".")[0]) <= last})
         for i, module in enumerate(body):
             if isinstance(module, nn.ReLU):  # in place only where no tap sees the input

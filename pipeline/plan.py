@@ -158,7 +158,7 @@ def pixel_settings(config: Config) -> dict:
         "optimize": optimize,
         "pooling": pooling_identity(config.model.pooling),
         "alpha": config.output.alpha,
-        "weights": weights_identity(config.model.weights),
+        "weights": weights_identity(config.model.weights, config.model.arch),
     }
 
 

@@ -78,13 +78,13 @@ class Renderer:
     """A worker's state: the model on its device, loaded once, and warm style targets."""
 
     def __init__(
-        self, settings: Settings, device: str = "cpu", weights: str = "bundled", pooling: str = "max",
+        self, settings: Settings, device: str = "cpu", weights: str = "bundled", pooling: str = "max", arch: str = "vgg19",
         init_path: Path | None = None, cache: StyleCache | None = None, keep_alpha: bool = True,
     ) -> None:
         self.settings = settings
         self.cache = cache or StyleCache(None)
         self.device = torch.device(device)
-        resolved = resolve_weights(weights)
+        resolved = resolve_weights(weights, arch)
         cpu = self.device.type == "cpu"  # cuDNN picks its own algorithms (Winograd among them) on GPUs
         if self.device.type == "cuda":
             _tune_cuda()

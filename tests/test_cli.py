@@ -178,3 +178,19 @@ def test_unwritable_output_dir_is_a_config_error(shared, tmp_path):
     result = runner.invoke(app, ["run", str(config)])
     assert result.exit_code == 2
     assert "output.dir: cannot write to" in result.output and "not_a_folder" in result.output
+
+
+def test_vgg16_config_errors_name_the_key(shared, tmp_path):
+    """model.arch vgg16 with a VGG-19-only layer, or with the (VGG-19) bundled weights: exit 2, one line."""
+    config = _write_config(tmp_path, [shared / "content"], [("wave", shared / "style/wave.jpg")])
+    data = yaml.safe_load(config.read_text())
+    data["model"] = {"arch": "vgg16", "weights": "torchvision"}
+    data.setdefault("optimize", {})["style_layers"] = {"relu1_1": 1.0, "relu5_4": 1.0}
+    config.write_text(yaml.safe_dump(data))
+    result = runner.invoke(app, ["plan", str(config)])
+    assert result.exit_code == 2 and "VGG-16 has no layer 'relu5_4' (optimize.style_layers)" in result.output
+    data["model"]["weights"] = "bundled"
+    del data["optimize"]["style_layers"]
+    config.write_text(yaml.safe_dump(data))
+    result = runner.invoke(app, ["plan", str(config)])
+    assert result.exit_code == 2 and "bundled weights are VGG-19 only" in result.output

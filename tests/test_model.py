@@ -153,3 +153,43 @@ def test_average_pooling_is_rescaled_to_keep_max_poolings_activation_scale(share
         ratio = (a[layer].pow(2).mean() / m[layer].pow(2).mean()).sqrt().item()
         assert 0.8 < ratio < 1.2, (layer, ratio)
     assert average.pooling == f"avgx{AVG_POOL_SCALE}" and VGGFeatures(bundled, layers).pooling == "max"
+
+
+def test_vgg16_layer_names_and_a_user_file(tmp_path, shared):
+    """model.arch vgg16: its 31 layers (no conv*_4), a .pth of torchvision's vgg16 layout loads and
+    gives features of the right widths; a VGG-19 file is refused naming the mismatch."""
+    from torchvision.models import vgg16
+
+    from pipeline.images import read_image
+    from pipeline.model import layer_index, layer_names
+
+    names = layer_names("vgg16")
+    assert len(names) == 31 and "relu5_4" not in names and layer_index("vgg16")["relu5_3"] == 29
+    torch.manual_seed(0)
+    net = vgg16()  # a user's own VGG-16 (random weights stand in for a fine-tuned file)
+    path = tmp_path / "my_vgg16.pth"
+    torch.save(net.state_dict(), path)
+    weights = resolve_weights(str(path), "vgg16")
+    assert weights.arch == "vgg16" and weights.identity.startswith("file:vgg16:")
+    image = read_image(shared / "content" / "coffee.png", 64)
+    feats = VGGFeatures(weights, ["relu1_1", "relu4_2", "relu5_3"])(image)
+    assert [f.shape[1] for f in feats.values()] == [64, 512, 512]
+    with torch.no_grad():  # the same numbers as torchvision's own network (RGB mean/std preprocessing)
+        x = (image - torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)) / torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+        assert torch.allclose(feats["relu5_3"], net.features[:30](x), atol=1e-4)
+    with pytest.raises(ValueError, match="unknown VGG-16 layer 'relu5_4'"):
+        VGGFeatures(weights, ["relu5_4"])
+    vgg19_file = tmp_path / "vgg19.pth"
+    torch.save(resolve_weights("bundled").state, vgg19_file)
+    with pytest.raises(WeightsError, match="vgg19.pth: not a VGG-16 state dict"):
+        resolve_weights(str(vgg19_file), "vgg16")
+
+
+def test_vgg16_needs_torchvision_weights_or_a_file(monkeypatch, tmp_path):
+    with pytest.raises(WeightsError, match="bundled weights are VGG-19 only"):
+        resolve_weights("bundled", "vgg16")
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    monkeypatch.setattr("torch.hub.load_state_dict_from_url", _no_network)
+    resolve_weights.cache_clear()
+    with pytest.raises(WeightsError, match=r"torchvision VGG-16 weights .* copy vgg16-397923af\.pth into"):
+        resolve_weights("torchvision", "vgg16")
