@@ -34,7 +34,9 @@ from typing import TYPE_CHECKING, Callable, Iterator
 import torch
 
 from pipeline.config import Config
-from pipeline.execute import Batch, DeviceError, Records, Report, Task, _base, _renderer, _run_task, relative_output, resolve_devices
+from pipeline.execute import (
+    DeviceError, Records, Report, Task, _base, _renderer, _run_task, relative_output, resolve_devices, task_jobs,
+)
 from pipeline.images import atomic_path
 from pipeline.keys import value_digest
 from pipeline.launch import TUNABLES
@@ -213,15 +215,6 @@ def _paths(task: Task) -> frozenset[Path]:
     return frozenset(f.path for f in task.frames) if isinstance(task, Segment) else frozenset()
 
 
-def _jobs(task: Task, done: frozenset[Path]) -> list[Job]:
-    """The jobs a task records: a single job, a batch's, or a segment's own frames not done before the run."""
-    if isinstance(task, Segment):
-        return [f.job for f in task.frames if f.own and f.path not in done]
-    if isinstance(task, Batch):
-        return list(task.jobs)
-    return [task]
-
-
 def _why(exc: BaseException) -> Callable[[Job], str]:
     """The error of each job of a task that raised `exc` on the cluster."""
     from distributed.scheduler import KilledWorker
@@ -235,7 +228,7 @@ def _why(exc: BaseException) -> Callable[[Job], str]:
 def _failed(task: Task, done: frozenset[Path], out_dir: Path, error: Callable[[Job], str]) -> list[tuple[Job, Record]]:
     """A failed record for each job of a task that did not come back."""
     return [(job, Record(**_base(job, relative_output(job, out_dir)), state="failed", error=error(job)))
-            for job in _jobs(task, done)]
+            for job in task_jobs(task, done)]
 
 
 # Per worker process: one Renderer, for the config it last ran (the model loads once per process and config).
@@ -245,7 +238,7 @@ _WORKER: dict[str, Renderer] = {}
 def run_task(config: Config, task: Task, done: frozenset[Path], out_dir: Path) -> list[tuple[Job, Record]]:
     """On a worker: run one task and return its records. Jobs an earlier, killed attempt finished
     (output and stamp in place) are not rendered again: their stamped records come back instead."""
-    stamped = [(job, r) for job in _jobs(task, done) if (r := _read_stamp(job)) is not None]
+    stamped = [(job, r) for job in task_jobs(task, done) if (r := _read_stamp(job)) is not None]
     if stamped and isinstance(task, Job):
         return stamped
     results = list(stamped)

@@ -206,10 +206,10 @@ def _worker_task(
     results.put(_Mark(index, ended=True))
 
 
-def _task_jobs(task: Task) -> list[Job]:
-    """The jobs whose records a task sends."""
+def task_jobs(task: Task, done: frozenset[Path] = frozenset()) -> list[Job]:
+    """The jobs whose records a task sends: a single job, a batch's, or a segment's own frames not in `done`."""
     if isinstance(task, Segment):
-        return [f.job for f in task.frames if f.own]
+        return [f.job for f in task.frames if f.own and f.path not in done]
     return [task] if isinstance(task, Job) else list(task.jobs)
 
 
@@ -285,7 +285,7 @@ def _records(
                 strikes[index] += not over
                 if over or strikes[index] == 2:
                     task = todo.pop(index)
-                    for job in _task_jobs(task) if not over else ():
+                    for job in task_jobs(task) if not over else ():
                         if job.output not in finished:
                             error = f"{job.content}: worker process died while running it, twice (killed, crashed or out of memory)"
                             yield job, Record(**_base(job, relative_output(job, out_dir)), state="failed", error=error)

@@ -10,6 +10,7 @@ image-sized float32 vectors.
 
 from __future__ import annotations
 
+from os import sysconf
 from pathlib import Path
 
 GIB = 2**30
@@ -37,8 +38,6 @@ def available_bytes() -> int | None:
         available_kib = int(fields["MemAvailable"].split()[0])
     except (KeyError, ValueError):
         return None
-    from os import sysconf
-
     return available_kib * 1024 + max(0, resident_pages * sysconf("SC_PAGE_SIZE") - BASE)
 
 

@@ -145,14 +145,11 @@ class Renderer:
         s = self.settings
         if content is None:
             content = self.read_content(content_path)
-        init = None
         if follow is not None:
             s = replace(s, scales=1, iterations=follow.iterations, init="image", temporal_weight=follow.temporal_weight)
             init = follow.init
-        elif s.init == "style":
-            init = self._style_image(blend[0][0])
-        elif s.init == "image" and self.init_path is not None:
-            init = read_image(self.init_path)
+        else:
+            init = self._init([blend], tuple(content.shape[-2:]))
         shapes = scale_shapes(*content.shape[-2:], s.size, s.scales)
         targets, *counts = self._counted(blend, shapes)
         held = follow.held if follow is not None else ()
@@ -174,11 +171,7 @@ class Renderer:
         shape = tuple(images[0].shape[-2:])
         if any(tuple(i.shape[-2:]) != shape for i in images):
             raise ValueError(f"a batch needs images of one size, got {sorted({tuple(i.shape[-2:]) for i in images})}")
-        init = None
-        if s.init == "style":
-            init = torch.cat([resize(self._style_image(b[0][0]), shape) for b in blends])
-        elif s.init == "image" and self.init_path is not None:
-            init = read_image(self.init_path)
+        init = self._init(blends, shape)
         shapes = scale_shapes(*shape, s.size, s.scales)
         counted = [self._counted(b, shapes) for b in blends]
         result = stylize(self.model, torch.cat(images), stack_targets([c[0] for c in counted]), s, init_image=init)
@@ -186,6 +179,14 @@ class Renderer:
             write_image(result.image[i : i + 1], output, self._alpha(contents[i]))
         seconds = (time.perf_counter() - start) / len(images)
         return [self._rendered(result, i, seconds, *c[1:]) for i, c in enumerate(counted)]
+
+    def _init(self, blends: Sequence[Sequence[tuple[Path, float]]], shape: tuple[int, int]) -> torch.Tensor | None:
+        """The init image(s) `settings.init` asks for: each blend's first style image, or the init file."""
+        if self.settings.init == "style":
+            return torch.cat([resize(self._style_image(b[0][0]), shape) for b in blends])
+        if self.settings.init == "image" and self.init_path is not None:
+            return read_image(self.init_path)
+        return None
 
     def _counted(
         self, blend: Sequence[tuple[Path, float]], shapes: Sequence[tuple[int, int]],
