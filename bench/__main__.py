@@ -5,6 +5,7 @@ Writes bench/results.json and bench/results.md. Inputs come from ../shared/data.
     python -m bench                 # core, pastiche and pipeline figures (about 15 minutes on a 2-core CPU)
     python -m bench --skip-pastiche # without the pastiche comparison
     python -m bench --skip-core --skip-pipeline --video   # temporal consistency only (about 25 minutes; make bench-video)
+    python -m bench --skip-core --skip-pipeline --tiling  # tiled optimisation at 1024-4096 px (about 25 minutes; make bench-tiling)
 """
 
 from __future__ import annotations
@@ -218,23 +219,60 @@ def versus_pastiche(out: Path, size: int = 256, iterations: int = 100) -> dict:
     }
 
 
+def _peak(cmd: list[str]) -> tuple[float, float]:
+    """(wall seconds, peak resident GiB) of a child process, which must succeed."""
+    start = time.perf_counter()
+    child = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _, status, usage = os.wait4(child.pid, 0)
+    if status != 0:
+        raise SystemExit(f"bench: {' '.join(cmd)} failed (status {status})")
+    return time.perf_counter() - start, usage.ru_maxrss / 2**20  # KiB -> GiB
+
+
+def _image_command(out: Path, size: int, iterations: int, *extra: str) -> list[str]:
+    return [str(BIN / "stylize"), "image", str(CONTENT), str(STYLE), "-o", str(out), "--size", str(size),
+            "--iterations", str(iterations), "--device", "cpu", *extra]
+
+
 def peak_memory(out: Path, sizes: list[int], iterations: int = 2) -> list[dict]:
     """Peak resident memory of `stylize image` (one scale, L-BFGS) per output size, on the CPU."""
     rows = []
     for size in sizes:
-        start = time.perf_counter()
-        child = subprocess.Popen(
-            [str(BIN / "stylize"), "image", str(CONTENT), str(STYLE), "-o", str(out / f"memory_{size}.png"),
-             "--size", str(size), "--iterations", str(iterations), "--scales", "1", "--device", "cpu"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )
-        _, status, usage = os.wait4(child.pid, 0)
-        if status != 0:
-            raise SystemExit(f"bench: stylize image at {size} px failed (status {status})")
-        peak = usage.ru_maxrss / 2**20  # KiB -> GiB
-        rows.append({"size": size, "peak_gib": round(peak, 2), "seconds": round(time.perf_counter() - start, 1)})
+        seconds, peak = _peak(_image_command(out / f"memory_{size}.png", size, iterations, "--scales", "1"))
+        rows.append({"size": size, "peak_gib": round(peak, 2), "seconds": round(seconds, 1)})
         print(f"  {size}px: peak {peak:.2f} GiB ({rows[-1]['seconds']} s for {iterations} iterations)", flush=True)
     return rows
+
+
+def tiling_figures(out: Path, runs: tuple[tuple[int, int], ...] = ((1024, 512), (2048, 1024), (4096, 1024)),
+                   iterations: int = 2, compare: tuple[int, int, int] = (1024, 512, 10)) -> dict:
+    """Tiled optimisation on the CPU: peak memory and wall time at large sizes (one scale, L-BFGS,
+    `iterations` iterations, forced tiles), and a tiled result against an untiled one at the same
+    settings (3 scales; only the finest is tiled): evaluator losses and the seam measure."""
+    from pipeline.images import read_image
+    from pipeline.tiles import border_mask, grid, seam_ratio
+
+    rows = []
+    for size, tile in runs:
+        seconds, peak = _peak(_image_command(out / f"tiled_{size}.png", size, iterations, "--scales", "1", "--tile", str(tile)))
+        rows.append({"size": size, "tile": tile, "iterations": iterations, "peak_gib": round(peak, 2), "seconds": round(seconds, 1)})
+        print(f"  {size}px in {tile}px tiles: peak {peak:.2f} GiB, {seconds:.1f} s", flush=True)
+    size, tile, its = compare
+    evaluator = Evaluator()
+    result: dict = {"runs": rows, "compare": {"size": size, "tile": tile, "iterations": its}}
+    images = {}
+    for name, extra in (("untiled", ("--tile", "off")), ("tiled", ("--tile", str(tile)))):
+        path = out / f"compare_{name}.png"
+        seconds, peak = _peak(_image_command(path, size, its, *extra))
+        scores = evaluator.score(path, CONTENT, STYLE)
+        images[name] = read_image(path)
+        result["compare"][name] = {"seconds": round(seconds, 1), "peak_gib": round(peak, 2),
+                                   "content": scores.content, "style": scores.style}
+        print(f"  {size}px {name}: {seconds:.1f} s, content {scores.content:.4g}, style {scores.style:.4g}", flush=True)
+    mask = border_mask(grid(tuple(images["tiled"].shape[-2:]), tile))
+    for name, image in images.items():
+        result["compare"][name]["seam_ratio"] = round(seam_ratio(image, mask), 4)
+    return result
 
 
 def _run_config(config: Path) -> float:
@@ -400,6 +438,18 @@ def _markdown(results: dict) -> str:
                   f"| big_buck_bunny_432_433.webm at 128 px, 10 iterations | {b['video_frames']} frames at {b['video_fps']} fps, audio {', '.join(b['video_audio']) or 'none'}, {b['video_s']} s |"]
     if results.get("video"):
         lines += _video_markdown(results["video"])
+    t = results.get("tiling")
+    if t:
+        c = t["compare"]
+        lines += ["", "Tiled optimisation on the CPU (`stylize image --tile N --scales 1`, L-BFGS; resident set of the process):", "",
+                  "| size | tile | iterations | wall time | peak memory |", "|---|---|---|---|---|",
+                  *(f"| {r['size']}² | {r['tile']} | {r['iterations']} | {r['seconds']} s | {r['peak_gib']} GiB |" for r in t["runs"]),
+                  "", f"Tiled against untiled, {c['size']} px, 3 scales, {c['iterations']} iterations at the finest, "
+                  f"which is tiled in {c['tile']} px tiles; seam measure: gradient energy within 1 px of the tile cuts over the rest of the image:", "",
+                  "| | wall time | evaluator content | evaluator style | seam measure |", "|---|---|---|---|---|",
+                  *(f"| {n} | {c[n]['seconds']} s | {c[n]['content']:.4g} | {c[n]['style']:.4g} | {c[n]['seam_ratio']} |" for n in ("untiled", "tiled")),
+                  f"| tiled / untiled | {c['tiled']['seconds'] / c['untiled']['seconds']:.2f}× | {c['tiled']['content'] / c['untiled']['content']:.4f} | "
+                  f"{c['tiled']['style'] / c['untiled']['style']:.4f} | {c['tiled']['seam_ratio'] / c['untiled']['seam_ratio']:.4f} |"]
     if results.get("memory"):
         lines += ["", "Peak memory of `stylize image` on the CPU (one scale, 2 iterations; resident set of the process):", "",
                   "| size | peak memory |", "|---|---|",
@@ -415,6 +465,7 @@ def main() -> None:
     parser.add_argument("--skip-pipeline", action="store_true", help="skip the rerun, style-cache and video-with-audio figures")
     parser.add_argument("--video", action="store_true", help="also the temporal-consistency figures (about 25 minutes)")
     parser.add_argument("--memory", action="store_true", help="also peak memory at 512, 1024 and 2048 px (about 4 minutes)")
+    parser.add_argument("--tiling", action="store_true", help="also tiled optimisation at 1024, 2048 and 4096 px, and tiled against untiled (about 25 minutes)")
     parser.add_argument("--sizes", type=int, nargs="+", default=[256, 512])
     args = parser.parse_args()
     keep_freed_memory("bench")  # the same allocator settings as the stylize command
@@ -452,6 +503,9 @@ def main() -> None:
     if args.memory:
         print("peak memory", flush=True)
         results["memory"] = peak_memory(out, [512, 1024, 2048])
+    if args.tiling:
+        print("tiled optimisation", flush=True)
+        results["tiling"] = tiling_figures(out)
     (HERE / "results.json").write_text(json.dumps(results, indent=1))
     (HERE / "results.md").write_text(_markdown(results))
     print(_markdown(results))

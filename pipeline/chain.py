@@ -100,7 +100,7 @@ def run_segment(
                 if cut or i - 1 not in stylised:
                     shot = i
                 if is_done:
-                    stylised[i] = read_image(frame.path, renderer.settings.size).to(content.device)
+                    stylised[i] = read_image(frame.path, renderer.read_size).to(content.device)
                 else:
                     follow = None
                     if i > shot:

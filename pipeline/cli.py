@@ -183,6 +183,7 @@ def image(
     seed: int = typer.Option(_DEFAULTS.seed, help="random seed"),
     device: str = typer.Option("auto", help="auto | cpu | cuda:N"),
     weights: str = typer.Option("bundled", help="bundled | torchvision | PATH to a .pth"),
+    tile: str = typer.Option("auto", help="auto (tiles only when the image does not fit the free memory) | off | N px"),
 ) -> None:
     """Stylise one image with one or more style images."""
     from pydantic import ValidationError
@@ -195,6 +196,7 @@ def image(
         opts = OptimizeConfig(
             size=size, iterations=iterations, scales=scales, style_weight=style_weight, content_weight=content_weight,
             tv_weight=tv_weight, optimizer=optimizer, init=init, preserve_colors=preserve_colors, seed=seed,
+            tile=int(tile) if tile.isdigit() else tile,
         )
     except ValidationError as exc:
         err = exc.errors()[0]
@@ -207,13 +209,14 @@ def image(
     except DeviceError as exc:
         _fail(f"--device: {exc}")
     try:
-        renderer = Renderer(opts.settings(), device=device, weights=weights, init_path=opts.init_path)
+        renderer = Renderer(opts.settings(), device=device, weights=weights, init_path=opts.init_path, tile=opts.tile)
         with progress_callback(sys.stderr.isatty()) as callback:
             result = renderer.render(content, [(s, 1.0) for s in styles], output, callback=callback)
     except (ImageError, WeightsError) as exc:
         _fail(str(exc), EXIT_FAILED)
+    tiled = f" in {result.tile} px tiles" if result.tile else ""
     _log(
-        f"wrote {output} in {result.seconds:.1f}s on {result.device}: loss {result.loss:.4g} "
+        f"wrote {output} in {result.seconds:.1f}s on {result.device}{tiled}: loss {result.loss:.4g} "
         f"(content {result.content:.4g}, style {result.style:.4g}, tv {result.tv:.4g})"
     )
 

@@ -56,6 +56,7 @@ class OutputConfig(_Strict):
     dir: Path = Field(description="output folder; images mirror the input tree as {rel dir}/{stem}.{style}.{ext}")
     format: Literal["png", "jpg", "same"] = Field(default="png", description="png | jpg | same (the input's format; video frames are png)")
     alpha: Literal["keep", "drop"] = Field(default="keep", description="keep | drop: an input's transparency, resized, goes into PNG, WebP and TIFF outputs (JPEG has none); the optimiser works on RGB")
+    size: Literal["optimize", "original"] = Field(default="optimize", description="optimize (the longest side is optimize.size) | original: each output at its source's own resolution, videos and frame sequences too; above optimize.size the result is refined at full resolution, level by level (see optimize.refine_iterations), in tiles where it does not fit")
 
 
 class OptimizeConfig(_Strict):
@@ -63,6 +64,8 @@ class OptimizeConfig(_Strict):
     scales: int = Field(default=3, ge=1, le=6, description="coarse-to-fine levels, each twice the previous; levels under 64 px are dropped")
     iterations: int = Field(default=300, ge=1, le=100_000, description="iterations at the finest scale")
     coarse_iterations: float = Field(default=Settings.coarse_iterations, gt=0, le=8, description="each coarser level runs this many times the iterations of the next finer one")
+    refine_iterations: int | None = Field(default=None, ge=1, le=100_000, description="with output.size: original, iterations at each level above size (each doubles the last, up to the source's own size); null: a quarter of iterations")
+    tile: Union[Literal["auto", "off"], Annotated[int, Field(ge=64, le=16384)]] = Field(default="auto", description="auto: a level too large for the device's free memory (measured when the job starts) is encoded in tiles sized to fit, with the same loss and gradient as whole | off: never tile (too large fails the job) | N: tiles of at most N px (256 or more keeps the gradient within 0.2 %). Not part of job keys")
     optimizer: Literal["lbfgs", "adam"] = Field(default="lbfgs", description="lbfgs | adam")
     precision: Literal["fp32", "bf16", "fp16"] = Field(default="fp32", description="fp32 | bf16 | fp16: the VGG pass under autocast, Grams and losses in fp32 (for GPUs; on CPUs without AVX-512 BF16 it is slower)")
     batch: int = Field(default=1, ge=1, le=256, description="optimise up to this many same-size images together (optimizer adam only; for GPUs, where one small image leaves the device idle)")
@@ -95,7 +98,7 @@ class OptimizeConfig(_Strict):
 
     def settings(self) -> Settings:
         """The core's settings for this section (an init path becomes init 'image')."""
-        data = self.model_dump(exclude={"batch"})
+        data = self.model_dump(exclude={"batch", "tile"})
         data["content_layers"] = tuple(data["content_layers"])
         if data["init"] not in ("content", "noise", "style"):
             data["init"] = "image"

@@ -107,6 +107,7 @@ def _record(job: Job, rel: str, r: Rendered) -> Record:
         **_base(job, rel), state="done", losses=losses, iterations=r.iterations, device=r.device, pid=os.getpid(),
         seconds=round(r.seconds, 3),
         style_hits=r.style_hits, style_misses=r.style_misses, style_seconds=round(r.style_seconds, 3), trace=trace,
+        tile=r.tile or None,
     )
 
 
@@ -165,7 +166,7 @@ def _renderer(config: Config, device: str) -> Renderer:
     return Renderer(
         config.optimize.settings(), device=device, weights=config.model.weights,
         pooling=config.model.pooling, arch=config.model.arch, init_path=config.optimize.init_path, cache=StyleCache(config.cache_dir),
-        keep_alpha=config.output.alpha == "keep",
+        keep_alpha=config.output.alpha == "keep", full_size=config.output.size == "original", tile=config.optimize.tile,
     )
 
 
@@ -303,7 +304,7 @@ def _executor(
     return nullcontext(partial(_records, config, slots=slots, live=live))
 
 
-def _batches(jobs: list[Job], size: int, batch: int) -> list[Task]:
+def _batches(jobs: list[Job], size: int | None, batch: int) -> list[Task]:
     """Jobs whose images have one working shape grouped into batches of up to `batch`; the rest alone."""
     if batch == 1:
         return list(jobs)
@@ -319,7 +320,7 @@ def _batches(jobs: list[Job], size: int, batch: int) -> list[Task]:
     return tasks
 
 
-def _tasks(plan: Plan, pending: list[Job], size: int, batch: int = 1) -> list[Task]:
+def _tasks(plan: Plan, pending: list[Job], size: int | None, batch: int = 1) -> list[Task]:
     """Pending single jobs (same-size ones in batches of up to `batch`), and each segment with work
     left, longest first. Jobs that already carry an error (an undecodable video) fail as single jobs."""
     chained = plan.chained()
@@ -426,7 +427,8 @@ def execute(config: Config, plan: Plan, report: Report, live: Live | None = None
         finished = frozenset(j.output for j, d in zip(plan.jobs, done) if d)
         count = 0
         try:
-            for job, record in records(_tasks(plan, pending, config.optimize.size, config.optimize.batch), finished, out_dir):
+            size = None if config.output.size == "original" else config.optimize.size
+            for job, record in records(_tasks(plan, pending, size, config.optimize.batch), finished, out_dir):
                 count += 1
                 rendered.add(job.output)
                 manifest.put(record)

@@ -34,14 +34,14 @@ def fit_longest(shape: tuple[int, int], size: int) -> tuple[int, int]:
 _SWAPS_AXES = frozenset({5, 6, 7, 8})  # EXIF orientations that turn the image by 90°
 
 
-def working_shape(path: Path, size: int) -> tuple[int, int] | None:
+def working_shape(path: Path, size: int | None) -> tuple[int, int] | None:
     """The (height, width) `read_image(path, size)` gives, from the header alone; None if unreadable."""
     try:
         with Image.open(path) as im:
             h, w = (im.width, im.height) if im.getexif().get(0x0112) in _SWAPS_AXES else (im.height, im.width)
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
         return None
-    return fit_longest((h, w), size)
+    return fit_longest((h, w), size) if size is not None else (h, w)
 
 
 @contextmanager

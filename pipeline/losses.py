@@ -67,9 +67,18 @@ def style_loss(
 
     `targets` maps a layer to a (C, C) or (N, C, C) Gram target.
     """
+    return gram_loss({k: gram(features[k]) for k in targets}, targets, layer_weights)
+
+
+def gram_loss(
+    grams: Mapping[str, torch.Tensor],
+    targets: Mapping[str, torch.Tensor],
+    layer_weights: Mapping[str, float],
+) -> torch.Tensor:
+    """`style_loss` of Grams already made, (N, C, C) per layer; shape (N,)."""
     total = sum(layer_weights.values())
     return sum(
-        (layer_weights[k] / total) * relative_error(gram(features[k]), t.expand(features[k].shape[0], *t.shape[-2:]))
+        (layer_weights[k] / total) * relative_error(grams[k], t.expand(grams[k].shape[0], *t.shape[-2:]))
         for k, t in targets.items()
     )
 

@@ -32,6 +32,7 @@ class Record:
     style_misses: int | None = None  # style target sets encoded
     style_seconds: float | None = None
     metrics: dict[str, float] | None = None  # a clip's warp errors (see pipeline.consistency)
+    tile: int | None = None  # the tile side its largest levels were encoded in, when they did not fit whole
     trace: list[list[float]] | None = None  # an image's loss curve: [scale, iteration, loss, content, style] rows (see render.compact_trace)
 
 

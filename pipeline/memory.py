@@ -1,6 +1,7 @@
-"""Will a CPU job fit in RAM? Checked before it starts, so that an image too large for the
-machine fails as its own job, with the size named, instead of the kernel's OOM killer
-ending the whole run. (On a GPU, PyTorch raises a clean out-of-memory error by itself.)
+"""Will a job fit in memory, and how large may its tiles be? Decided before it starts, from
+the memory measured free at that moment, so that an image too large for the machine is
+optimised in tiles (or, with tiling off, fails as its own job with the size named) instead
+of the kernel's OOM killer ending the whole run.
 
 The figures come from `python -m bench --memory` (peak resident memory of one-scale runs at
 512, 1024 and 2048 px): 3.78 GiB more per megapixel of the finest scale, for activations,
@@ -10,13 +11,20 @@ image-sized float32 vectors.
 
 from __future__ import annotations
 
+import math
 from os import sysconf
 from pathlib import Path
 
 GIB = 2**30
 PER_PIXEL = 4100  # bytes per pixel of the finest scale (3.78 GiB per megapixel, measured)
 BASE = int(1.5 * GIB)  # what a worker holds for itself: torch, the model (not reusable for images)
-HISTORY_PER_PIXEL = 2 * 50 * 3 * 4  # L-BFGS: 50 (s, y) pairs of 3-channel float32 images
+HISTORY = 50  # L-BFGS (s, y) pairs kept by default
+PAIR_PER_PIXEL = 2 * 3 * 4  # one pair of 3-channel float32 images
+HISTORY_PER_PIXEL = HISTORY * PAIR_PER_PIXEL
+MIN_HISTORY = 5
+WHOLE_PER_PIXEL = 256  # a tiled level's whole-image tensors: image, gradient, L-BFGS vectors, content and its features
+HEADROOM = 0.8  # of the free memory, what a tiled job plans on
+MIN_TILE = 256  # smaller tiles leave too little halo for an exact gradient (see pipeline.tiles)
 
 
 def needed_bytes(shape: tuple[int, int], optimizer: str, images: int = 1) -> int:
@@ -49,3 +57,24 @@ def check_fits(shape: tuple[int, int], optimizer: str, images: int = 1) -> None:
         batch = f" x {images} images" if images > 1 else ""
         raise MemoryError(f"{shape[1]}x{shape[0]} px{batch} needs about {need / GIB:.1f} GiB on the CPU, "
                           f"{available / GIB:.1f} GiB available (use a smaller optimize.size)")
+
+
+def tile_plan(free: int | None, shape: tuple[int, int], optimizer: str, images: int = 1,
+              tile: int | None = None) -> tuple[int, int]:
+    """(tile side, L-BFGS history pairs) for optimising `images` images of `shape` in `free` bytes.
+
+    The tile is 0 when the whole image fits (or nothing is known of the memory), else the largest multiple
+    of 16 px whose crops fit beside the whole-image tensors, at least MIN_TILE; `tile` forces a side. A
+    tiled image keeps fewer history pairs when 50 of them would take over a quarter of the memory.
+    """
+    if free is None:
+        return tile or 0, HISTORY
+    budget = free * HEADROOM
+    pixels = shape[0] * shape[1] * images
+    if tile is None and needed_bytes(shape, optimizer, images) <= budget:
+        return 0, HISTORY
+    pairs = max(MIN_HISTORY, min(HISTORY, int(budget / 4 / (PAIR_PER_PIXEL * pixels))))
+    if tile is None:
+        room = budget - pixels * (WHOLE_PER_PIXEL + (pairs * PAIR_PER_PIXEL if optimizer == "lbfgs" else 0))
+        tile = max(MIN_TILE, int(math.sqrt(max(0.0, room) / (PER_PIXEL * images))) // 16 * 16)
+    return tile, pairs

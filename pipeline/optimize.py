@@ -14,8 +14,9 @@ import torch
 import torch.nn.functional as F
 
 from pipeline.descent import adam, lbfgs
-from pipeline.losses import content_loss, gram, style_loss, tv_loss
+from pipeline.losses import content_loss, gram, gram_loss, style_loss, tv_loss
 from pipeline.temporal import temporal_loss
+from pipeline.tiles import grid, positions, tiled_gram
 
 DEFAULT_CONTENT_LAYERS: tuple[str, ...] = ("relu4_2",)
 DEFAULT_STYLE_LAYERS: Mapping[str, float] = {f"relu{i}_1": 1.0 for i in range(1, 6)}
@@ -35,6 +36,9 @@ class Settings:
     scales: int = 3
     iterations: int = 300
     coarse_iterations: float = 1.0  # each coarser level runs this many times the next finer level's iterations
+    refine_iterations: int | None = None  # each level above `size` (content larger than it); None: iterations // 4
+    tile: int = 0  # a level with a side over this many px is evaluated in tiles of at most this side; 0: never
+    history: int = 50  # L-BFGS (s, y) pairs kept (whole-image vectors: the shell shrinks it for huge tiled images)
     optimizer: str = "lbfgs"
     precision: str = "fp32"  # fp32 | bf16 | fp16: the VGG pass under autocast; Grams and losses stay float32
     learning_rate: float = 0.02  # Adam only; the image is in [0, 1]
@@ -113,6 +117,35 @@ def iterations_per_scale(settings: Settings, n_scales: int) -> list[int]:
     ]
 
 
+@dataclass(frozen=True)
+class Level:
+    """One level of the schedule: its shape and iterations."""
+
+    shape: tuple[int, int]
+    iterations: int
+
+
+def levels(shape: tuple[int, int], settings: Settings) -> list[Level]:
+    """The schedule for content of `shape`: `scales` coarse-to-fine levels up to `size`, then, for content
+    larger than `size`, refinement levels that double up to the content's own shape (the last is it).
+
+    A refinement level starts from the level below, upsampled, and runs `refine_iterations`.
+    """
+    h, w = shape
+    longest = max(h, w)
+    size = min(settings.size, longest)
+    optimised = scale_shapes(h, w, size, settings.scales)
+    out = [Level(s, i) for s, i in zip(optimised, iterations_per_scale(settings, len(optimised)))]
+    refine = settings.refine_iterations or max(1, settings.iterations // 4)
+    side = 2 * size
+    while side * 1.5 <= longest:  # no level within 1.5x of the full size: the last step goes straight there
+        out.append(Level((max(1, round(h * side / longest)), max(1, round(w * side / longest))), refine))
+        side *= 2
+    if size < longest:
+        out.append(Level((h, w), refine))
+    return out
+
+
 def resize(image: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
     """Resize (N, C, H, W) to `shape`, antialiased when shrinking."""
     if tuple(image.shape[-2:]) == tuple(shape):
@@ -149,11 +182,14 @@ def style_targets(
     area: int,
     layers: Sequence[str],
     preserve_colors: bool = False,
+    tile: int = 0,
 ) -> StyleTargets:
     """Blended Gram targets for style images rescaled to `area` pixels.
 
     `styles` holds (image (1, 3, H, W) RGB [0, 1], weight) pairs; the weights
-    are normalised to sum to 1 and the Grams blended by them.
+    are normalised to sum to 1 and the Grams blended by them. With `tile` (the
+    optimiser's tile side), a rescaled style image with a side over twice it is
+    encoded in tiles of that size (see `tiled_gram`).
     """
     total = sum(w for _, w in styles)
     blended: StyleTargets = {}
@@ -161,9 +197,13 @@ def style_targets(
         x = resize(image, style_area_shape(image, area))
         if preserve_colors:
             x = luminance(x)
-        feats = model(x)
+        if tile and max(x.shape[-2:]) > 2 * tile:  # without gradients a pass needs under a quarter of the memory
+            grams = tiled_gram(model, x, layers, 2 * tile)
+        else:
+            feats = model(x)
+            grams = {layer: gram(feats[layer]) for layer in layers}
         for layer in layers:
-            g = gram(feats[layer])[0] * (weight / total)
+            g = grams[layer][0] * (weight / total)
             blended[layer] = blended[layer] + g if layer in blended else g
     return blended
 
@@ -180,59 +220,160 @@ def _initial_image(settings: Settings, content: torch.Tensor, init_image: torch.
     return resize(init_image.to(content.device, content.dtype), tuple(content.shape[-2:])).expand_as(content).clone()
 
 
+Report = Callable[[int, list[list[float]]], None]  # (iteration within the level, [total, content, style, tv, temporal] per image)
+
+
 class _Objective:
-    """Weighted total loss of an image at one scale; keeps the last components."""
+    """Weighted total loss of an image at one scale."""
 
     def __init__(
-        self, model: torch.nn.Module, settings: Settings, content: torch.Tensor, targets: StyleTargets, held: Held = ()
+        self, model: torch.nn.Module, settings: Settings, content: torch.Tensor, targets: StyleTargets, held: Held = (),
     ) -> None:
         if settings.precision not in ("fp32", *_AUTOCAST):
             raise ValueError(f"unknown precision {settings.precision!r}; use fp32, bf16 or fp16")
         self.model = model
         self.settings = settings
-        with torch.inference_mode():
-            feats = model(content)
-        self.content_targets = {k: feats[k].clone() for k in settings.content_layers}
         self.style_targets = {k: targets[k] for k in settings.style_layers}
-        shape = tuple(content.shape[-2:])
-        self.held = [(resize(w, shape), resize(m, shape)) for w, m in held]
+        self.shape = tuple(content.shape[-2:])
+        self.held = [(resize(w, self.shape), resize(m, self.shape)) for w, m in held]
+        self._encode(content)
+
+    @torch.inference_mode()
+    def _encode(self, content: torch.Tensor) -> None:
+        feats = self.model(content)
+        self.content_targets = {k: feats[k].clone() for k in self.settings.content_layers}
+
+    def features(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The model's features of `image`, under autocast when `settings.precision` asks for it."""
+        dtype = _AUTOCAST.get(self.settings.precision)
+        with torch.autocast(image.device.type, dtype=dtype, enabled=dtype is not None):
+            return self.model(image)
 
     def __call__(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Returns (total loss, [total, content, style, tv, temporal] per image, shape (5, N)) for (N, 3, H, W) images."""
-        s = self.settings
-        dtype = _AUTOCAST.get(s.precision)
-        with torch.autocast(image.device.type, dtype=dtype, enabled=dtype is not None):
-            feats = self.model(image)
-        c = content_loss(feats, self.content_targets)
-        st = style_loss(feats, self.style_targets, s.style_layers)
+        feats = self.features(image)
         tv = tv_loss(image)
         tm = temporal_loss(image, self.held) if self.held else torch.zeros_like(tv)
-        each = s.content_weight * c + s.style_weight * st + s.tv_weight * tv + s.temporal_weight * tm
-        return each.sum(), torch.stack([p.detach() for p in (each, c, st, tv, tm.expand_as(tv))])
+        return _combine(self.settings, content_loss(feats, self.content_targets),
+                        style_loss(feats, self.style_targets, self.settings.style_layers), tv, tm)
+
+    def backward(self, image: torch.Tensor) -> torch.Tensor:
+        """The loss components at `image` (as `__call__`), with the gradient of the total left in `image.grad`."""
+        total, parts = self(image)
+        total.backward()
+        return parts
+
+
+def _combine(
+    settings: Settings, content: torch.Tensor, style: torch.Tensor, tv: torch.Tensor, temporal: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(total, [total, content, style, tv, temporal] per image) from the (N,) components."""
+    s = settings
+    each = s.content_weight * content + s.style_weight * style + s.tv_weight * tv + s.temporal_weight * temporal
+    return each.sum(), torch.stack([p.detach() for p in (each, content, style, tv, temporal.expand_as(tv))])
+
+
+class TiledObjective(_Objective):
+    """The same loss as `_Objective`, and its gradient, for a level too large to encode at once: the VGG
+    passes run on one tile at a time (see `tiles`), so memory holds one tile's activations.
+
+    Per evaluation, a first pass without gradients sums each piece's Gram contributions into the whole
+    level's Grams; the style loss and its gradient with respect to each Gram follow. A second pass encodes
+    each tile again, with gradients, and back-propagates that tile's share: its Gram sums weighted by those
+    Gram gradients, plus its content error. The gradients of all tiles add up to the whole level's. Total
+    variation and the temporal term are per pixel and need no VGG pass: they use the whole image.
+    """
+
+    @torch.no_grad()  # not inference mode: the norms take part in the autograd graph of `backward`
+    def _encode(self, content: torch.Tensor) -> None:
+        self.tiles = grid(self.shape, self.settings.tile)
+        layers = self.settings.content_layers
+        self.content_tiles = []  # per tile, its piece's content features
+        for t in self.tiles:
+            feats = self.model(t.crop(content))
+            self.content_tiles.append({k: t.window(feats[k], k).clone() for k in layers})
+        self.content_norms = {  # ‖T‖² + ε per image and content layer, over the whole level (as relative_error)
+            k: sum(c[k].float().flatten(1).pow(2).sum(1) for c in self.content_tiles) + 1e-8 for k in layers
+        }
+
+    def _grams(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
+        layers = list(self.style_targets)
+        total: dict[str, torch.Tensor] = {}
+        with torch.no_grad():
+            for t in self.tiles:
+                for k, part in t.sums(self.features(t.crop(image)), layers).items():
+                    total[k] = total[k] + part if k in total else part
+        return {k: total[k] / positions(self.shape, k) for k in layers}
+
+    def backward(self, image: torch.Tensor) -> torch.Tensor:
+        s = self.settings
+        grams = {k: g.requires_grad_() for k, g in self._grams(image).items()}
+        style = gram_loss(grams, self.style_targets, s.style_layers)
+        gram_grads = dict(zip(grams, torch.autograd.grad(style.sum() * s.style_weight, list(grams.values()))))
+        grad = torch.zeros_like(image)
+        errors = {k: torch.zeros(image.shape[0], device=image.device) for k in s.content_layers}
+        for t, content_targets in zip(self.tiles, self.content_tiles):
+            crop = t.crop(image).detach().requires_grad_()
+            feats = self.features(crop)
+            sums = t.sums(feats, list(grams))
+            share = sum((gram_grads[k] * sums[k]).sum() / positions(self.shape, k) for k in sums)
+            for k, target in content_targets.items():
+                error = (t.window(feats[k], k).float() - target.float()).flatten(1).pow(2).sum(1)
+                errors[k] += error.detach()
+                share = share + s.content_weight * (error / self.content_norms[k]).sum() / len(content_targets)
+            share.backward()
+            t.crop(grad).add_(crop.grad)
+        pixels = image.detach().requires_grad_()
+        tv = tv_loss(pixels)
+        tm = temporal_loss(pixels, self.held) if self.held else torch.zeros_like(tv)
+        (s.tv_weight * tv + s.temporal_weight * tm).sum().backward()
+        image.grad = grad.add_(pixels.grad)
+        content = sum(errors[k] / self.content_norms[k] for k in errors) / len(errors)
+        return _combine(s, content, style.detach(), tv.detach(), tm.detach())[1]
 
 
 def _run_scale(
-    objective: _Objective, image: torch.Tensor, iterations: int, settings: Settings,
-    report: Callable[[int, list[list[float]]], None],
+    objective: _Objective, image: torch.Tensor, iterations: int, settings: Settings, report: Report,
 ) -> torch.Tensor:
     image = image.detach().clone(memory_format=torch.contiguous_format).requires_grad_(True)
     count = 0
 
     def evaluate() -> torch.Tensor:
         nonlocal count
-        total, parts = objective(image)
-        total.backward()
+        parts = objective.backward(image)
         count += 1
         report(count, parts.tolist())  # L-BFGS reads the loss anyway: one sync per iteration
-        return total
+        return parts[0].sum()
 
     if settings.optimizer == "lbfgs":
-        lbfgs(image, evaluate, iterations)
+        lbfgs(image, evaluate, iterations, settings.history)
     elif settings.optimizer == "adam":
         adam(image, evaluate, iterations, settings.learning_rate)
     else:
         raise ValueError(f"unknown optimizer {settings.optimizer!r}; use lbfgs or adam")
     return image.detach()
+
+
+class _Recorder:
+    """The run's trace: one entry per iteration, the batch's sums and each image's own; each sum goes to the callback."""
+
+    def __init__(self, images: int, scales: int, callback: Callback | None) -> None:
+        self.scales = scales
+        self.callback = callback
+        self.trace: list[Progress] = []
+        self.traces: list[list[Progress]] = [[] for _ in range(images)]
+
+    def level(self, number: int, shape: tuple[int, int], iterations: int) -> Report:
+        """The report function of one level."""
+        def report(i: int, parts: list[list[float]]) -> None:
+            for own, each in zip(self.traces, zip(*parts)):
+                own.append(Progress(number, self.scales, shape, i, iterations, *each))
+            p = Progress(number, self.scales, shape, i, iterations, *map(sum, parts))
+            self.trace.append(p)
+            if self.callback is not None:
+                self.callback(p)
+
+        return report
 
 
 def stylize(
@@ -246,8 +387,8 @@ def stylize(
 ) -> Result:
     """Optimise one image, or a batch of same-size images, from coarse to fine.
 
-    `content` is (N, 3, H, W) RGB [0, 1] at the output shape; `targets` holds
-    one set of style Grams per level of `scale_shapes(H, W, max(H, W), settings.scales)`,
+    `content` is (N, 3, H, W) RGB [0, 1] at the output shape, which may be larger than `settings.size`
+    (see `levels`); `targets` holds one set of style Grams per level of `levels((H, W), settings)`,
     as made by `style_targets` at that level's area (luminance-only when
     `preserve_colors`): (C, C) for all images, or (N, C, C), one per image
     (see `stack_targets`). A batch needs Adam, whose per-element update keeps
@@ -255,11 +396,12 @@ def stylize(
     `init_image` is one image for all or one per image. `held` adds the
     temporal term (video): earlier stylised frames warped onto this one, with
     their (N, 1, H, W) reliability masks, weighted by `settings.temporal_weight`.
+    A level with a side over `settings.tile` is evaluated in tiles (see `TiledObjective`).
     Returns the images in [0, 1], a per-iteration trace and each image's final losses.
     """
-    shapes = scale_shapes(*content.shape[-2:], max(content.shape[-2:]), settings.scales)
-    if len(targets) != len(shapes):
-        raise ValueError(f"{len(shapes)} scales need {len(shapes)} style target sets, got {len(targets)}")
+    schedule = levels(tuple(content.shape[-2:]), settings)
+    if len(targets) != len(schedule):
+        raise ValueError(f"{len(schedule)} scales need {len(schedule)} style target sets, got {len(targets)}")
     if content.shape[0] > 1 and settings.optimizer != "adam":
         raise ValueError(f"a batch of {content.shape[0]} images needs optimizer adam, not {settings.optimizer!r}")
     source = content
@@ -268,25 +410,18 @@ def stylize(
         held = [(luminance(w), m) for w, m in held]
         init_image = luminance(init_image) if init_image is not None else None
     image = _initial_image(settings, source, init_image)
-    trace: list[Progress] = []
-    traces: list[list[Progress]] = [[] for _ in range(content.shape[0])]
-    for level, (shape, iters, level_targets) in enumerate(
-        zip(shapes, iterations_per_scale(settings, len(shapes)), targets), start=1
-    ):
-        def report(i: int, parts: list[list[float]], _shape=shape, _iters=iters, _level=level) -> None:
-            for own, each in zip(traces, zip(*parts)):
-                own.append(Progress(_level, len(shapes), _shape, i, _iters, *each))
-            p = Progress(_level, len(shapes), _shape, i, _iters, *map(sum, parts))
-            trace.append(p)
-            if callback is not None:
-                callback(p)
-
-        objective = _Objective(model, settings, resize(source, shape), level_targets, held)
-        image = _run_scale(objective, resize(image, shape).clamp(0, 1), iters, settings, report)
+    recorder = _Recorder(content.shape[0], len(schedule), callback)
+    for number, (level, level_targets) in enumerate(zip(schedule, targets), start=1):
+        level_source = resize(source, level.shape)
+        level_held = [(resize(w, level.shape), resize(m, level.shape)) for w, m in held]
+        start = resize(image, level.shape).clamp(0, 1)
+        tiled = settings.tile and max(level.shape) > settings.tile
+        objective = (TiledObjective if tiled else _Objective)(model, settings, level_source, level_targets, level_held)
+        image = _run_scale(objective, start, level.iterations, settings, recorder.level(number, level.shape, level.iterations))
     image = image.clamp(0, 1)
     if settings.preserve_colors:
         image = recolor(image, content)
-    return Result(image=image, trace=trace, traces=traces)
+    return Result(image=image, trace=recorder.trace, traces=recorder.traces)
 
 
 def stack_targets(per_image: Sequence[Sequence[StyleTargets]]) -> list[StyleTargets]:

@@ -151,13 +151,15 @@ def video_frames_dir(cache_dir: Path, video_digest: str) -> Path:
 
 def pixel_settings(config: Config) -> dict:
     """Every setting that changes an output's pixels (paths replaced by their bytes' digests)."""
-    optimize = config.optimize.model_dump(mode="json", exclude={"batch"})  # a batch's images equal their own runs
+    # A batch's images equal their own runs; a tiled result is the same job as an untiled one (see tile in the README).
+    optimize = config.optimize.model_dump(mode="json", exclude={"batch", "tile"})
     if config.optimize.init_path is not None:
         optimize["init"] = file_digest(config.optimize.init_path)
     return {
         "optimize": optimize,
         "pooling": pooling_identity(config.model.pooling),
         "alpha": config.output.alpha,
+        "size": config.output.size,
         "weights": weights_identity(config.model.weights, config.model.arch),
     }
 

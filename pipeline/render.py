@@ -13,11 +13,11 @@ from PIL import Image
 
 from pipeline.cache import StyleCache
 from pipeline.images import read_alpha, read_image, working_shape, write_image
-from pipeline.memory import check_fits
+from pipeline.memory import available_bytes, check_fits, tile_plan
 from pipeline.keys import file_digest
 from pipeline.model import VGGFeatures, resolve_weights
 from pipeline.optimize import (
-    Callback, Held, Progress, Result, Settings, StyleTargets, resize, scale_shapes, stack_targets, style_targets, stylize,
+    Callback, Held, Progress, Result, Settings, StyleTargets, levels, resize, stack_targets, style_targets, stylize,
 )
 
 TRACE_POINTS = 24  # per scale, in a job's loss curve (it lives in the manifest: keep it small)
@@ -50,6 +50,7 @@ class Rendered:
     style_misses: int  # style target sets encoded for this job
     style_seconds: float  # time spent getting style targets
     image: torch.Tensor  # the output, (1, 3, H, W) RGB [0, 1] on the device
+    tile: int = 0  # the tile side of its tiled levels (0: none was tiled)
     trace: tuple[TraceRow, ...] = ()  # the loss curve, at most TRACE_POINTS per scale (see compact_trace)
 
 
@@ -80,6 +81,7 @@ class Renderer:
     def __init__(
         self, settings: Settings, device: str = "cpu", weights: str = "bundled", pooling: str = "max", arch: str = "vgg19",
         init_path: Path | None = None, cache: StyleCache | None = None, keep_alpha: bool = True,
+        full_size: bool = False, tile: int | str = "auto",
     ) -> None:
         self.settings = settings
         self.cache = cache or StyleCache(None)
@@ -91,6 +93,8 @@ class Renderer:
         self.model = VGGFeatures(resolved, settings.layers, pooling=pooling, winograd=cpu).to(self.device)
         self.init_path = init_path
         self.keep_alpha = keep_alpha  # an input's transparency goes into its output (see images.write_image)
+        self.full_size = full_size  # output.size: original: content is read, and its result written, at its own size
+        self.tile = tile  # auto | off | a tile side in px (optimize.tile)
         self._styles: dict[Path, torch.Tensor] = {}
         self._digests: dict[Path, str] = {}
         self.on_progress: Callable[[Path, Progress], None] | None = None  # each render's progress (with its output) when it has no callback
@@ -105,8 +109,11 @@ class Renderer:
             self._digests[path] = file_digest(path)
         return self._digests[path]
 
-    def targets(self, blend: Sequence[tuple[Path, float]], shapes: Sequence[tuple[int, int]]) -> list[StyleTargets]:
-        """Style Grams for each level shape, from the cache or computed once per (style blend, area)."""
+    def targets(
+        self, blend: Sequence[tuple[Path, float]], shapes: Sequence[tuple[int, int]], tile: int = 0,
+    ) -> list[StyleTargets]:
+        """Style Grams for each level shape, from the cache or computed once per (style blend, area)
+        (in tiles when the style image, rescaled, is over twice `tile`: see `style_targets`)."""
         s = self.settings
         layers = list(s.style_layers)
         out = []
@@ -118,7 +125,7 @@ class Renderer:
 
             def compute(area: int = h * w) -> StyleTargets:
                 styles = [(self._style_image(p), wt) for p, wt in blend]
-                return style_targets(self.model, styles, area, layers, s.preserve_colors)
+                return style_targets(self.model, styles, area, layers, s.preserve_colors, tile)
 
             out.append(self.cache.get(key, layers, self.device, compute))
         return out
@@ -126,12 +133,31 @@ class Renderer:
     def _alpha(self, content_path: Path) -> Image.Image | None:
         return read_alpha(content_path) if self.keep_alpha else None
 
+    @property
+    def read_size(self) -> int | None:
+        """The longest side content is read at: optimize.size, or None (its own) with output.size: original."""
+        return None if self.full_size else self.settings.size
+
     def read_content(self, path: Path, images: int = 1) -> torch.Tensor:
-        """A content image at the working size, on the device. On the CPU, an image (or a batch of
-        `images` like it) that would not fit in RAM raises MemoryError before it is decoded."""
-        if self.device.type == "cpu" and (shape := working_shape(path, self.settings.size)) is not None:
+        """A content image at the working size, on the device. With tiling off, on the CPU, an image (or a
+        batch of `images` like it) that would not fit in RAM raises MemoryError before it is decoded."""
+        if self.tile == "off" and self.device.type == "cpu" and (shape := working_shape(path, self.read_size)):
             check_fits(shape, self.settings.optimizer, images)
-        return read_image(path, self.settings.size).to(self.device)
+        return read_image(path, self.read_size).to(self.device)
+
+    def _free_bytes(self) -> int | None:
+        """Memory free for a job on this device now: CUDA's free memory plus what its allocator holds unused."""
+        if self.device.type == "cuda":
+            free, _ = torch.cuda.mem_get_info(self.device)
+            return free + torch.cuda.memory_reserved(self.device) - torch.cuda.memory_allocated(self.device)
+        return available_bytes()
+
+    def _tiled(self, s: Settings, shape: tuple[int, int], images: int = 1) -> Settings:
+        """`s` with this job's tile side and L-BFGS history: optimize.tile, or with auto, from the memory free now."""
+        if self.tile == "off":
+            return s
+        tile, history = tile_plan(self._free_bytes(), shape, s.optimizer, images, None if self.tile == "auto" else int(self.tile))
+        return replace(s, tile=tile, history=history)
 
     def render(
         self, content_path: Path, blend: Sequence[tuple[Path, float]], output: Path,
@@ -145,19 +171,21 @@ class Renderer:
         s = self.settings
         if content is None:
             content = self.read_content(content_path)
-        if follow is not None:
-            s = replace(s, scales=1, iterations=follow.iterations, init="image", temporal_weight=follow.temporal_weight)
+        shape = tuple(content.shape[-2:])
+        if follow is not None:  # one level, at the frame's own size
+            s = replace(s, size=max(shape), scales=1, iterations=follow.iterations, init="image",
+                        temporal_weight=follow.temporal_weight)
             init = follow.init
         else:
-            init = self._init([blend], tuple(content.shape[-2:]))
-        shapes = scale_shapes(*content.shape[-2:], s.size, s.scales)
-        targets, *counts = self._counted(blend, shapes)
+            init = self._init([blend], shape)
+        s = self._tiled(s, shape)
+        targets, *counts = self._counted(blend, [lv.shape for lv in levels(shape, s)], s.tile)
         held = follow.held if follow is not None else ()
         if callback is None and self.on_progress is not None:
             callback = partial(self.on_progress, output)
         result = stylize(self.model, content, targets, s, init_image=init, callback=callback, held=held)
         write_image(result.image, output, self._alpha(content_path))
-        return self._rendered(result, 0, time.perf_counter() - start, *counts)
+        return self._rendered(result, 0, time.perf_counter() - start, *counts, _tile_used(s, shape))
 
     def render_batch(self, contents: Sequence[Path], blends: Sequence[Sequence[tuple[Path, float]]],
                      outputs: Sequence[Path]) -> list[Rendered]:
@@ -172,13 +200,14 @@ class Renderer:
         if any(tuple(i.shape[-2:]) != shape for i in images):
             raise ValueError(f"a batch needs images of one size, got {sorted({tuple(i.shape[-2:]) for i in images})}")
         init = self._init(blends, shape)
-        shapes = scale_shapes(*shape, s.size, s.scales)
-        counted = [self._counted(b, shapes) for b in blends]
+        s = self._tiled(s, shape, len(images))
+        shapes = [lv.shape for lv in levels(shape, s)]
+        counted = [self._counted(b, shapes, s.tile) for b in blends]
         result = stylize(self.model, torch.cat(images), stack_targets([c[0] for c in counted]), s, init_image=init)
         for i, output in enumerate(outputs):
             write_image(result.image[i : i + 1], output, self._alpha(contents[i]))
         seconds = (time.perf_counter() - start) / len(images)
-        return [self._rendered(result, i, seconds, *c[1:]) for i, c in enumerate(counted)]
+        return [self._rendered(result, i, seconds, *c[1:], _tile_used(s, shape)) for i, c in enumerate(counted)]
 
     def _init(self, blends: Sequence[Sequence[tuple[Path, float]]], shape: tuple[int, int]) -> torch.Tensor | None:
         """The init image(s) `settings.init` asks for: each blend's first style image, or the init file."""
@@ -189,19 +218,24 @@ class Renderer:
         return None
 
     def _counted(
-        self, blend: Sequence[tuple[Path, float]], shapes: Sequence[tuple[int, int]],
+        self, blend: Sequence[tuple[Path, float]], shapes: Sequence[tuple[int, int]], tile: int = 0,
     ) -> tuple[list[StyleTargets], int, int, float]:
-        """`targets(blend, shapes)`, with the cache hits and misses it took and its seconds."""
+        """`targets(blend, shapes, tile)`, with the cache hits and misses it took and its seconds."""
         hits, misses, start = self.cache.hits, self.cache.misses, time.perf_counter()
-        targets = self.targets(blend, shapes)
+        targets = self.targets(blend, shapes, tile)
         return targets, self.cache.hits - hits, self.cache.misses - misses, time.perf_counter() - start
 
     def _rendered(self, result: Result, index: int, seconds: float, hits: int, misses: int,
-                  style_seconds: float) -> Rendered:
+                  style_seconds: float, tile: int) -> Rendered:
         final = result.finals[index]
         return Rendered(
             content=final.content, style=final.style, tv=final.tv, temporal=final.temporal, loss=final.loss,
             iterations=len(result.trace), seconds=seconds, device=str(self.device), style_hits=hits,
             style_misses=misses, style_seconds=style_seconds, image=result.image[index : index + 1],
-            trace=compact_trace(result.traces[index]),
+            trace=compact_trace(result.traces[index]), tile=tile,
         )
+
+
+def _tile_used(s: Settings, shape: tuple[int, int]) -> int:
+    """The tile side the finest level of an image of `shape` is encoded in, 0 when it is encoded whole."""
+    return s.tile if s.tile and max(shape) > s.tile else 0

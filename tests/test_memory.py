@@ -27,9 +27,9 @@ def test_check_fits_names_the_size_that_does_not_fit():
         check_fits((20000, 30000), "lbfgs")
 
 
-def test_a_job_too_large_for_the_ram_fails_alone_and_the_others_complete(shared, tmp_path):
-    """At optimize.size 8192 a square image needs hundreds of GiB and fails before it is decoded;
-    a 512:1 strip at the same size needs little and completes."""
+def test_with_tiling_off_a_job_too_large_for_the_ram_fails_alone_and_the_others_complete(shared, tmp_path):
+    """With optimize.tile: off, at optimize.size 8192 a square image needs hundreds of GiB and fails before
+    it is decoded; a 512:1 strip at the same size needs little and completes."""
     inputs = tmp_path / "in"
     inputs.mkdir()
     photo = Image.open(shared / "content/coffee.png").convert("RGB")
@@ -39,7 +39,7 @@ def test_a_job_too_large_for_the_ram_fails_alone_and_the_others_complete(shared,
     config.write_text(yaml.safe_dump({
         "inputs": [str(inputs)], "styles": [{"name": "wave", "images": [str(shared / "style/wave.jpg")]}],
         "output": {"dir": str(tmp_path / "out")}, "devices": "cpu", "cache_dir": str(tmp_path / "cache"),
-        "optimize": {"size": 8192, "iterations": 1, "scales": 1},
+        "optimize": {"size": 8192, "iterations": 1, "scales": 1, "tile": "off"},
     }))
     result = runner.invoke(app, ["run", str(config)])
     assert result.exit_code == 1, result.output
