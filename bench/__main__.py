@@ -244,34 +244,37 @@ def peak_memory(out: Path, sizes: list[int], iterations: int = 2) -> list[dict]:
     return rows
 
 
-def tiling_figures(out: Path, runs: tuple[tuple[int, int], ...] = ((1024, 512), (2048, 1024), (4096, 1024)),
-                   iterations: int = 2, compare: tuple[int, int, int] = (1024, 512, 10)) -> dict:
+def tiling_runs(out: Path, runs: tuple[tuple[int, int], ...] = ((1024, 512), (2048, 1024), (4096, 1024)),
+                iterations: int = 2) -> list[dict]:
     """Tiled optimisation on the CPU: peak memory and wall time at large sizes (one scale, L-BFGS,
-    `iterations` iterations, forced tiles), and a tiled result against an untiled one at the same
-    settings (3 scales; only the finest is tiled): evaluator losses and the seam measure."""
-    from pipeline.images import read_image
-    from pipeline.tiles import border_mask, grid, seam_ratio
-
+    `iterations` iterations, forced tiles)."""
     rows = []
     for size, tile in runs:
         seconds, peak = _peak(_image_command(out / f"tiled_{size}.png", size, iterations, "--scales", "1", "--tile", str(tile)))
         rows.append({"size": size, "tile": tile, "iterations": iterations, "peak_gib": round(peak, 2), "seconds": round(seconds, 1)})
         print(f"  {size}px in {tile}px tiles: peak {peak:.2f} GiB, {seconds:.1f} s", flush=True)
-    size, tile, its = compare
+    return rows
+
+
+def tiling_compare(out: Path, size: int = 1024, tile: int = 512, iterations: int = 30) -> dict:
+    """A tiled result against an untiled one at the same settings (3 scales; only the finest is tiled):
+    evaluator losses, and the seam measure along the tile cuts of the first grid."""
+    from pipeline.images import read_image
+    from pipeline.tiles import border_mask, grid, seam_ratio
+
     evaluator = Evaluator()
-    result: dict = {"runs": rows, "compare": {"size": size, "tile": tile, "iterations": its}}
+    result: dict = {"size": size, "tile": tile, "iterations": iterations}
     images = {}
     for name, extra in (("untiled", ("--tile", "off")), ("tiled", ("--tile", str(tile)))):
         path = out / f"compare_{name}.png"
-        seconds, peak = _peak(_image_command(path, size, its, *extra))
+        seconds, peak = _peak(_image_command(path, size, iterations, *extra))
         scores = evaluator.score(path, CONTENT, STYLE)
         images[name] = read_image(path)
-        result["compare"][name] = {"seconds": round(seconds, 1), "peak_gib": round(peak, 2),
-                                   "content": scores.content, "style": scores.style}
+        result[name] = {"seconds": round(seconds, 1), "peak_gib": round(peak, 2), "content": scores.content, "style": scores.style}
         print(f"  {size}px {name}: {seconds:.1f} s, content {scores.content:.4g}, style {scores.style:.4g}", flush=True)
     mask = border_mask(grid(tuple(images["tiled"].shape[-2:]), tile))
     for name, image in images.items():
-        result["compare"][name]["seam_ratio"] = round(seam_ratio(image, mask), 4)
+        result[name]["seam_ratio"] = round(seam_ratio(image, mask), 4)
     return result
 
 
@@ -505,7 +508,7 @@ def main() -> None:
         results["memory"] = peak_memory(out, [512, 1024, 2048])
     if args.tiling:
         print("tiled optimisation", flush=True)
-        results["tiling"] = tiling_figures(out)
+        results["tiling"] = {"runs": tiling_runs(out), "compare": tiling_compare(out)}
     (HERE / "results.json").write_text(json.dumps(results, indent=1))
     (HERE / "results.md").write_text(_markdown(results))
     print(_markdown(results))

@@ -16,13 +16,14 @@ import torch.nn.functional as F
 from pipeline.descent import adam, lbfgs
 from pipeline.losses import content_loss, gram, gram_loss, style_loss, tv_loss
 from pipeline.temporal import temporal_loss
-from pipeline.tiles import grid, positions, tiled_gram
+from pipeline.tiles import grid, positions, stride, tiled_gram
 
 DEFAULT_CONTENT_LAYERS: tuple[str, ...] = ("relu4_2",)
 DEFAULT_STYLE_LAYERS: Mapping[str, float] = {f"relu{i}_1": 1.0 for i in range(1, 6)}
 MIN_SIDE = 64  # the coarsest scale never goes below this (relu5_1 sees 1/16 of it)
 
 _AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
+_GOLDEN = (5**0.5 - 1) / 2  # tiled levels move their grid by this fraction of a piece per evaluation: never the same cuts twice
 
 # ITU-R BT.601 luma weights, for luminance-only transfer.
 _LUMA = (0.299, 0.587, 0.114)
@@ -188,8 +189,8 @@ def style_targets(
 
     `styles` holds (image (1, 3, H, W) RGB [0, 1], weight) pairs; the weights
     are normalised to sum to 1 and the Grams blended by them. With `tile` (the
-    optimiser's tile side), a rescaled style image with a side over twice it is
-    encoded in tiles of that size (see `tiled_gram`).
+    optimiser's tile side), a rescaled style image with a side over it is
+    encoded in tiles (see `tiled_gram`).
     """
     total = sum(w for _, w in styles)
     blended: StyleTargets = {}
@@ -197,8 +198,8 @@ def style_targets(
         x = resize(image, style_area_shape(image, area))
         if preserve_colors:
             x = luminance(x)
-        if tile and max(x.shape[-2:]) > 2 * tile:  # without gradients a pass needs under a quarter of the memory
-            grams = tiled_gram(model, x, layers, 2 * tile)
+        if tile and max(x.shape[-2:]) > tile:
+            grams = tiled_gram(model, x, layers, grid(tuple(x.shape[-2:]), tile))
         else:
             feats = model(x)
             grams = {layer: gram(feats[layer]) for layer in layers}
@@ -280,47 +281,49 @@ class TiledObjective(_Objective):
     Per evaluation, a first pass without gradients sums each piece's Gram contributions into the whole
     level's Grams; the style loss and its gradient with respect to each Gram follow. A second pass encodes
     each tile again, with gradients, and back-propagates that tile's share: its Gram sums weighted by those
-    Gram gradients, plus its content error. The gradients of all tiles add up to the whole level's. Total
-    variation and the temporal term are per pixel and need no VGG pass: they use the whole image.
+    Gram gradients, plus its content error against the level's content features (assembled once from the
+    pieces). The gradients of all tiles add up to the whole level's. Every evaluation moves the grid, so
+    that no cut stays put. Total variation and the temporal term are per pixel and need no VGG pass: they
+    use the whole image.
     """
 
-    @torch.no_grad()  # not inference mode: the norms take part in the autograd graph of `backward`
+    @torch.no_grad()  # not inference mode: the targets take part in the autograd graph of `backward`
     def _encode(self, content: torch.Tensor) -> None:
-        self.tiles = grid(self.shape, self.settings.tile)
-        layers = self.settings.content_layers
-        self.content_tiles = []  # per tile, its piece's content features
-        for t in self.tiles:
+        self.evaluations = 0
+        self.content_targets = {}  # the whole level's content features, assembled from the pieces'
+        for t in grid(self.shape, self.settings.tile):
             feats = self.model(t.crop(content))
-            self.content_tiles.append({k: t.window(feats[k], k).clone() for k in layers})
-        self.content_norms = {  # ‖T‖² + ε per image and content layer, over the whole level (as relative_error)
-            k: sum(c[k].float().flatten(1).pow(2).sum(1) for c in self.content_tiles) + 1e-8 for k in layers
+            for k in self.settings.content_layers:
+                piece = t.window(feats[k], k)
+                if k not in self.content_targets:
+                    rows, cols = (n // stride(k) for n in self.shape)
+                    self.content_targets[k] = piece.new_zeros(*piece.shape[:2], rows, cols)
+                self.content_targets[k][(..., *t.placed(k))] = piece
+        self.content_norms = {  # ‖T‖² + ε per image and content layer (as relative_error)
+            k: f.float().flatten(1).pow(2).sum(1) + 1e-8 for k, f in self.content_targets.items()
         }
 
-    def _grams(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
-        layers = list(self.style_targets)
-        total: dict[str, torch.Tensor] = {}
-        with torch.no_grad():
-            for t in self.tiles:
-                for k, part in t.sums(self.features(t.crop(image)), layers).items():
-                    total[k] = total[k] + part if k in total else part
-        return {k: total[k] / positions(self.shape, k) for k in layers}
-
     def backward(self, image: torch.Tensor) -> torch.Tensor:
+        """As `_Objective.backward`; each evaluation moves the tile grid (see `tiles.grid`)."""
         s = self.settings
-        grams = {k: g.requires_grad_() for k, g in self._grams(image).items()}
+        tiles = grid(self.shape, s.tile, (self.evaluations * _GOLDEN) % 1.0)
+        self.evaluations += 1
+        with torch.no_grad():
+            grams = tiled_gram(self.features, image, list(self.style_targets), tiles)
+        grams = {k: g.requires_grad_() for k, g in grams.items()}
         style = gram_loss(grams, self.style_targets, s.style_layers)
         gram_grads = dict(zip(grams, torch.autograd.grad(style.sum() * s.style_weight, list(grams.values()))))
         grad = torch.zeros_like(image)
-        errors = {k: torch.zeros(image.shape[0], device=image.device) for k in s.content_layers}
-        for t, content_targets in zip(self.tiles, self.content_tiles):
+        errors = {k: torch.zeros(image.shape[0], device=image.device) for k in self.content_targets}
+        for t in tiles:
             crop = t.crop(image).detach().requires_grad_()
             feats = self.features(crop)
             sums = t.sums(feats, list(grams))
             share = sum((gram_grads[k] * sums[k]).sum() / positions(self.shape, k) for k in sums)
-            for k, target in content_targets.items():
-                error = (t.window(feats[k], k).float() - target.float()).flatten(1).pow(2).sum(1)
+            for k, target in self.content_targets.items():
+                error = (t.window(feats[k], k).float() - target[(..., *t.placed(k))].float()).flatten(1).pow(2).sum(1)
                 errors[k] += error.detach()
-                share = share + s.content_weight * (error / self.content_norms[k]).sum() / len(content_targets)
+                share = share + s.content_weight * (error / self.content_norms[k]).sum() / len(errors)
             share.backward()
             t.crop(grad).add_(crop.grad)
         pixels = image.detach().requires_grad_()

@@ -87,7 +87,9 @@ class Renderer:
         self.cache = cache or StyleCache(None)
         self.device = torch.device(device)
         resolved = resolve_weights(weights, arch)
-        cpu = self.device.type == "cpu"  # cuDNN picks its own algorithms (Winograd among them) on GPUs
+        # cuDNN picks its own algorithms (Winograd among them) on GPUs; reduced precision takes the
+        # convolutions autocast makes (our Winograd layers are float32 only).
+        cpu = self.device.type == "cpu" and settings.precision == "fp32"
         if self.device.type == "cuda":
             _tune_cuda()
         self.model = VGGFeatures(resolved, settings.layers, pooling=pooling, winograd=cpu).to(self.device)

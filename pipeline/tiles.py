@@ -7,8 +7,9 @@ encoded in a crop that reaches a halo past it, so that the zero padding at the
 crop's edges does not reach the piece's own feature positions, and only those
 positions count. Sums over positions (Gram matrices, squared feature errors)
 then add up over the pieces to the whole image's, to float tolerance, and so do
-the gradients: see `optimize.TiledObjective`. Nothing is decided per tile, so
-there is nothing to blend and no seam to hide; `seam_ratio` measures that.
+the gradients: see `optimize.TiledObjective`, which also moves the grid at
+every evaluation, so that what error the halo leaves never stays on one line.
+`seam_ratio` measures how much tile cuts show in a result.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ HALO = 64  # px of context around a piece: features of relu5_1 at its edge then 
 Span = tuple[int, int]
 
 
-def _stride(layer: str) -> int:
+def stride(layer: str) -> int:
     """How many input pixels one position of `layer` spans: 2 per pool before it (relu3_1: 4)."""
     block = int(re.search(r"(\d+)", layer).group(1))  # type: ignore[union-attr]
     return 2 ** (block - 1 + layer.startswith("pool"))
@@ -32,7 +33,7 @@ def _stride(layer: str) -> int:
 
 def positions(shape: tuple[int, int], layer: str) -> int:
     """How many positions `layer` has for an input of `shape`."""
-    s = _stride(layer)
+    s = stride(layer)
     return (shape[0] // s) * (shape[1] // s)
 
 
@@ -50,9 +51,16 @@ class Tile:
         """This tile's crop of (…, H, W) `image` (a view)."""
         return image[..., self.crop_rows[0] : self.crop_rows[1], self.crop_cols[0] : self.crop_cols[1]]
 
+    def placed(self, layer: str) -> tuple[slice, slice]:
+        """Where this tile's piece lies in the whole image's features of `layer` (rows, columns)."""
+        s = stride(layer)
+        bottom = self.shape[0] // s if self.rows[1] == self.shape[0] else self.rows[1] // s
+        right = self.shape[1] // s if self.cols[1] == self.shape[1] else self.cols[1] // s
+        return slice(self.rows[0] // s, bottom), slice(self.cols[0] // s, right)
+
     def window(self, features: torch.Tensor, layer: str) -> torch.Tensor:
         """The positions of this tile's piece in `features` of `layer` computed on its crop."""
-        s = _stride(layer)
+        s = stride(layer)
         top, left = self.crop_rows[0], self.crop_cols[0]
         bottom = features.shape[-2] if self.rows[1] == self.shape[0] else (self.rows[1] - top) // s
         right = features.shape[-1] if self.cols[1] == self.shape[1] else (self.cols[1] - left) // s
@@ -72,14 +80,18 @@ def halo_for(tile: int) -> int:
     return max(ALIGN, min(HALO, tile // 4 // ALIGN * ALIGN))
 
 
-def grid(shape: tuple[int, int], tile: int) -> list[Tile]:
-    """The tiles whose crops, at most `tile` × `tile` px, cover `shape` (pieces on multiples of ALIGN)."""
+def grid(shape: tuple[int, int], tile: int, phase: float = 0.0) -> list[Tile]:
+    """The tiles whose crops, at most `tile` × `tile` px, cover `shape` (pieces on multiples of ALIGN).
+
+    `phase` in [0, 1) moves the cuts by that fraction of a piece (the first piece is then shorter).
+    """
     h, w = shape
     halo = halo_for(tile)
     longest = max(ALIGN, (tile - 2 * halo) // ALIGN * ALIGN)
+    shift = int(phase * longest) // ALIGN * ALIGN
 
     def spans(length: int) -> list[Span]:
-        edges = [*range(0, length, longest), length]
+        edges = sorted({0, *range(shift or longest, length, longest), length})
         return list(zip(edges, edges[1:]))
 
     def crop(span: Span, length: int) -> Span:
@@ -89,13 +101,14 @@ def grid(shape: tuple[int, int], tile: int) -> list[Tile]:
 
 
 def tiled_gram(
-    features: Callable[[torch.Tensor], Mapping[str, torch.Tensor]], image: torch.Tensor, layers: Sequence[str], tile: int,
+    features: Callable[[torch.Tensor], Mapping[str, torch.Tensor]], image: torch.Tensor, layers: Sequence[str],
+    tiles: Sequence[Tile],
 ) -> dict[str, torch.Tensor]:
-    """The Gram matrices F Fᵀ / positions of (N, 3, H, W) `image` at `layers`, from crops of at most `tile` px:
-    the whole image's to float tolerance (for tiles of 256 px and more), in the memory of one tile."""
+    """The Gram matrices F Fᵀ / positions of (N, 3, H, W) `image` at `layers`, from the crops of `tiles` (a
+    `grid`): the whole image's to float tolerance (for tiles of 256 px and more), in the memory of one tile."""
     shape = tuple(image.shape[-2:])
     total: dict[str, torch.Tensor] = {}
-    for t in grid(shape, tile):
+    for t in tiles:
         for layer, part in t.sums(features(t.crop(image)), layers).items():
             total[layer] = total[layer] + part if layer in total else part
     return {layer: total[layer] / positions(shape, layer) for layer in layers}

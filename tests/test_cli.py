@@ -194,3 +194,13 @@ def test_vgg16_config_errors_name_the_key(shared, tmp_path):
     config.write_text(yaml.safe_dump(data))
     result = runner.invoke(app, ["plan", str(config)])
     assert result.exit_code == 2 and "bundled weights are VGG-19 only" in result.output
+
+
+def test_every_shipped_config_is_valid_against_the_schema():
+    """The sample configs use only real keys and values (paths aside: cron.yaml names a render box's)."""
+    import yaml
+
+    from pipeline.config import Config
+
+    for path in sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml")):
+        Config.model_validate(yaml.safe_load(path.read_text()))

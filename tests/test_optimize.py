@@ -203,3 +203,13 @@ def test_a_batch_refuses_lbfgs(shared, model):
     targets = _targets(model, content, style, TINY)
     with pytest.raises(ValueError, match="needs optimizer adam"):
         stylize(model, torch.cat([content, content]), targets, TINY)
+
+
+@pytest.mark.slow
+def test_a_cpu_renderer_runs_reduced_precision(shared, tmp_path):
+    """The CPU's fast float32 Winograd layers step aside under autocast: a bf16 job renders."""
+    from pipeline.render import Renderer
+
+    renderer = Renderer(Settings(size=48, scales=1, iterations=2, precision="bf16"), device="cpu")
+    done = renderer.render(shared / "content" / "coffee.png", [(shared / "style" / "wave.jpg", 1.0)], tmp_path / "out.png")
+    assert done.iterations == 2 and (tmp_path / "out.png").is_file()

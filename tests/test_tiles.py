@@ -1,6 +1,7 @@
 """Tiled encoding on real images: the same Grams, losses and gradients as whole, and no seams."""
 
 import dataclasses
+import itertools
 
 import pytest
 import torch
@@ -21,8 +22,8 @@ def _pair(shared, size=320):
 
 
 def test_grid_pieces_partition_the_image_and_crops_stay_within_the_tile():
-    for shape, tile in [((320, 213), 256), ((1000, 2999), 1024), ((96, 96), 64)]:
-        tiles = grid(shape, tile)
+    for (shape, tile), phase in itertools.product([((320, 213), 256), ((1000, 2999), 1024), ((96, 96), 64)], (0, 0.3, 0.9)):
+        tiles = grid(shape, tile, phase)
         cover = torch.zeros(shape, dtype=torch.int32)
         for t in tiles:
             cover[t.rows[0] : t.rows[1], t.cols[0] : t.cols[1]] += 1
@@ -37,7 +38,7 @@ def test_tiled_gram_equals_the_whole_images_gram(shared, model):
     layers = ["relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1"]
     with torch.inference_mode():
         whole = model(image)
-        tiled = tiled_gram(model, image, layers, 256)
+        tiled = tiled_gram(model, image, layers, grid((300, 380), 256, 0.4))
     assert len(grid((300, 380), 256)) > 1
     for layer in layers:
         expected = gram(whole[layer])
@@ -53,16 +54,18 @@ def test_tiled_objective_has_the_whole_images_loss_and_gradient(shared, model):
     whole, tiled = start.clone().requires_grad_(), start.clone().requires_grad_()
     expected = _Objective(model, settings, content, targets).backward(whole)
     objective = TiledObjective(model, settings, content, targets)
-    parts = objective.backward(tiled)
-    assert len(objective.tiles) == 6  # 2 x 3 pieces of at most 128 px
-    assert torch.allclose(parts, expected, rtol=1e-4)
-    assert float((tiled.grad - whole.grad).norm() / whole.grad.norm()) < 0.01
+    assert len(grid((h, w), 256)) == 6  # 2 x 3 pieces of at most 128 px
+    for _ in range(2):  # the second evaluation has its grid moved
+        tiled.grad = None
+        parts = objective.backward(tiled)
+        assert torch.allclose(parts, expected, rtol=1e-4)
+        assert float((tiled.grad - whole.grad).norm() / whole.grad.norm()) < 0.01
 
 
 @pytest.mark.slow
 def test_a_tiled_result_matches_the_untiled_one_and_shows_no_seams(shared, model):
     """Coarse to fine, the finest level tiled: its losses within 5 % of the untiled run's, and the
-    gradient energy along the tile cuts no higher than the untiled image has there, +0.05."""
+    gradient energy along the tile cuts at most 1.10x the rest's, and no more than the untiled image's there +0.05."""
     content, style = _pair(shared)
     settings = dataclasses.replace(SETTINGS, scales=2)
     shapes = [lv.shape for lv in levels(tuple(content.shape[-2:]), settings)]
@@ -76,7 +79,9 @@ def test_a_tiled_result_matches_the_untiled_one_and_shows_no_seams(shared, model
                      lambda f: style_loss(f, targets[-1], settings.style_layers)):
             assert float(loss(ft)) == pytest.approx(float(loss(fw)), rel=0.05)
     mask = border_mask(grid(tuple(content.shape[-2:]), 256))
-    assert seam_ratio(tiled.image, mask) <= seam_ratio(whole.image, mask) + 0.05
+    ratio = seam_ratio(tiled.image, mask)
+    assert ratio <= 1.10  # the margin the README states: cuts carry at most 1.10x the energy elsewhere
+    assert ratio <= seam_ratio(whole.image, mask) + 0.05
 
 
 def test_levels_refine_above_the_optimised_size_up_to_the_contents_own():
