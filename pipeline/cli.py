@@ -178,6 +178,7 @@ def image(
     content_weight: float = typer.Option(_DEFAULTS.content_weight, help="content loss weight"),
     tv_weight: float = typer.Option(_DEFAULTS.tv_weight, help="total variation weight"),
     optimizer: str = typer.Option(_DEFAULTS.optimizer, help="lbfgs | adam"),
+    precision: str = typer.Option(_DEFAULTS.precision, help="fp32 | bf16 | fp16 (the VGG pass under autocast)"),
     init: str = typer.Option(_DEFAULTS.init, help="content | noise | style | PATH"),
     preserve_colors: bool = typer.Option(False, "--preserve-colors", help="keep the content's colours"),
     seed: int = typer.Option(_DEFAULTS.seed, help="random seed"),
@@ -195,8 +196,8 @@ def image(
     try:
         opts = OptimizeConfig(
             size=size, iterations=iterations, scales=scales, style_weight=style_weight, content_weight=content_weight,
-            tv_weight=tv_weight, optimizer=optimizer, init=init, preserve_colors=preserve_colors, seed=seed,
-            tile=int(tile) if tile.isdigit() else tile,
+            tv_weight=tv_weight, optimizer=optimizer, precision=precision, init=init, preserve_colors=preserve_colors,
+            seed=seed, tile=int(tile) if tile.isdigit() else tile,
         )
     except ValidationError as exc:
         err = exc.errors()[0]

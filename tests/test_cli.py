@@ -121,6 +121,8 @@ def test_bad_config_exits_2_with_suggestion(shared, tmp_path):
         ({"optimize": {"optimizer": "sgd"}}, "optimize.optimizer: Input should be 'lbfgs' or 'adam'"),
         ({"styles": [{"name": "x", "images": ["missing.jpg"]}]}, "styles[0].images[0]: file not found"),
         ({"inputs": ["nowhere/"]}, "inputs[0]"),
+        ({"optimize": {"tile": 32}}, "optimize.tile"),
+        ({"output": {"size": "huge"}}, "output.size: Input should be 'optimize' or 'original'"),
     ],
 )
 def test_config_errors_name_the_key(shared, tmp_path, change, message):
@@ -204,3 +206,10 @@ def test_every_shipped_config_is_valid_against_the_schema():
 
     for path in sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml")):
         Config.model_validate(yaml.safe_load(path.read_text()))
+
+
+def test_image_command_rejects_a_bad_precision_or_tile(shared, tmp_path):
+    for option, value in (("--precision", "fp8"), ("--tile", "tiny")):
+        result = runner.invoke(app, ["image", str(shared / "content/coffee.png"), str(shared / "style/wave.jpg"),
+                                     "-o", str(tmp_path / "out.png"), option, value])
+        assert result.exit_code == 2 and option in result.output, result.output
