@@ -185,6 +185,7 @@ def image(
     device: str = typer.Option("auto", help="auto | cpu | cuda:N"),
     weights: str = typer.Option("bundled", help="bundled | torchvision | PATH to a .pth"),
     tile: str = typer.Option("auto", help="auto (tiles only when the image does not fit the free memory) | off | N px"),
+    original_size: bool = typer.Option(False, "--original-size", help="write the output at the content's own resolution, refined above --size"),
 ) -> None:
     """Stylise one image with one or more style images."""
     from pydantic import ValidationError
@@ -210,7 +211,8 @@ def image(
     except DeviceError as exc:
         _fail(f"--device: {exc}")
     try:
-        renderer = Renderer(opts.settings(), device=device, weights=weights, init_path=opts.init_path, tile=opts.tile)
+        renderer = Renderer(opts.settings(), device=device, weights=weights, init_path=opts.init_path, tile=opts.tile,
+                            full_size=original_size)
         with progress_callback(sys.stderr.isatty()) as callback:
             result = renderer.render(content, [(s, 1.0) for s in styles], output, callback=callback)
     except (ImageError, WeightsError) as exc:

@@ -43,6 +43,16 @@ def test_image_keeps_aspect_and_longest_side(shared, tmp_path):
 
 
 @pytest.mark.slow
+def test_image_original_size_writes_the_contents_own_resolution(shared, tmp_path):
+    source, out = tmp_path / "small.png", tmp_path / "out.png"
+    Image.open(shared / "content/chelsea.png").convert("RGB").crop((0, 0, 150, 100)).save(source)
+    result = runner.invoke(app, ["image", str(source), str(shared / "style/wave.jpg"), "-o", str(out), *FAST,
+                                 "--original-size"])
+    assert result.exit_code == 0, result.output
+    assert Image.open(out).size == (150, 100)
+
+
+@pytest.mark.slow
 def test_image_respects_exif_orientation(shared, tmp_path):
     src = Image.open(shared / "content/coffee.png").convert("RGB")  # 600x400, landscape
     exif = Image.Exif()
