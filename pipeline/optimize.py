@@ -147,6 +147,11 @@ def levels(shape: tuple[int, int], settings: Settings) -> list[Level]:
     return out
 
 
+def tile_for(shape: tuple[int, int], settings: Settings) -> int:
+    """The tile side a level of `shape` is evaluated in: `settings.tile` when a side exceeds it, else 0 (whole)."""
+    return settings.tile if settings.tile and max(shape) > settings.tile else 0
+
+
 def resize(image: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
     """Resize (N, C, H, W) to `shape`, antialiased when shrinking."""
     if tuple(image.shape[-2:]) == tuple(shape):
@@ -418,8 +423,7 @@ def stylize(
         level_source = resize(source, level.shape)
         level_held = [(resize(w, level.shape), resize(m, level.shape)) for w, m in held]
         start = resize(image, level.shape).clamp(0, 1)
-        tiled = settings.tile and max(level.shape) > settings.tile
-        objective = (TiledObjective if tiled else _Objective)(model, settings, level_source, level_targets, level_held)
+        objective = (TiledObjective if tile_for(level.shape, settings) else _Objective)(model, settings, level_source, level_targets, level_held)
         image = _run_scale(objective, start, level.iterations, settings, recorder.level(number, level.shape, level.iterations))
     image = image.clamp(0, 1)
     if settings.preserve_colors:

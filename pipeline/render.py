@@ -18,6 +18,7 @@ from pipeline.keys import file_digest
 from pipeline.model import VGGFeatures, resolve_weights
 from pipeline.optimize import (
     Callback, Held, Progress, Result, Settings, StyleTargets, levels, resize, stack_targets, style_targets, stylize,
+    tile_for,
 )
 
 TRACE_POINTS = 24  # per scale, in a job's loss curve (it lives in the manifest: keep it small)
@@ -115,7 +116,7 @@ class Renderer:
         self, blend: Sequence[tuple[Path, float]], shapes: Sequence[tuple[int, int]], tile: int = 0,
     ) -> list[StyleTargets]:
         """Style Grams for each level shape, from the cache or computed once per (style blend, area)
-        (in tiles when the style image, rescaled, is over twice `tile`: see `style_targets`)."""
+        (in tiles when the style image, rescaled, is over `tile`: see `style_targets`)."""
         s = self.settings
         layers = list(s.style_layers)
         out = []
@@ -187,7 +188,7 @@ class Renderer:
             callback = partial(self.on_progress, output)
         result = stylize(self.model, content, targets, s, init_image=init, callback=callback, held=held)
         write_image(result.image, output, self._alpha(content_path))
-        return self._rendered(result, 0, time.perf_counter() - start, *counts, _tile_used(s, shape))
+        return self._rendered(result, 0, time.perf_counter() - start, *counts, tile_for(shape, s))
 
     def render_batch(self, contents: Sequence[Path], blends: Sequence[Sequence[tuple[Path, float]]],
                      outputs: Sequence[Path]) -> list[Rendered]:
@@ -209,7 +210,7 @@ class Renderer:
         for i, output in enumerate(outputs):
             write_image(result.image[i : i + 1], output, self._alpha(contents[i]))
         seconds = (time.perf_counter() - start) / len(images)
-        return [self._rendered(result, i, seconds, *c[1:], _tile_used(s, shape)) for i, c in enumerate(counted)]
+        return [self._rendered(result, i, seconds, *c[1:], tile_for(shape, s)) for i, c in enumerate(counted)]
 
     def _init(self, blends: Sequence[Sequence[tuple[Path, float]]], shape: tuple[int, int]) -> torch.Tensor | None:
         """The init image(s) `settings.init` asks for: each blend's first style image, or the init file."""
@@ -236,8 +237,3 @@ class Renderer:
             style_misses=misses, style_seconds=style_seconds, image=result.image[index : index + 1],
             trace=compact_trace(result.traces[index]), tile=tile,
         )
-
-
-def _tile_used(s: Settings, shape: tuple[int, int]) -> int:
-    """The tile side the finest level of an image of `shape` is encoded in, 0 when it is encoded whole."""
-    return s.tile if s.tile and max(shape) > s.tile else 0
