@@ -178,7 +178,7 @@ def image(
     content_weight: float = typer.Option(_DEFAULTS.content_weight, help="content loss weight"),
     tv_weight: float = typer.Option(_DEFAULTS.tv_weight, help="total variation weight"),
     optimizer: str = typer.Option(_DEFAULTS.optimizer, help="lbfgs | adam"),
-    precision: str = typer.Option(_DEFAULTS.precision, help="fp32 | bf16 | fp16 (the VGG pass under autocast)"),
+    precision: str = typer.Option(_DEFAULTS.precision, help="auto | fp32 | bf16 | fp16: the VGG layers' precision (auto: bf16 where the device has fast bf16)"),
     init: str = typer.Option(_DEFAULTS.init, help="content | noise | style | PATH"),
     preserve_colors: bool = typer.Option(False, "--preserve-colors", help="keep the content's colours"),
     seed: int = typer.Option(_DEFAULTS.seed, help="random seed"),
@@ -212,14 +212,14 @@ def image(
         _fail(f"--device: {exc}")
     try:
         renderer = Renderer(opts.settings(), device=device, weights=weights, init_path=opts.init_path, tile=opts.tile,
-                            full_size=original_size)
+                            full_size=original_size, precision=opts.precision)
         with progress_callback(sys.stderr.isatty()) as callback:
             result = renderer.render(content, [(s, 1.0) for s in styles], output, callback=callback)
     except (ImageError, WeightsError) as exc:
         _fail(str(exc), EXIT_FAILED)
     tiled = f" in {result.tile} px tiles" if result.tile else ""
     _log(
-        f"wrote {output} in {result.seconds:.1f}s on {result.device}{tiled}: loss {result.loss:.4g} "
+        f"wrote {output} in {result.seconds:.1f}s on {result.device} ({result.precision}){tiled}: loss {result.loss:.4g} "
         f"(content {result.content:.4g}, style {result.style:.4g}, tv {result.tv:.4g})"
     )
 

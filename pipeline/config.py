@@ -67,7 +67,7 @@ class OptimizeConfig(_Strict):
     refine_iterations: int | None = Field(default=None, ge=1, le=100_000, description="with output.size: original, iterations at each level above size (each doubles the last, up to the source's own size); null: a quarter of iterations")
     tile: Union[Literal["auto", "off"], Annotated[int, Field(ge=64, le=16384)]] = Field(default="auto", description="auto: a level too large for the device's free memory (measured when the job starts) is encoded in tiles sized to fit, with the same loss and gradient as whole | off: never tile (too large fails the job) | N: tiles of at most N px (256 or more keeps the gradient within 0.2 %). Not part of job keys")
     optimizer: Literal["lbfgs", "adam"] = Field(default="lbfgs", description="lbfgs | adam")
-    precision: Literal["fp32", "bf16", "fp16"] = Field(default="fp32", description="fp32 | bf16 | fp16: the VGG pass under autocast, Grams and losses in fp32 (for GPUs; on CPUs without AVX-512 BF16 it is slower)")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(default="auto", description="auto | fp32 | bf16 | fp16: the precision of the VGG layers; Grams and losses are fp32. auto: bf16 on CPUs with AVX-512 BF16 or AMX and on CUDA devices that support it, else fp32 (the manifest records which)")
     batch: int = Field(default=1, ge=1, le=256, description="optimise up to this many same-size images together (optimizer adam only; for GPUs, where one small image leaves the device idle)")
     learning_rate: float = Field(default=Settings.learning_rate, gt=0, description="Adam step size (image in [0, 1])")
     content_weight: float = Field(default=Settings.content_weight, ge=0, description="weight of the content term")
@@ -97,8 +97,8 @@ class OptimizeConfig(_Strict):
         return self
 
     def settings(self) -> Settings:
-        """The core's settings for this section (an init path becomes init 'image')."""
-        data = self.model_dump(exclude={"batch", "tile"})
+        """The core's settings for this section (an init path becomes init 'image'; precision is the model's)."""
+        data = self.model_dump(exclude={"batch", "tile", "precision"})
         data["content_layers"] = tuple(data["content_layers"])
         if data["init"] not in ("content", "noise", "style"):
             data["init"] = "image"

@@ -107,7 +107,7 @@ def _record(job: Job, rel: str, r: Rendered) -> Record:
         **_base(job, rel), state="done", losses=losses, iterations=r.iterations, device=r.device, pid=os.getpid(),
         seconds=round(r.seconds, 3),
         style_hits=r.style_hits, style_misses=r.style_misses, style_seconds=round(r.style_seconds, 3), trace=trace,
-        tile=r.tile or None,
+        tile=r.tile or None, precision=r.precision,
     )
 
 
@@ -167,6 +167,7 @@ def _renderer(config: Config, device: str) -> Renderer:
         config.optimize.settings(), device=device, weights=config.model.weights,
         pooling=config.model.pooling, arch=config.model.arch, init_path=config.optimize.init_path, cache=StyleCache(config.cache_dir),
         keep_alpha=config.output.alpha == "keep", full_size=config.output.size == "original", tile=config.optimize.tile,
+        precision=config.optimize.precision,
     )
 
 

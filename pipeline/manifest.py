@@ -26,6 +26,7 @@ class Record:
     losses: dict[str, float] | None = None
     iterations: int | None = None
     device: str | None = None
+    precision: str | None = None  # the VGG layers' precision it ran in (optimize.precision, auto resolved)
     pid: int | None = None  # the worker process that made it
     seconds: float | None = None
     style_hits: int | None = None  # style target sets read from the cache

@@ -221,9 +221,17 @@ class VGGFeatures(nn.Module):
     `forward(x)` returns {layer name: activation} for the requested layers.
     """
 
-    def __init__(self, weights: Weights, layers: Iterable[str], pooling: str = "max", winograd: bool = False) -> None:
-        """`winograd` computes the wide 3x3 convs with Winograd F(4x4, 3x3): about 1.4x faster on CPUs."""
+    def __init__(
+        self, weights: Weights, layers: Iterable[str], pooling: str = "max", winograd: bool = False,
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
+        """`winograd` computes the wide 3x3 convs with Winograd F(4x4, 3x3): about 1.4x faster on CPUs (float32
+        only). `dtype` is the precision of the layers (bfloat16 or float16 for reduced precision): the image is
+        preprocessed in float32, then cast, and the features come out in `dtype`. Reduced-precision layers run
+        channels-last, which their kernels prefer (a 256-512 px iteration in bf16 is 1.4x faster on an AMX CPU)."""
         super().__init__()
+        if winograd and dtype != torch.float32:
+            raise ValueError(f"the Winograd layers are float32 only, not {dtype}")
         self.layers = tuple(dict.fromkeys(layers))
         index = layer_index(weights.arch)
         unknown = [n for n in self.layers if n not in index]
@@ -239,8 +247,10 @@ class VGGFeatures(nn.Module):
             if pooling == "avg" and isinstance(module, nn.MaxPool2d):
                 body[i] = ScaledAvgPool2d()
         self.preprocess = Preprocess(weights.caffe)
-        self.body = use_winograd(body) if winograd else body
-        self.identity = weights.identity
+        self.dtype = dtype
+        self.layout = torch.contiguous_format if dtype == torch.float32 else torch.channels_last
+        self.body = (use_winograd(body) if winograd else body).to(dtype=dtype, memory_format=self.layout)
+        self.identity = weights.identity if dtype == torch.float32 else f"{weights.identity}@{str(dtype).removeprefix('torch.')}"
         self.pooling = pooling_identity(pooling)
         self._taps = taps
         self.requires_grad_(False)
@@ -248,7 +258,7 @@ class VGGFeatures(nn.Module):
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         out: dict[str, torch.Tensor] = {}
-        x = self.preprocess(x)
+        x = self.preprocess(x).to(dtype=self.dtype, memory_format=self.layout)
         for i, module in enumerate(self.body):
             x = module(x)
             name = self._taps.get(i)

@@ -22,7 +22,6 @@ DEFAULT_CONTENT_LAYERS: tuple[str, ...] = ("relu4_2",)
 DEFAULT_STYLE_LAYERS: Mapping[str, float] = {f"relu{i}_1": 1.0 for i in range(1, 6)}
 MIN_SIDE = 64  # the coarsest scale never goes below this (relu5_1 sees 1/16 of it)
 
-_AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
 _GOLDEN = (5**0.5 - 1) / 2  # tiled levels move their grid by this fraction of a piece per evaluation: never the same cuts twice
 
 # ITU-R BT.601 luma weights, for luminance-only transfer.
@@ -41,7 +40,6 @@ class Settings:
     tile: int = 0  # a level with a side over this many px is evaluated in tiles of at most this side; 0: never
     history: int = 50  # L-BFGS (s, y) pairs kept (whole-image vectors: the shell shrinks it for huge tiled images)
     optimizer: str = "lbfgs"
-    precision: str = "fp32"  # fp32 | bf16 | fp16: the VGG pass under autocast; Grams and losses stay float32
     learning_rate: float = 0.02  # Adam only; the image is in [0, 1]
     content_weight: float = 1.0
     style_weight: float = 10.0
@@ -235,8 +233,6 @@ class _Objective:
     def __init__(
         self, model: torch.nn.Module, settings: Settings, content: torch.Tensor, targets: StyleTargets, held: Held = (),
     ) -> None:
-        if settings.precision not in ("fp32", *_AUTOCAST):
-            raise ValueError(f"unknown precision {settings.precision!r}; use fp32, bf16 or fp16")
         self.model = model
         self.settings = settings
         self.style_targets = {k: targets[k] for k in settings.style_layers}
@@ -249,15 +245,9 @@ class _Objective:
         feats = self.model(content)
         self.content_targets = {k: feats[k].clone() for k in self.settings.content_layers}
 
-    def features(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
-        """The model's features of `image`, under autocast when `settings.precision` asks for it."""
-        dtype = _AUTOCAST.get(self.settings.precision)
-        with torch.autocast(image.device.type, dtype=dtype, enabled=dtype is not None):
-            return self.model(image)
-
     def __call__(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Returns (total loss, [total, content, style, tv, temporal] per image, shape (5, N)) for (N, 3, H, W) images."""
-        feats = self.features(image)
+        feats = self.model(image)
         tv = tv_loss(image)
         tm = temporal_loss(image, self.held) if self.held else torch.zeros_like(tv)
         return _combine(self.settings, content_loss(feats, self.content_targets),
@@ -314,7 +304,7 @@ class TiledObjective(_Objective):
         tiles = grid(self.shape, s.tile, (self.evaluations * _GOLDEN) % 1.0)
         self.evaluations += 1
         with torch.no_grad():
-            grams = tiled_gram(self.features, image, list(self.style_targets), tiles)
+            grams = tiled_gram(self.model, image, list(self.style_targets), tiles)
         grams = {k: g.requires_grad_() for k, g in grams.items()}
         style = gram_loss(grams, self.style_targets, s.style_layers)
         gram_grads = dict(zip(grams, torch.autograd.grad(style.sum() * s.style_weight, list(grams.values()))))
@@ -322,7 +312,7 @@ class TiledObjective(_Objective):
         errors = {k: torch.zeros(image.shape[0], device=image.device) for k in self.content_targets}
         for t in tiles:
             crop = t.crop(image).detach().requires_grad_()
-            feats = self.features(crop)
+            feats = self.model(crop)
             sums = t.sums(feats, list(grams))
             share = sum((gram_grads[k] * sums[k]).sum() / positions(self.shape, k) for k in sums)
             for k, target in self.content_targets.items():
