@@ -213,16 +213,21 @@ def _timed(cmd: list[str], env: dict[str, str] | None = None) -> float:
     return time.perf_counter() - start
 
 
+BALANCED_STYLE_WEIGHT = 20.0  # one scale moves less than three: twice the default style weight for pastiche's work
+
+
 def versus_pastiche(out: Path, size: int = 256, iterations: int = 100) -> dict:
     """Wall time of `stylize image` against pastiche on the same inputs, and both outputs' evaluator scores."""
     ours, same, theirs = out / "stylize.png", out / "stylize_one_scale.png", out / "pastiche.png"
-    fp32 = out / "stylize_fp32.png"
+    fp32, balanced = out / "stylize_fp32.png", out / "stylize_one_scale_sw20.png"
     command = [str(BIN / "stylize"), "image", str(CONTENT), str(STYLE), "--size", str(size),
                "--iterations", str(iterations), "--seed", "0"]
     t_ours = _timed([*command, "-o", str(ours)])
     print(f"  stylize image: {t_ours:.1f}s", flush=True)
     t_same = _timed([*command, "-o", str(same), "--scales", "1"])  # pastiche's work: one scale
     print(f"  stylize image --scales 1: {t_same:.1f}s", flush=True)
+    t_balanced = _timed([*command, "-o", str(balanced), "--scales", "1", "--style-weight", str(BALANCED_STYLE_WEIGHT)])
+    print(f"  stylize image --scales 1 --style-weight {BALANCED_STYLE_WEIGHT}: {t_balanced:.1f}s", flush=True)
     t_fp32 = _timed([*command, "-o", str(fp32), "--precision", "fp32"])
     print(f"  stylize image --precision fp32: {t_fp32:.1f}s", flush=True)
     plain = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}  # pastiche as its users run it
@@ -232,7 +237,10 @@ def versus_pastiche(out: Path, size: int = 256, iterations: int = 100) -> dict:
     evaluator = Evaluator()
     s_ours, s_theirs = evaluator.score(ours, CONTENT, STYLE), evaluator.score(theirs, CONTENT, STYLE)
     s_same, s_fp32 = evaluator.score(same, CONTENT, STYLE), evaluator.score(fp32, CONTENT, STYLE)
+    s_balanced = evaluator.score(balanced, CONTENT, STYLE)
     return {
+        "balanced_style_weight": BALANCED_STYLE_WEIGHT, "balanced_s": round(t_balanced, 1),
+        "balanced_ratio": round(t_balanced / t_theirs, 3), "balanced_content": s_balanced.content, "balanced_style": s_balanced.style,
         "precision": resolve_precision("auto", torch.device("cpu")),
         "fp32_s": round(t_fp32, 1), "fp32_ratio": round(t_fp32 / t_theirs, 3),
         "fp32_content": s_fp32.content, "fp32_style": s_fp32.style,
@@ -479,16 +487,19 @@ def _markdown(results: dict) -> str:
         if "one_scale_s" in p:
             lines.append(f"| stylize `--scales 1` (pastiche's work) | {p['one_scale_s']:.1f} s ({p['one_scale_ratio']:.2f}×) | "
                          f"{p['one_scale_content']:.4g} | {p['one_scale_style']:.4g} |")
+        if "balanced_s" in p:
+            lines.append(f"| stylize `--scales 1 --style-weight {p['balanced_style_weight']:g}` | {p['balanced_s']:.1f} s ({p['balanced_ratio']:.2f}×) | "
+                         f"{p['balanced_content']:.4g} | {p['balanced_style']:.4g} |")
     r = results.get("schedules")
     if r:
         c, o = r["coarse_to_fine"], r["single_scale"]
-        lines += ["", f"Time to the same evaluator style loss ({r['target_style']:.4g}, where coarse-to-fine ends), astronaut × starry night, {r['size']} px:", "",
+        lines += ["", f"Time to the same evaluator style loss ({r['target_style']:.4g}, where coarse-to-fine ends), astronaut × starry night, {r['size']} px, fp32:", "",
                   "| schedule | finest-scale iterations | seconds | evaluator content | evaluator style |", "|---|---|---|---|---|",
                   f"| coarse to fine, {c['scales']} scales | {c['finest_iterations']} | {c['seconds']} s | {c['content']:.4g} | {c['style']:.4g} |",
                   f"| one scale | {o['finest_iterations']}{'' if o['reached'] else ' (not reached)'} | {o['seconds']} s | {o['content']:.4g} | {o['style']:.4g} |"]
     if results.get("batch"):
         rows = results["batch"]
-        lines += ["", f"Adam on same-size images as one batch ({rows[0]['size']} px, one scale, {rows[0]['iterations']} iterations):", "",
+        lines += ["", f"Adam on same-size images as one batch ({rows[0]['size']} px, one scale, {rows[0]['iterations']} iterations, fp32):", "",
                   "| batch | seconds | images per second | image-iterations per second |", "|---|---|---|---|",
                   *(f"| {x['batch']} | {x['seconds']} | {x['images_per_s']} | {x['image_iterations_per_s']} |" for x in rows)]
     b = results.get("pipeline")

@@ -4,12 +4,14 @@ import json
 from pathlib import Path
 
 import av
+import torch
 import pytest
 import yaml
 from PIL import Image
 from typer.testing import CliRunner
 
 from pipeline.cli import app
+from pipeline.render import resolve_precision
 
 runner = CliRunner()
 REPO = Path(__file__).resolve().parents[1]
@@ -48,6 +50,7 @@ def test_original_size_outputs_have_their_sources_size_and_are_refined_there(sha
         record = _jobs(tmp_path)[name]
         assert record["iterations"] == 3 + 2  # 64 px, then 2 iterations at the source's own size
         assert record["trace"][-1][:2] == [2, 2] and record["tile"] is None
+        assert record["precision"] == resolve_precision("auto", torch.device("cpu"))  # what precision: auto ran in
     assert "0 run" in runner.invoke(app, ["run", str(config)]).output  # a rerun is a no-op
 
 
