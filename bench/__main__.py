@@ -40,6 +40,15 @@ LAYERS = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu4_2", "relu5_1")
 BIN = Path(sys.executable).parent
 
 
+PRECISION = resolve_precision("auto", torch.device("cpu"))  # what `precision: auto` runs on this CPU
+
+
+def _default_model(layers) -> VGGFeatures:
+    """The model a CPU renderer builds with the default precision (see render.Renderer)."""
+    fp32 = PRECISION == "fp32"
+    return VGGFeatures(resolve_weights("bundled"), layers, winograd=fp32, dtype=torch.float32 if fp32 else torch.bfloat16)
+
+
 def _median_seconds(fn, repeats: int = 5) -> float:
     fn()  # warm-up
     times = []
@@ -69,10 +78,11 @@ def floor_and_iteration(sizes: list[int]) -> list[dict]:
     weights = resolve_weights("bundled")
     direct = VGGFeatures(weights, LAYERS)
     fast = VGGFeatures(weights, LAYERS, winograd=True)
-    half = VGGFeatures(weights, LAYERS, dtype=torch.bfloat16) if resolve_precision("auto", torch.device("cpu")) == "bf16" else None
+    half = VGGFeatures(weights, LAYERS, dtype=torch.bfloat16) if PRECISION == "bf16" else None
     rows = []
     for size in sizes:
         x = torch.rand(1, 3, size, size)
+        repeats = 5 if size <= 512 else 3  # a 1024 px pass takes seconds: its medians need fewer samples
 
         def bare(model: VGGFeatures, autocast: bool = False) -> None:
             image = x.clone().requires_grad_(True)
@@ -80,9 +90,9 @@ def floor_and_iteration(sizes: list[int]) -> list[dict]:
                 features = model(image)
             sum(f.float().pow(2).mean() for f in features.values()).backward()
 
-        floor = _median_seconds(lambda: bare(direct))
-        floor_wino = _median_seconds(lambda: bare(fast))
-        iteration = _iteration_seconds(fast, size)
+        floor = _median_seconds(lambda: bare(direct), repeats)
+        floor_wino = _median_seconds(lambda: bare(fast), repeats)
+        iteration = _iteration_seconds(fast, size, repeats + 3)
         gflop = _conv_gflop(direct, size)
         row = {
             "size": size, "gflop": round(gflop, 1),
@@ -95,9 +105,9 @@ def floor_and_iteration(sizes: list[int]) -> list[dict]:
         print(f"  {size}px: floor {floor:.3f}s ({gflop / floor:.0f} GFLOP/s), Winograd {floor_wino:.3f}s, "
               f"our iteration {iteration:.3f}s ({iteration / floor:.2f}x floor)", flush=True)
         if half is not None:
-            floor_bf16 = _median_seconds(lambda: bare(direct, autocast=True))
-            bare_bf16 = _median_seconds(lambda: bare(half))
-            iteration_bf16 = _iteration_seconds(half, size)
+            floor_bf16 = _median_seconds(lambda: bare(direct, autocast=True), repeats)
+            bare_bf16 = _median_seconds(lambda: bare(half), repeats)
+            iteration_bf16 = _iteration_seconds(half, size, repeats + 3)
             row |= {
                 "floor_bf16_s": round(floor_bf16, 3), "bare_bf16_s": round(bare_bf16, 3),
                 "iteration_bf16_s": round(iteration_bf16, 3),
@@ -146,13 +156,12 @@ def schedule_race(size: int = 256, iterations: int = 100, every: int = 10, cap: 
     from pipeline.images import read_image
 
     evaluator = Evaluator()
-    weights = resolve_weights("bundled")
     content, style = read_image(CONTENT, size), read_image(STYLE)
     target: float | None = None
-    out: dict = {"size": size}
+    out: dict = {"size": size, "precision": PRECISION}
     for name, scales, iters in (("coarse_to_fine", Settings().scales, iterations), ("single_scale", 1, cap)):
         settings = Settings(size=size, scales=scales, iterations=iters)
-        model = _Recorder(VGGFeatures(weights, settings.layers, winograd=True))
+        model = _Recorder(_default_model(settings.layers))
         shapes = scale_shapes(*content.shape[-2:], size, scales)
         targets = [style_targets(model, [(style, 1.0)], h * w, list(settings.style_layers)) for h, w in shapes]
         scoring, reached, last = 0.0, None, None
@@ -189,7 +198,7 @@ def batch_throughput(size: int = 256, iterations: int = 10, batches: tuple[int, 
     from pipeline.optimize import stack_targets
 
     settings = Settings(size=size, scales=1, iterations=iterations, optimizer="adam")
-    model = VGGFeatures(resolve_weights("bundled"), settings.layers, winograd=True)
+    model = _default_model(settings.layers)
     photos = [read_image(p) for p in sorted((SHARED / "content").glob("*.png"))]
     targets = style_targets(model, [(read_image(STYLE), 1.0)], size * size, list(settings.style_layers))
     rows = []
@@ -202,7 +211,8 @@ def batch_throughput(size: int = 256, iterations: int = 10, batches: tuple[int, 
         stylize(model, content, batch_targets, settings)
         seconds = time.perf_counter() - start
         rows.append({"batch": n, "seconds": round(seconds, 2), "images_per_s": round(n / seconds, 4),
-                     "image_iterations_per_s": round(n * iterations / seconds, 2), "iterations": iterations, "size": size})
+                     "image_iterations_per_s": round(n * iterations / seconds, 2), "iterations": iterations, "size": size,
+                     "precision": PRECISION})
         print(f"  batch {n}: {seconds:.1f}s, {n / seconds:.3f} images/s", flush=True)
     return rows
 
@@ -241,7 +251,7 @@ def versus_pastiche(out: Path, size: int = 256, iterations: int = 100) -> dict:
     return {
         "balanced_style_weight": BALANCED_STYLE_WEIGHT, "balanced_s": round(t_balanced, 1),
         "balanced_ratio": round(t_balanced / t_theirs, 3), "balanced_content": s_balanced.content, "balanced_style": s_balanced.style,
-        "precision": resolve_precision("auto", torch.device("cpu")),
+        "precision": PRECISION,
         "fp32_s": round(t_fp32, 1), "fp32_ratio": round(t_fp32 / t_theirs, 3),
         "fp32_content": s_fp32.content, "fp32_style": s_fp32.style,
         "size": size, "iterations": iterations,
@@ -493,13 +503,13 @@ def _markdown(results: dict) -> str:
     r = results.get("schedules")
     if r:
         c, o = r["coarse_to_fine"], r["single_scale"]
-        lines += ["", f"Time to the same evaluator style loss ({r['target_style']:.4g}, where coarse-to-fine ends), astronaut × starry night, {r['size']} px, fp32:", "",
+        lines += ["", f"Time to the same evaluator style loss ({r['target_style']:.4g}, where coarse-to-fine ends), astronaut × starry night, {r['size']} px, {r.get('precision', 'fp32')}:", "",
                   "| schedule | finest-scale iterations | seconds | evaluator content | evaluator style |", "|---|---|---|---|---|",
                   f"| coarse to fine, {c['scales']} scales | {c['finest_iterations']} | {c['seconds']} s | {c['content']:.4g} | {c['style']:.4g} |",
                   f"| one scale | {o['finest_iterations']}{'' if o['reached'] else ' (not reached)'} | {o['seconds']} s | {o['content']:.4g} | {o['style']:.4g} |"]
     if results.get("batch"):
         rows = results["batch"]
-        lines += ["", f"Adam on same-size images as one batch ({rows[0]['size']} px, one scale, {rows[0]['iterations']} iterations, fp32):", "",
+        lines += ["", f"Adam on same-size images as one batch ({rows[0]['size']} px, one scale, {rows[0]['iterations']} iterations, {rows[0].get('precision', 'fp32')}):", "",
                   "| batch | seconds | images per second | image-iterations per second |", "|---|---|---|---|",
                   *(f"| {x['batch']} | {x['seconds']} | {x['images_per_s']} | {x['image_iterations_per_s']} |" for x in rows)]
     b = results.get("pipeline")
