@@ -74,8 +74,8 @@ PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float
 
 def resolve_precision(precision: str, device: torch.device) -> str:
     """`precision` (auto | fp32 | bf16 | fp16) for `device`. auto is bf16 where bf16 convolutions are fast:
-    CPUs with AVX-512 BF16 or AMX (about 1.5x faster than float32 Winograd there; without them bf16 is
-    many times slower) and CUDA devices that support bf16; float32 elsewhere."""
+    CPUs with AVX-512 BF16 or AMX (a job takes about 0.6x its float32 time there; without them bf16 is
+    many times slower) and CUDA devices that support bf16 natively; float32 elsewhere."""
     if precision not in ("auto", *PRECISIONS):
         raise ValueError(f"unknown precision {precision!r}; use auto, fp32, bf16 or fp16")
     if precision != "auto":
