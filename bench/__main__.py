@@ -307,7 +307,7 @@ def peak_memory(out: Path, sizes: list[int], iterations: int = 2) -> list[dict]:
     rows = []
     for size in sizes:
         seconds, peak = _peak(_image_command(out / f"memory_{size}.png", size, iterations, "--scales", "1"))
-        rows.append({"size": size, "peak_gib": round(peak, 2), "seconds": round(seconds, 1)})
+        rows.append({"size": size, "peak_gib": round(peak, 2), "seconds": round(seconds, 1), "precision": PRECISION})
         print(f"  {size}px: peak {peak:.2f} GiB ({rows[-1]['seconds']} s for {iterations} iterations)", flush=True)
     return rows
 
@@ -539,7 +539,7 @@ def _markdown(results: dict) -> str:
                   "| content | style | fp32 | bf16 | time | evaluator content | evaluator style |", "|---|---|---|---|---|---|---|",
                   *(f"| {r['content']} | {r['style']} | {r['fp32_s']} s | {r['bf16_s']} s | {r['time_ratio']:.2f}× | {r['content_ratio']:.3f} | {r['style_ratio']:.3f} |" for r in rows)]
     if results.get("memory"):
-        lines += ["", "Peak memory of `stylize image` on the CPU (one scale, 2 iterations; resident set of the process):", "",
+        lines += ["", f"Peak memory of `stylize image` on the CPU (one scale, 2 iterations, {results['memory'][0].get('precision', 'fp32')}; resident set of the process):", "",
                   "| size | peak memory |", "|---|---|",
                   *(f"| {r['size']}² | {r['peak_gib']} GiB |" for r in results["memory"])]
     return "\n".join(lines) + "\n"

@@ -4,9 +4,9 @@ optimised in tiles (or, with tiling off, fails as its own job with the size name
 of the kernel's OOM killer ending the whole run.
 
 The figures come from `python -m bench --memory` (peak resident memory of one-scale runs at
-512, 1024 and 2048 px): 3.78 GiB more per megapixel of the finest scale, for activations,
-their gradients and the Winograd scratch buffers; L-BFGS adds its history of 50 pairs of
-image-sized float32 vectors.
+512, 1024 and 2048 px): 3.78 GiB more per megapixel of the finest scale in float32, for
+activations, their gradients and the Winograd scratch buffers, and 1.83 GiB in bf16 (half-size
+activations, no Winograd); L-BFGS adds its history of 50 pairs of image-sized float32 vectors.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from os import sysconf
 from pathlib import Path
 
 GIB = 2**30
-PER_PIXEL = 4100  # bytes per pixel of the finest scale (3.78 GiB per megapixel, measured)
+PER_PIXEL = {"fp32": 4100, "bf16": 2000, "fp16": 2000}  # bytes per pixel of the finest scale by the layers' precision (fp32, bf16 measured; fp16 is bf16's size)
 BASE = int(1.5 * GIB)  # what a worker holds for itself: torch, the model (not reusable for images)
 HISTORY = 50  # L-BFGS (s, y) pairs kept by default
 PAIR_PER_PIXEL = 2 * 3 * 4  # one pair of 3-channel float32 images
@@ -27,9 +27,10 @@ HEADROOM = 0.8  # of the free memory, what a tiled job plans on
 MIN_TILE = 256  # smaller tiles leave too little halo for an exact gradient (see pipeline.tiles)
 
 
-def needed_bytes(shape: tuple[int, int], optimizer: str, images: int = 1) -> int:
-    """Estimated peak memory of optimising `images` images of `shape` (height, width) on the CPU."""
-    per_pixel = PER_PIXEL + (HISTORY_PER_PIXEL if optimizer == "lbfgs" else 0)
+def needed_bytes(shape: tuple[int, int], optimizer: str, images: int = 1, precision: str = "fp32") -> int:
+    """Estimated peak memory of optimising `images` images of `shape` (height, width) on the CPU,
+    with VGG layers in `precision` (fp32 | bf16 | fp16)."""
+    per_pixel = PER_PIXEL[precision] + (HISTORY_PER_PIXEL if optimizer == "lbfgs" else 0)
     return shape[0] * shape[1] * images * per_pixel
 
 
@@ -49,10 +50,10 @@ def available_bytes() -> int | None:
     return available_kib * 1024 + max(0, resident_pages * sysconf("SC_PAGE_SIZE") - BASE)
 
 
-def check_fits(shape: tuple[int, int], optimizer: str, images: int = 1) -> None:
+def check_fits(shape: tuple[int, int], optimizer: str, images: int = 1, precision: str = "fp32") -> None:
     """Raise MemoryError naming the size when the job would not fit in this machine's RAM."""
     available = available_bytes()
-    need = needed_bytes(shape, optimizer, images)
+    need = needed_bytes(shape, optimizer, images, precision)
     if available is not None and need > available:
         batch = f" x {images} images" if images > 1 else ""
         raise MemoryError(f"{shape[1]}x{shape[0]} px{batch} needs about {need / GIB:.1f} GiB on the CPU, "
@@ -60,8 +61,9 @@ def check_fits(shape: tuple[int, int], optimizer: str, images: int = 1) -> None:
 
 
 def tile_plan(free: int | None, shape: tuple[int, int], optimizer: str, images: int = 1,
-              tile: int | None = None) -> tuple[int, int]:
-    """(tile side, L-BFGS history pairs) for optimising `images` images of `shape` in `free` bytes.
+              tile: int | None = None, precision: str = "fp32") -> tuple[int, int]:
+    """(tile side, L-BFGS history pairs) for optimising `images` images of `shape` in `free` bytes,
+    with VGG layers in `precision`.
 
     The tile is 0 when the whole image fits (or nothing is known of the memory), else the largest multiple
     of 16 px whose crops fit beside the whole-image tensors, at least MIN_TILE; `tile` forces a side. A
@@ -71,10 +73,10 @@ def tile_plan(free: int | None, shape: tuple[int, int], optimizer: str, images: 
         return tile or 0, HISTORY
     budget = free * HEADROOM
     pixels = shape[0] * shape[1] * images
-    if tile is None and needed_bytes(shape, optimizer, images) <= budget:
+    if tile is None and needed_bytes(shape, optimizer, images, precision) <= budget:
         return 0, HISTORY
     pairs = max(MIN_HISTORY, min(HISTORY, int(budget / 4 / (PAIR_PER_PIXEL * pixels))))
     if tile is None:
         room = budget - pixels * (WHOLE_PER_PIXEL + (pairs * PAIR_PER_PIXEL if optimizer == "lbfgs" else 0))
-        tile = max(MIN_TILE, int(math.sqrt(max(0.0, room) / (PER_PIXEL * images))) // 16 * 16)
+        tile = max(MIN_TILE, int(math.sqrt(max(0.0, room) / (PER_PIXEL[precision] * images))) // 16 * 16)
     return tile, pairs

@@ -167,7 +167,7 @@ class Renderer:
         """A content image at the working size, on the device. With tiling off, on the CPU, an image (or a
         batch of `images` like it) that would not fit in RAM raises MemoryError before it is decoded."""
         if self.tile == "off" and self.device.type == "cpu" and (shape := working_shape(path, self.read_size)):
-            check_fits(shape, self.settings.optimizer, images)
+            check_fits(shape, self.settings.optimizer, images, self.precision)
         return read_image(path, self.read_size).to(self.device)
 
     def _free_bytes(self) -> int | None:
@@ -181,7 +181,8 @@ class Renderer:
         """`s` with this job's tile side and L-BFGS history: optimize.tile, or with auto, from the memory free now."""
         if self.tile == "off":
             return s
-        tile, history = tile_plan(self._free_bytes(), shape, s.optimizer, images, None if self.tile == "auto" else int(self.tile))
+        tile, history = tile_plan(self._free_bytes(), shape, s.optimizer, images, None if self.tile == "auto" else int(self.tile),
+                                  self.precision)
         return replace(s, tile=tile, history=history)
 
     def render(

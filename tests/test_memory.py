@@ -18,6 +18,15 @@ def test_the_estimate_matches_the_measured_slope_and_lbfgs_adds_its_history():
     assert needed_bytes(mp, "adam") / GIB == pytest.approx(3.8, rel=0.05)  # bench --memory: 3.78 GiB per MP
     assert needed_bytes(mp, "lbfgs") - needed_bytes(mp, "adam") == 1_000_000 * 2 * 50 * 3 * 4
     assert needed_bytes(mp, "adam", images=4) == 4 * needed_bytes(mp, "adam")
+    assert needed_bytes(mp, "adam", precision="bf16") / GIB == pytest.approx(1.83, rel=0.05)  # bf16: 1.83 GiB per MP
+
+
+def test_bf16_layers_fit_larger_images_whole():
+    """At 20 GiB free, 2048² with L-BFGS is tiled in float32 but fits whole in bf16 (half-size activations)."""
+    from pipeline.memory import HISTORY, tile_plan
+
+    assert tile_plan(20 * GIB, (2048, 2048), "lbfgs")[0] > 0
+    assert tile_plan(20 * GIB, (2048, 2048), "lbfgs", precision="bf16") == (0, HISTORY)
 
 
 def test_check_fits_names_the_size_that_does_not_fit():
