@@ -65,7 +65,10 @@ def test_coarse_to_fine_output_shape_and_trace(shared, model):
 
 
 @pytest.mark.slow
-def test_noise_init_is_deterministic_for_a_seed(shared, model):
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_noise_init_is_deterministic_for_a_seed(shared, bundled, dtype):
+    """On the CPU, in float32 and in bf16 (the default where the CPU has bf16 units)."""
+    model = VGGFeatures(bundled, Settings().layers, dtype=dtype)
     content, style = _inputs(shared)
     settings = dataclasses.replace(TINY, init="noise", iterations=5, seed=3)
     targets = _targets(model, content, style, settings)
