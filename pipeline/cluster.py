@@ -16,6 +16,8 @@ executor (and the CLI, which imports this module for its errors) never loads it.
   rendering those jobs again (a segment resumes after its last stamped
   frame). Only the client writes the manifest, one record per output, and
   removes a stamp once it holds its record.
+- Live progress: with a live display, each worker publishes its Ticks (at most ten a second, see
+  pipeline.progress.Ticker) as events of the topic TOPIC; the client subscribes and hands them on.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import os
 import tempfile
 import uuid
 from contextlib import contextmanager
-from dataclasses import asdict
+from dataclasses import asdict, astuple
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterator
@@ -35,13 +37,14 @@ import torch
 
 from pipeline.config import Config
 from pipeline.execute import (
-    DeviceError, Records, Report, Task, _base, _renderer, _run_task, relative_output, resolve_devices, task_jobs,
+    DeviceError, Live, Records, Report, Task, _base, _renderer, _run_task, relative_output, resolve_devices, task_jobs,
 )
 from pipeline.images import atomic_path
 from pipeline.keys import value_digest
 from pipeline.launch import TUNABLES
 from pipeline.manifest import Record, reason
 from pipeline.plan import Job, Segment
+from pipeline.progress import Tick, Ticker
 from pipeline.render import Renderer
 
 if TYPE_CHECKING:
@@ -49,6 +52,7 @@ if TYPE_CHECKING:
 
 CONNECT_TIMEOUT = 10.0  # seconds to reach the scheduler, and then for its first worker to be there
 PROBE = ".stylize-probe"
+TOPIC = "stylize-progress"  # the workers' Ticks, through the scheduler's event log
 
 
 class ClusterError(RuntimeError):
@@ -60,9 +64,10 @@ class StorageError(ValueError):
 
 
 @contextmanager
-def session(config: Config, report: Report) -> Iterator[Records]:
+def session(config: Config, report: Report, live: Live | None = None) -> Iterator[Records]:
     """Connect to `config.scheduler` (or start a LocalCluster), check that every worker shares and can
     write the output and cache dirs, and yield the function that runs tasks there; close at the end.
+    With `live`, the workers' Ticks go to it (called on the client's event-loop thread).
 
     Raises ClusterError, StorageError or DeviceError before any task is submitted.
     """
@@ -76,7 +81,9 @@ def session(config: Config, report: Report) -> Iterator[Records]:
             resources = _resources(config, workers)
             gpus = sum(bool(w.get("resources", {}).get("GPU")) for w in workers.values())
             report.log(f"dask: {len(workers)} workers at {client.scheduler.address} ({gpus} with a GPU)")
-            yield partial(_records, client, config, resources)
+            if live is not None:
+                client.subscribe_topic(TOPIC, lambda event: live(Tick(*event[1])))
+            yield partial(_records, client, config, resources, live is not None)
     finally:
         quiet.setLevel(level)
 
@@ -180,7 +187,7 @@ def _probe(dirs: dict[str, Path], token: str) -> str | None:
 
 
 def _records(
-    client: Client, config: Config, resources: dict[str, float] | None,
+    client: Client, config: Config, resources: dict[str, float] | None, live: bool,
     tasks: list[Task], done: frozenset[Path], out_dir: Path,
 ) -> Iterator[tuple[Job, Record]]:
     """(job, record) as the cluster finishes tasks, in the order they finish.
@@ -191,7 +198,7 @@ def _records(
     from distributed import as_completed
 
     futures = {
-        client.submit(run_task, config, task, done & _paths(task), out_dir, resources=resources, pure=False): task
+        client.submit(run_task, config, task, done & _paths(task), out_dir, live, resources=resources, pure=False): task
         for task in tasks
     }
     finished = 0
@@ -235,19 +242,29 @@ def _failed(task: Task, done: frozenset[Path], out_dir: Path, error: Callable[[J
 _WORKER: dict[str, Renderer] = {}
 
 
-def run_task(config: Config, task: Task, done: frozenset[Path], out_dir: Path) -> list[tuple[Job, Record]]:
+def run_task(config: Config, task: Task, done: frozenset[Path], out_dir: Path, live: bool = False) -> list[tuple[Job, Record]]:
     """On a worker: run one task and return its records. Jobs an earlier, killed attempt finished
-    (output and stamp in place) are not rendered again: their stamped records come back instead."""
+    (output and stamp in place) are not rendered again: their stamped records come back instead.
+    With `live`, the running job's Ticks are published to TOPIC."""
     stamped = [(job, r) for job in task_jobs(task, done) if (r := _read_stamp(job)) is not None]
     if stamped and isinstance(task, Job):
         return stamped
     results = list(stamped)
     skip = done | {job.output for job, _ in stamped}
-    for job, record in _run_task(_worker_renderer(config), config, task, skip, out_dir):
+    renderer = _worker_renderer(config)
+    renderer.on_progress = Ticker(_publish, str(renderer.device), out_dir) if live else None
+    for job, record in _run_task(renderer, config, task, skip, out_dir):
         if record.state == "done":
             _write_stamp(job, record)
         results.append((job, record))
     return results
+
+
+def _publish(tick: Tick) -> None:
+    """Send a Tick from this worker to the clients subscribed to TOPIC."""
+    from distributed import get_worker
+
+    get_worker().log_event(TOPIC, astuple(tick))  # not a dict: distributed sets a dict's "worker" to its address
 
 
 def _worker_renderer(config: Config) -> Renderer:

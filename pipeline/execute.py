@@ -296,12 +296,12 @@ def _records(
 def _executor(
     config: Config, slots: list[str], report: Report, needed: bool, live: Live | None,
 ) -> AbstractContextManager[Records]:
-    """What runs the tasks: processes here (their Ticks to `live`), or with executor dask the cluster,
-    connected (and its workers checked) only when there is work; it reports finished jobs only."""
+    """What runs the tasks: processes here, or with executor dask the cluster, connected (and its
+    workers checked) only when there is work; either sends its workers' Ticks to `live`."""
     if config.executor == "dask" and needed:
         from pipeline.cluster import session  # the only path that imports distributed
 
-        return session(config, report)
+        return session(config, report, live)
     return nullcontext(partial(_records, config, slots=slots, live=live))
 
 
@@ -402,7 +402,7 @@ def _finish(
 def execute(config: Config, plan: Plan, report: Report, live: Live | None = None) -> list[Outcome]:
     """Run every pending job, skipping done ones, saving the manifest after each; then cross-fade
     segment seams, measure each clip's warp error and reassemble each video whose frames are all
-    done (also frames done by earlier runs). With `live`, the local executor's workers send it
+    done (also frames done by earlier runs). With `live`, the workers (local or Dask) send it
     where they are in their current job (see pipeline.progress.Ticker).
 
     Raises DeviceError before any work when the configured device does not exist (with executor dask,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import os
 import sys
+import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -94,7 +95,8 @@ class RunReport:
 
     `verbosity` quiet shows on stderr only the lines logged with `always` (failures,
     warnings, the summary) and no live display; verbose also logs each Tick (about one
-    line per iteration per worker). `log_file` gets every line either way.
+    line per iteration per worker). `log_file` gets every line either way. Ticks may
+    arrive on another thread (Dask's event loop): the methods hold a lock.
     """
 
     def __init__(self, log_file: Path, tty: bool, verbosity: str = "normal") -> None:
@@ -104,6 +106,7 @@ class RunReport:
         self._bar = None
         self._overall = None
         self._workers: dict[str, int] = {}
+        self._lock = threading.RLock()
         self.failed = 0
 
     def __enter__(self) -> "RunReport":
@@ -122,12 +125,13 @@ class RunReport:
     def log(self, message: str, always: bool = False) -> None:
         """A line for stderr (unless quiet and not `always`) and the log file."""
         line = timestamped(message)
-        if self._bar is not None:
-            self._bar.console.print(line, markup=False, highlight=False)
-        elif always or not self.quiet:
-            print(line, file=sys.stderr, flush=True)
-        with self.log_file.open("a", encoding="utf-8") as f:
-            f.write(line + "\n")
+        with self._lock:
+            if self._bar is not None:
+                self._bar.console.print(line, markup=False, highlight=False)
+            elif always or not self.quiet:
+                print(line, file=sys.stderr, flush=True)
+            with self.log_file.open("a", encoding="utf-8") as f:
+                f.write(line + "\n")
 
     def start(self, pending: int) -> None:
         if self._bar is not None and pending:
@@ -144,7 +148,8 @@ class RunReport:
         self.failed += record.state == "failed"
         if self._bar is None or self._overall is None:
             return
-        self._bar.update(self._overall, advance=1, note=f"{self.failed} failed")
+        with self._lock:
+            self._bar.update(self._overall, advance=1, note=f"{self.failed} failed")
         if record.device is None:  # made by this process, not a worker (a cross-fade, a job that failed early)
             return
         note = f"{record.state} {record.output}" + (f" {record.seconds:.1f}s" if record.seconds else "")
@@ -153,9 +158,10 @@ class RunReport:
     def _worker(self, worker: str, note: str, **fields: float) -> None:
         if self._bar is None:
             return
-        if worker not in self._workers:
-            self._workers[worker] = self._bar.add_task(f"  {worker}", note=note, **fields)
-        self._bar.update(self._workers[worker], note=note, **fields)
+        with self._lock:
+            if worker not in self._workers:
+                self._workers[worker] = self._bar.add_task(f"  {worker}", note=note, **fields)
+            self._bar.update(self._workers[worker], note=note, **fields)
 
 
 def _columns() -> tuple:

@@ -229,7 +229,11 @@ class Renderer:
         s = self._tiled(s, shape, len(images))
         shapes = [lv.shape for lv in levels(shape, s)]
         counted = [self._counted(b, shapes, s.tile) for b in blends]
-        result = stylize(self.model, torch.cat(images), stack_targets([c[0] for c in counted]), s, init_image=init)
+        callback = None
+        if self.on_progress is not None:  # the batch's progress (its summed loss), named by its first output
+            callback = partial(self.on_progress, outputs[0].with_name(f"{outputs[0].name} +{len(outputs) - 1}"))
+        result = stylize(self.model, torch.cat(images), stack_targets([c[0] for c in counted]), s, init_image=init,
+                         callback=callback)
         for i, output in enumerate(outputs):
             write_image(result.image[i : i + 1], output, self._alpha(contents[i]))
         seconds = (time.perf_counter() - start) / len(images)

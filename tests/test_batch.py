@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -157,9 +158,10 @@ def test_batched_jobs_equal_their_single_runs_and_a_bad_file_fails_alone(shared,
         data = yaml.safe_load(config.read_text())
         data["optimize"] |= {"optimizer": "adam", "iterations": 4, "batch": batch}
         config.write_text(yaml.safe_dump(data))
-        result = runner.invoke(app, ["run", str(config)])
+        result = runner.invoke(app, ["run", str(config), "--verbose"])
         assert result.exit_code == 1, result.output  # the broken file
         outs[batch] = {r["output"]: r for r in _manifest(tmp_path / f"out{batch}")}
+    assert re.search(r"cpu pid \d+: photo_a\.wave\.png \+2 scale 1/1 iteration \d/4 loss", result.output), result.output  # live: one Tick names the batch
     assert outs[1].keys() == outs[3].keys() and len(outs[1]) == 5
     for name, record in outs[3].items():
         assert record["key"] == outs[1][name]["key"]

@@ -154,6 +154,17 @@ def test_a_bad_input_fails_only_its_own_job(shared, tmp_path, farm):
     assert {records[k]["pid"] for k in ("photo_a.wave.png", "photo_b.wave.png")} <= worker_pids
 
 
+def test_workers_send_live_progress_to_the_client(shared, tmp_path, farm):
+    """With --verbose, each worker's iterations reach the client as they happen (events of the scheduler)."""
+    photos = photo_crops(shared / "content/coffee.png", tmp_path / "in", 2)
+    config = _config(tmp_path, [photos], "out", shared / "style/wave.jpg", scheduler=farm.address)
+    result = runner.invoke(app, ["run", str(config), "--verbose"])
+    assert result.exit_code == 0, result.output
+    ticks = re.findall(r"cpu pid (\d+): (photo_\w)\.wave\.png scale 1/1 iteration (\d)/2 loss", result.output)
+    assert {name for _, name, _ in ticks} == {"photo_a", "photo_b"}, result.output
+    assert {int(pid) for pid, _, _ in ticks} <= {w.pid for w in farm.workers}
+
+
 def test_a_retried_task_returns_the_record_its_killed_attempt_stamped(shared, tmp_path, farm):
     from pipeline.cluster import run_task
     from pipeline.config import load_config
