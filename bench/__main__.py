@@ -2,7 +2,7 @@
 
 Writes bench/results.json and bench/results.md. Inputs come from ../shared/data.
 
-    python -m bench                 # core, pastiche and pipeline figures (about 18 minutes on a 2-core CPU)
+    python -m bench                 # core, pastiche and pipeline figures (about 8 minutes on a 2-core CPU)
     python -m bench --skip-pastiche # without the pastiche comparison
     python -m bench --skip-core --skip-pipeline --video   # temporal consistency only (about 25 minutes; make bench-video)
     python -m bench --skip-core --skip-pipeline --tiling  # tiled optimisation at 1024-4096 px (about 25 minutes; make bench-tiling)
@@ -29,7 +29,7 @@ from bench.evaluator import Evaluator
 from pipeline.launch import keep_freed_memory
 from pipeline.model import VGGFeatures, resolve_weights
 from pipeline.optimize import Settings, scale_shapes, style_targets, stylize
-from pipeline.render import resolve_precision
+from pipeline.render import Renderer, resolve_precision
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -41,12 +41,6 @@ BIN = Path(sys.executable).parent
 
 
 PRECISION = resolve_precision("auto", torch.device("cpu"))  # what `precision: auto` runs on this CPU
-
-
-def _default_model(layers) -> VGGFeatures:
-    """The model a CPU renderer builds with the default precision (see render.Renderer)."""
-    fp32 = PRECISION == "fp32"
-    return VGGFeatures(resolve_weights("bundled"), layers, winograd=fp32, dtype=torch.float32 if fp32 else torch.bfloat16)
 
 
 def _median_seconds(fn, repeats: int = 5) -> float:
@@ -161,7 +155,7 @@ def schedule_race(size: int = 256, iterations: int = 100, every: int = 10, cap: 
     out: dict = {"size": size, "precision": PRECISION}
     for name, scales, iters in (("coarse_to_fine", Settings().scales, iterations), ("single_scale", 1, cap)):
         settings = Settings(size=size, scales=scales, iterations=iters)
-        model = _Recorder(_default_model(settings.layers))
+        model = _Recorder(Renderer(settings).model)  # the CPU renderer's model, in the default precision
         shapes = scale_shapes(*content.shape[-2:], size, scales)
         targets = [style_targets(model, [(style, 1.0)], h * w, list(settings.style_layers)) for h, w in shapes]
         scoring, reached, last = 0.0, None, None
@@ -198,7 +192,7 @@ def batch_throughput(size: int = 256, iterations: int = 10, batches: tuple[int, 
     from pipeline.optimize import stack_targets
 
     settings = Settings(size=size, scales=1, iterations=iterations, optimizer="adam")
-    model = _default_model(settings.layers)
+    model = Renderer(settings).model
     photos = [read_image(p) for p in sorted((SHARED / "content").glob("*.png"))]
     targets = style_targets(model, [(read_image(STYLE), 1.0)], size * size, list(settings.style_layers))
     rows = []
@@ -274,8 +268,7 @@ def precision_check(out: Path, size: int = 256, iterations: int = 100,
             row: dict = {"content": content, "style": style}
             for precision in ("fp32", "bf16"):
                 image = out / f"precision_{Path(content).stem}_{Path(style).stem}_{precision}.png"
-                row[f"{precision}_s"] = round(_timed([str(BIN / "stylize"), "image", str(c), str(s), "-o", str(image), "--size", str(size),
-                                                      "--iterations", str(iterations), "--device", "cpu", "--precision", precision]), 1)
+                row[f"{precision}_s"] = round(_timed(_image_command(image, size, iterations, "--precision", precision, content=c, style=s)), 1)
                 scores = evaluator.score(image, c, s)
                 row[f"{precision}_content"], row[f"{precision}_style"] = scores.content, scores.style
             row |= {"time_ratio": round(row["bf16_s"] / row["fp32_s"], 3),
@@ -297,8 +290,8 @@ def _peak(cmd: list[str]) -> tuple[float, float]:
     return time.perf_counter() - start, usage.ru_maxrss / 2**20  # KiB -> GiB
 
 
-def _image_command(out: Path, size: int, iterations: int, *extra: str) -> list[str]:
-    return [str(BIN / "stylize"), "image", str(CONTENT), str(STYLE), "-o", str(out), "--size", str(size),
+def _image_command(out: Path, size: int, iterations: int, *extra: str, content: Path = CONTENT, style: Path = STYLE) -> list[str]:
+    return [str(BIN / "stylize"), "image", str(content), str(style), "-o", str(out), "--size", str(size),
             "--iterations", str(iterations), "--device", "cpu", *extra]
 
 
