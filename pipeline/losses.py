@@ -48,8 +48,9 @@ def gram(features: torch.Tensor) -> torch.Tensor:
 
 def relative_error(x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """‖x − target‖² / ‖target‖², per batch element: shape (N,)."""
-    x = x.float().flatten(1)
-    target = target.float().flatten(1)
+    dtype = torch.promote_types(x.dtype, torch.float32)  # reduced precision -> float32; float64 stays
+    x = x.to(dtype).flatten(1)
+    target = target.to(dtype).flatten(1)
     return (x - target).pow(2).sum(1) / (target.pow(2).sum(1) + _EPS)
 
 

@@ -13,7 +13,7 @@ import yaml
 from PIL import Image
 from typer.testing import CliRunner
 
-from conftest import photo_crops
+from conftest import missing, photo_crops
 from pipeline.cli import app
 from pipeline.optimize import Progress
 from pipeline.render import TRACE_POINTS, compact_trace
@@ -120,8 +120,9 @@ def test_quiet_and_verbose_exclude_each_other():
     assert result.exit_code == 2 and "exclude each other" in result.output
 
 
-@pytest.mark.skipif(not CHROMIUM.exists(), reason=f"{CHROMIUM} is missing (Debian package chromium)")
 def test_report_loads_in_chromium_with_every_image(run, tmp_path):
+    if not CHROMIUM.exists():
+        missing(f"{CHROMIUM} is missing (Debian package chromium; .ci/run installs it)")
     _, out, _ = run
     check = """<script>const errors = [];
 addEventListener("error", e => errors.push(String(e.message || e.target.src || e.target.tagName)), true);

@@ -13,20 +13,17 @@ import pytest
 from PIL import Image
 
 import pipeline.video
+from conftest import require_shared
 from pipeline.video import VideoError, VideoInfo, assemble, extract_frames, probe
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 PAN = REPO / "data/video/pan.mp4"
 COCKATOO = "video/cockatoo.mp4"
 BUNNY = "video/big_buck_bunny_432_433.webm"
 
 
 def _shared(name: str) -> Path:
-    path = SHARED / name
-    if not path.is_file():
-        pytest.skip(f"{path} is missing: the real test videos live in ../shared/data")
-    return path
+    return require_shared(name)
 
 
 def _remux(src: Path, dst: Path, kinds: tuple[str, ...] = ("video", "audio"), rotation: int = 0,
