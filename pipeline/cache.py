@@ -1,8 +1,8 @@
-"""Style Gram targets, cached in memory and on disk so no style is encoded twice.
+"""Style targets, cached in memory and on disk so no style is encoded twice.
 
 Entries are keyed by everything that changes them: the style images' bytes
-and blend weights, the pixel area, the layers, the model weights and pooling,
-and luminance-only mode. Disk entries are written atomically and checked
+and blend weights, the pixel area, the layers, the style loss, the model
+weights and pooling, and luminance-only mode. Disk entries are written atomically and checked
 before they are trusted; a corrupt entry is recomputed.
 """
 
@@ -15,6 +15,7 @@ import torch
 
 from pipeline.images import atomic_path
 from pipeline.keys import value_digest
+from pipeline.losses import MEAN, layer_of
 from pipeline.optimize import StyleTargets
 
 _FORMAT = 1  # bump when the Gram normalisation or the file layout changes
@@ -38,7 +39,7 @@ class StyleCache:
     def _path(self, key: str) -> Path | None:
         return None if self.dir is None else self.dir / "styles" / f"{key}.pt"
 
-    def _read(self, path: Path, layers: list[str], device: torch.device) -> StyleTargets | None:
+    def _read(self, path: Path, names: list[str], device: torch.device) -> StyleTargets | None:
         try:
             with path.open("rb") as f:
                 if f.read(len(_ZIP)) != _ZIP or path.stat().st_size < _SMALLEST:
@@ -46,23 +47,18 @@ class StyleCache:
             data = torch.load(path, map_location=device, weights_only=True)
         except Exception:  # torch raises many types for a truncated or foreign file: a miss
             return None
-        ok = (
-            isinstance(data, dict)
-            and sorted(data) == sorted(layers)
-            and all(isinstance(t, torch.Tensor) and t.dim() == 2 and t.shape[0] == t.shape[1] for t in data.values())
-            and all(torch.isfinite(t).all() for t in data.values())
-        )
-        return data if ok else None
+        return data if _valid(data, names) else None
 
     def get(
-        self, key: str, layers: list[str], device: torch.device, compute: Callable[[], StyleTargets]
+        self, key: str, names: list[str], device: torch.device, compute: Callable[[], StyleTargets]
     ) -> StyleTargets:
-        """The targets for `key`, computing (and storing) them only when no valid copy exists."""
+        """The targets for `key`, named `names` (see `losses.target_names`), computing (and storing) them only
+        when no valid copy exists."""
         if key in self.memory:
             self.hits += 1
             return self.memory[key]
         path = self._path(key)
-        targets = self._read(path, layers, device) if path is not None and path.is_file() else None
+        targets = self._read(path, names, device) if path is not None and path.is_file() else None
         if targets is None:
             self.misses += 1
             targets = compute()
@@ -73,3 +69,16 @@ class StyleCache:
             self.hits += 1
         self.memory[key] = targets
         return targets
+
+
+def _valid(data: object, names: list[str]) -> bool:
+    """Finite tensors named `names`, each sized by its layer's Gram (C, C): a mean (C,), a square root (C, C)."""
+    if not isinstance(data, dict) or sorted(data) != sorted(names):
+        return False
+    if not all(isinstance(t, torch.Tensor) and torch.isfinite(t).all() for t in data.values()):
+        return False
+    channels = {k: t.shape[0] for k, t in data.items() if t.dim() == 2 and t.shape[0] == t.shape[1]}
+    return all(
+        layer_of(k) in channels and t.shape == (channels[layer_of(k)],) * (1 if k.endswith(MEAN) else 2)
+        for k, t in data.items()
+    )

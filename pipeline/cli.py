@@ -177,6 +177,7 @@ def image(
     style_weight: float = typer.Option(_DEFAULTS.style_weight, help="style loss weight"),
     content_weight: float = typer.Option(_DEFAULTS.content_weight, help="content loss weight"),
     tv_weight: float = typer.Option(_DEFAULTS.tv_weight, help="total variation weight"),
+    style_loss: str = typer.Option(_DEFAULTS.style_loss, help="gram | wasserstein (Gaussian fits of the features)"),
     optimizer: str = typer.Option(_DEFAULTS.optimizer, help="lbfgs | adam"),
     precision: str = typer.Option(_DEFAULTS.precision, help="auto | fp32 | bf16 | fp16: the VGG layers' precision (auto: bf16 where the device has fast bf16)"),
     init: str = typer.Option(_DEFAULTS.init, help="content | noise | style | PATH"),
@@ -197,8 +198,8 @@ def image(
     try:
         opts = OptimizeConfig(
             size=size, iterations=iterations, scales=scales, style_weight=style_weight, content_weight=content_weight,
-            tv_weight=tv_weight, optimizer=optimizer, precision=precision, init=init, preserve_colors=preserve_colors,
-            seed=seed, tile=int(tile) if tile.isdigit() else tile,
+            tv_weight=tv_weight, style_loss=style_loss, optimizer=optimizer, precision=precision, init=init,
+            preserve_colors=preserve_colors, seed=seed, tile=int(tile) if tile.isdigit() else tile,
         )
     except ValidationError as exc:
         err = exc.errors()[0]

@@ -73,6 +73,7 @@ class OptimizeConfig(_Strict):
     content_weight: float = Field(default=Settings.content_weight, ge=0, description="weight of the content term")
     style_weight: float = Field(default=Settings.style_weight, ge=0, description="weight of the style term")
     tv_weight: float = Field(default=Settings.tv_weight, ge=0, description="total variation weight")
+    style_loss: Literal["gram", "wasserstein"] = Field(default=Settings.style_loss, description="gram (relative Gram matrix error) | wasserstein (the 2-Wasserstein distance between Gaussian fits of each style layer's features, relative to the style's; see The losses)")
     content_layers: list[str] = Field(default=list(Settings.content_layers), min_length=1, description="VGG-19 layers of the content term")
     style_layers: dict[str, float] = Field(default_factory=lambda: dict(Settings().style_layers), min_length=1, description="VGG-19 layer: weight, for the style term")
     init: str = Field(default="content", description="content | noise | style | PATH to an image")

@@ -8,20 +8,32 @@ for every weight source):
 * content and style terms are *relative* squared errors, ``‖X − T‖² / ‖T‖²``
   per layer, so layers with large activations do not drown the others and
   Caffe (0-255) and torchvision (mean/std) weights need the same weights.
+* the Wasserstein style term (``wasserstein``) is the squared 2-Wasserstein
+  distance between Gaussian fits of the features, relative to the target's
+  ``‖μₛ‖² + tr Σₛ`` per layer (see `wasserstein`).
 * total variation is the mean squared difference of neighbouring pixels of
   the RGB [0, 1] image.
 
+Style statistics and targets are dicts of tensors named by layer: the layer's
+own name holds its Gram (for a Gaussian fit, the second raw moment), and with
+``wasserstein`` ``layer.mean`` holds the mean of its features and, in targets,
+``layer.sqrt`` the symmetric square root of the covariance.
+
 All functions take and return tensors and work on any device. Features may be
-reduced precision; Grams and losses are computed in float32.
+reduced precision; Grams and losses are computed in float32, the Wasserstein
+term in float64.
 """
 
 from __future__ import annotations
 
-from typing import Mapping
+from typing import Mapping, Sequence
 
 import torch
 
 _EPS = 1e-8
+STYLE_LOSSES = ("gram", "wasserstein")
+MEAN, SQRT = ".mean", ".sqrt"  # the suffixes of a layer's mean and covariance square root (see the module docstring)
+_FLOOR = 1e-8  # the backward of tr √A holds A's eigenvalues at least this fraction of its largest
 
 
 class _Gram(torch.autograd.Function):
@@ -59,16 +71,74 @@ def content_loss(features: Mapping[str, torch.Tensor], targets: Mapping[str, tor
     return sum(relative_error(features[k], t) for k, t in targets.items()) / len(targets)
 
 
+def layer_of(name: str) -> str:
+    """The layer a statistic or target is of: `relu1_1.mean` is of relu1_1."""
+    return name.split(".", 1)[0]
+
+
+def statistic_names(layers: Sequence[str], kind: str) -> list[str]:
+    """The statistics style loss `kind` (gram | wasserstein) compares at `layers`: Grams, and for wasserstein means."""
+    if kind not in STYLE_LOSSES:
+        raise ValueError(f"unknown style loss {kind!r}; use gram or wasserstein")
+    return [*layers, *(k + MEAN for k in layers if kind == "wasserstein")]
+
+
+def target_names(layers: Sequence[str], kind: str) -> list[str]:
+    """The tensors of style loss `kind`'s targets at `layers` (see `style_targets_of`)."""
+    return [*statistic_names(layers, kind), *(k + SQRT for k in layers if kind == "wasserstein")]
+
+
+def feature_mean(features: torch.Tensor) -> torch.Tensor:
+    """The mean over positions of (N, C, H, W) features, shape (N, C), in float32 (or float64)."""
+    return features.to(torch.promote_types(features.dtype, torch.float32)).mean((2, 3))
+
+
+def style_statistics(features: Mapping[str, torch.Tensor], layers: Sequence[str], kind: str) -> dict[str, torch.Tensor]:
+    """The statistics (see `statistic_names`) of features at `layers`: (N, C, C) Grams, (N, C) means."""
+    return {
+        name: feature_mean(features[layer_of(name)]) if name.endswith(MEAN) else gram(features[name])
+        for name in statistic_names(layers, kind)
+    }
+
+
+def style_targets_of(statistics: Mapping[str, torch.Tensor], kind: str) -> dict[str, torch.Tensor]:
+    """Style loss `kind`'s targets from (blended) style statistics: the statistics, and for wasserstein the
+    square root of each layer's covariance Σ = M − μμᵀ (second raw moment M, mean μ) under `layer.sqrt`."""
+    targets = dict(statistics)
+    if kind == "wasserstein":
+        for name, mean in statistics.items():
+            if name.endswith(MEAN):
+                layer = layer_of(name)
+                targets[layer + SQRT] = sqrtm(_covariance(mean, statistics[layer])).to(mean.dtype)
+    return targets
+
+
 def style_loss(
     features: Mapping[str, torch.Tensor],
     targets: Mapping[str, torch.Tensor],
     layer_weights: Mapping[str, float],
+    kind: str = "gram",
 ) -> torch.Tensor:
-    """Weighted sum over style layers of the relative Gram error; shape (N,).
+    """Weighted sum over style layers of style loss `kind` (gram | wasserstein); shape (N,).
 
-    `targets` maps a layer to a (C, C) or (N, C, C) Gram target.
+    `targets` are `style_targets_of`'s, for all images or one per image ((N, …) tensors).
     """
-    return gram_loss({k: gram(features[k]) for k in targets}, targets, layer_weights)
+    layers = list(dict.fromkeys(layer_of(k) for k in targets))
+    return statistics_loss(style_statistics(features, layers, kind), targets, layer_weights, kind)
+
+
+def statistics_loss(
+    statistics: Mapping[str, torch.Tensor],
+    targets: Mapping[str, torch.Tensor],
+    layer_weights: Mapping[str, float],
+    kind: str,
+) -> torch.Tensor:
+    """`style_loss` of statistics already made (see `style_statistics`); shape (N,)."""
+    if kind == "gram":
+        return gram_loss(statistics, targets, layer_weights)
+    if kind == "wasserstein":
+        return wasserstein_loss(statistics, targets, layer_weights)
+    raise ValueError(f"unknown style loss {kind!r}; use gram or wasserstein")
 
 
 def gram_loss(
@@ -76,12 +146,87 @@ def gram_loss(
     targets: Mapping[str, torch.Tensor],
     layer_weights: Mapping[str, float],
 ) -> torch.Tensor:
-    """`style_loss` of Grams already made, (N, C, C) per layer; shape (N,)."""
+    """The relative Gram error of Grams already made, (N, C, C) per layer, weighted by layer; shape (N,)."""
     total = sum(layer_weights.values())
     return sum(
         (layer_weights[k] / total) * relative_error(grams[k], t.expand(grams[k].shape[0], *t.shape[-2:]))
         for k, t in targets.items()
     )
+
+
+def wasserstein_loss(
+    statistics: Mapping[str, torch.Tensor],
+    targets: Mapping[str, torch.Tensor],
+    layer_weights: Mapping[str, float],
+) -> torch.Tensor:
+    """The relative `wasserstein` distance of statistics already made (means and Grams), weighted by layer; shape (N,)."""
+    total = sum(layer_weights.values())
+    layers = [layer_of(k) for k in targets if k.endswith(MEAN)]
+    return sum(
+        (layer_weights[k] / total)
+        * wasserstein(statistics[k + MEAN], statistics[k], targets[k + MEAN], targets[k], targets[k + SQRT])
+        for k in layers
+    )
+
+
+def wasserstein(
+    mean: torch.Tensor, second: torch.Tensor, t_mean: torch.Tensor, t_second: torch.Tensor, t_sqrt: torch.Tensor,
+) -> torch.Tensor:
+    """W₂² between the Gaussian fits N(μ, Σ) and N(μₛ, Σₛ), relative to the target's ‖μₛ‖² + tr Σₛ; shape (N,).
+
+    ‖μ − μₛ‖² + tr Σ + tr Σₛ − 2 tr √(√Σₛ Σ √Σₛ), from the means (N, C), second raw moments M (N, C, C)
+    (Σ = M − μμᵀ) and the target's mean, second moment and covariance square root √Σₛ (unbatched or
+    (N, …)). Computed in float64: the cross term nearly cancels the traces.
+    """
+    n, c = mean.shape
+    dtype = torch.promote_types(mean.dtype, torch.float32)  # of the result: float32, or float64 for float64 input
+    with torch.autocast(mean.device.type, enabled=False):
+        mean, second = mean.double(), second.double()
+        t_mean = t_mean.double().expand(n, c)
+        t_second, t_sqrt = (t.double().expand(n, c, c) for t in (t_second, t_sqrt))
+        cov, t_cov = _covariance(mean, second), _covariance(t_mean, t_second)
+        cross = t_sqrt @ cov @ t_sqrt
+        distance = ((mean - t_mean).pow(2).sum(1) + _trace(cov) + _trace(t_cov)
+                    - 2 * _TraceSqrtm.apply((cross + cross.transpose(1, 2)) / 2))
+        return (distance / (_trace(t_second) + _EPS)).to(dtype)
+
+
+def _covariance(mean: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
+    """Σ = M − μμᵀ from a mean (…, C) and a second raw moment (…, C, C)."""
+    return second - mean.unsqueeze(-1) * mean.unsqueeze(-2)
+
+
+def _trace(matrices: torch.Tensor) -> torch.Tensor:
+    return matrices.diagonal(dim1=-2, dim2=-1).sum(-1)
+
+
+def sqrtm(matrix: torch.Tensor) -> torch.Tensor:
+    """The symmetric square root of a symmetric positive semi-definite (…, C, C) matrix, in float64
+    (by eigendecomposition; negative eigenvalues, round-off, count as 0)."""
+    values, vectors = torch.linalg.eigh(matrix.double())
+    return (vectors * values.clamp(min=0).sqrt().unsqueeze(-2)) @ vectors.transpose(-2, -1)
+
+
+class _TraceSqrtm(torch.autograd.Function):
+    """tr √A of symmetric positive semi-definite (N, C, C) A: the sum of the square roots of its eigenvalues.
+
+    The gradient is ½ A^-½ = V diag(½ λ^-½) Vᵀ, which needs only the eigenvalues (no 1/(λᵢ − λⱼ) terms, so
+    repeated eigenvalues are fine); eigenvalues below _FLOOR of the largest (a singular A: fewer positions
+    than channels) are held at that floor, so the gradient stays bounded.
+    """
+
+    @staticmethod
+    def forward(ctx: torch.autograd.function.FunctionCtx, a: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        values, vectors = torch.linalg.eigh(a)
+        ctx.save_for_backward(values, vectors)
+        return values.clamp(min=0).sqrt().sum(-1)
+
+    @staticmethod
+    def backward(ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        values, vectors = ctx.saved_tensors
+        floor = values.amax(-1, keepdim=True).clamp(min=torch.finfo(values.dtype).tiny) * _FLOOR
+        scale = grad.unsqueeze(-1) / (2 * values.clamp(min=floor).sqrt())
+        return (vectors * scale.unsqueeze(-2)) @ vectors.transpose(-2, -1)
 
 
 def tv_loss(image: torch.Tensor) -> torch.Tensor:

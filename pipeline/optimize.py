@@ -14,9 +14,11 @@ import torch
 import torch.nn.functional as F
 
 from pipeline.descent import adam, lbfgs
-from pipeline.losses import content_loss, gram, gram_loss, style_loss, tv_loss
+from pipeline.losses import (
+    content_loss, layer_of, statistic_names, statistics_loss, style_loss, style_statistics, style_targets_of, tv_loss,
+)
 from pipeline.temporal import temporal_loss
-from pipeline.tiles import grid, positions, stride, tiled_gram
+from pipeline.tiles import grid, positions, stride, tiled_statistics
 
 DEFAULT_CONTENT_LAYERS: tuple[str, ...] = ("relu4_2",)
 DEFAULT_STYLE_LAYERS: Mapping[str, float] = {f"relu{i}_1": 1.0 for i in range(1, 6)}
@@ -44,6 +46,7 @@ class Settings:
     content_weight: float = 1.0
     style_weight: float = 10.0
     tv_weight: float = 1.0
+    style_loss: str = "gram"  # gram | wasserstein (see losses)
     temporal_weight: float = 0.0  # weight of the temporal term, when held frames are given
     content_layers: tuple[str, ...] = DEFAULT_CONTENT_LAYERS
     style_layers: Mapping[str, float] = field(default_factory=lambda: dict(DEFAULT_STYLE_LAYERS))
@@ -89,7 +92,7 @@ class Result:
 
 
 Callback = Callable[[Progress], None]
-StyleTargets = dict[str, torch.Tensor]
+StyleTargets = dict[str, torch.Tensor]  # per style loss, its targets by name (see losses.target_names)
 Held = Sequence[tuple[torch.Tensor, torch.Tensor]]  # (earlier stylised frame warped onto this one, its mask)
 
 
@@ -187,29 +190,31 @@ def style_targets(
     layers: Sequence[str],
     preserve_colors: bool = False,
     tile: int = 0,
+    loss: str = "gram",
 ) -> StyleTargets:
-    """Blended Gram targets for style images rescaled to `area` pixels.
+    """Blended targets of style loss `loss` (see `losses.style_targets_of`) for style images rescaled to `area` pixels.
 
     `styles` holds (image (1, 3, H, W) RGB [0, 1], weight) pairs; the weights
-    are normalised to sum to 1 and the Grams blended by them. With `tile` (the
-    optimiser's tile side), a rescaled style image with a side over it is
-    encoded in tiles (see `tiled_gram`).
+    are normalised to sum to 1 and the statistics blended by them: the Grams,
+    and for wasserstein the means (the covariance follows from the blended
+    moments). With `tile` (the optimiser's tile side), a rescaled style image
+    with a side over it is encoded in tiles (see `tiled_statistics`).
     """
     total = sum(w for _, w in styles)
+    names = statistic_names(layers, loss)
     blended: StyleTargets = {}
     for image, weight in styles:
         x = resize(image, style_area_shape(image, area))
         if preserve_colors:
             x = luminance(x)
         if tile and max(x.shape[-2:]) > tile:
-            grams = tiled_gram(model, x, layers, grid(tuple(x.shape[-2:]), tile))
+            stats = tiled_statistics(model, x, names, grid(tuple(x.shape[-2:]), tile))
         else:
-            feats = model(x)
-            grams = {layer: gram(feats[layer]) for layer in layers}
-        for layer in layers:
-            g = grams[layer][0] * (weight / total)
-            blended[layer] = blended[layer] + g if layer in blended else g
-    return blended
+            stats = style_statistics(model(x), layers, loss)
+        for name in names:
+            part = stats[name][0] * (weight / total)
+            blended[name] = blended[name] + part if name in blended else part
+    return style_targets_of(blended, loss)
 
 
 def _initial_image(settings: Settings, content: torch.Tensor, init_image: torch.Tensor | None) -> torch.Tensor:
@@ -235,7 +240,7 @@ class _Objective:
     ) -> None:
         self.model = model
         self.settings = settings
-        self.style_targets = {k: targets[k] for k in settings.style_layers}
+        self.style_targets = {k: t for k, t in targets.items() if layer_of(k) in settings.style_layers}
         self.shape = tuple(content.shape[-2:])
         self.held = [(resize(w, self.shape), resize(m, self.shape)) for w, m in held]
         self._encode(content)
@@ -251,7 +256,7 @@ class _Objective:
         tv = tv_loss(image)
         tm = temporal_loss(image, self.held) if self.held else torch.zeros_like(tv)
         return _combine(self.settings, content_loss(feats, self.content_targets),
-                        style_loss(feats, self.style_targets, self.settings.style_layers), tv, tm)
+                        style_loss(feats, self.style_targets, self.settings.style_layers, self.settings.style_loss), tv, tm)
 
     def backward(self, image: torch.Tensor) -> torch.Tensor:
         """The loss components at `image` (as `__call__`), with the gradient of the total left in `image.grad`."""
@@ -273,11 +278,11 @@ class TiledObjective(_Objective):
     """The same loss as `_Objective`, and its gradient, for a level too large to encode at once: the VGG
     passes run on one tile at a time (see `tiles`), so memory holds one tile's activations.
 
-    Per evaluation, a first pass without gradients sums each piece's Gram contributions into the whole
-    level's Grams; the style loss and its gradient with respect to each Gram follow. A second pass encodes
-    each tile again, with gradients, and back-propagates that tile's share: its Gram sums weighted by those
-    Gram gradients, plus its content error against the level's content features (assembled once from the
-    pieces). The gradients of all tiles add up to the whole level's. Every evaluation moves the grid, so
+    Per evaluation, a first pass without gradients sums each piece's contributions into the whole level's
+    style statistics (Grams, and means for wasserstein); the style loss and its gradient with respect to each
+    statistic follow. A second pass encodes each tile again, with gradients, and back-propagates that tile's
+    share: its sums weighted by those gradients, plus its content error against the level's content features
+    (assembled once from the pieces). The gradients of all tiles add up to the whole level's. Every evaluation moves the grid, so
     that no cut stays put. Total variation and the temporal term are per pixel and need no VGG pass: they
     use the whole image.
     """
@@ -303,18 +308,19 @@ class TiledObjective(_Objective):
         s = self.settings
         tiles = grid(self.shape, s.tile, (self.evaluations * _GOLDEN) % 1.0)
         self.evaluations += 1
+        names = statistic_names(list(dict.fromkeys(layer_of(k) for k in self.style_targets)), s.style_loss)
         with torch.no_grad():
-            grams = tiled_gram(self.model, image, list(self.style_targets), tiles)
-        grams = {k: g.requires_grad_() for k, g in grams.items()}
-        style = gram_loss(grams, self.style_targets, s.style_layers)
-        gram_grads = dict(zip(grams, torch.autograd.grad(style.sum() * s.style_weight, list(grams.values()))))
+            stats = tiled_statistics(self.model, image, names, tiles)
+        stats = {k: g.requires_grad_() for k, g in stats.items()}
+        style = statistics_loss(stats, self.style_targets, s.style_layers, s.style_loss)
+        stat_grads = dict(zip(stats, torch.autograd.grad(style.sum() * s.style_weight, list(stats.values()))))
         grad = torch.zeros_like(image)
         errors = {k: torch.zeros(image.shape[0], device=image.device) for k in self.content_targets}
         for t in tiles:
             crop = t.crop(image).detach().requires_grad_()
             feats = self.model(crop)
-            sums = t.sums(feats, list(grams))
-            share = sum((gram_grads[k] * sums[k]).sum() / positions(self.shape, k) for k in sums)
+            sums = t.sums(feats, names)
+            share = sum((stat_grads[k] * sums[k]).sum() / positions(self.shape, layer_of(k)) for k in sums)
             for k, target in self.content_targets.items():
                 error = (t.window(feats[k], k).float() - target[(..., *t.placed(k))].float()).flatten(1).pow(2).sum(1)
                 errors[k] += error.detach()
@@ -386,9 +392,9 @@ def stylize(
     """Optimise one image, or a batch of same-size images, from coarse to fine.
 
     `content` is (N, 3, H, W) RGB [0, 1] at the output shape, which may be larger than `settings.size`
-    (see `levels`); `targets` holds one set of style Grams per level of `levels((H, W), settings)`,
-    as made by `style_targets` at that level's area (luminance-only when
-    `preserve_colors`): (C, C) for all images, or (N, C, C), one per image
+    (see `levels`); `targets` holds one set of style targets per level of `levels((H, W), settings)`,
+    as made by `style_targets` for `settings.style_loss` at that level's area (luminance-only when
+    `preserve_colors`): for all images, or (N, …) tensors, one per image
     (see `stack_targets`). A batch needs Adam, whose per-element update keeps
     the images independent; L-BFGS's dot products would couple them.
     `init_image` is one image for all or one per image. `held` adds the
@@ -422,5 +428,5 @@ def stylize(
 
 
 def stack_targets(per_image: Sequence[Sequence[StyleTargets]]) -> list[StyleTargets]:
-    """Per-image target sets (one list of levels each) as one batch's: (N, C, C) Grams per layer and level."""
+    """Per-image target sets (one list of levels each) as one batch's: (N, …) tensors per name and level."""
     return [{k: torch.stack([t[k] for t in level]) for k in level[0]} for level in zip(*per_image)]

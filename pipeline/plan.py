@@ -153,6 +153,9 @@ def pixel_settings(config: Config) -> dict:
     """Every setting that changes an output's pixels (paths replaced by their bytes' digests)."""
     # A batch's images equal their own runs; a tiled result is the same job as an untiled one (see tile in the README).
     optimize = config.optimize.model_dump(mode="json", exclude={"batch", "tile"})
+    # Settings added since keys were first made join them only where they change pixels: earlier jobs stay done.
+    if optimize["style_loss"] == "gram":
+        del optimize["style_loss"]
     if config.optimize.init_path is not None:
         optimize["init"] = file_digest(config.optimize.init_path)
     return {

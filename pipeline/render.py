@@ -15,6 +15,7 @@ from pipeline.cache import StyleCache
 from pipeline.images import read_alpha, read_image, working_shape, write_image
 from pipeline.memory import available_bytes, check_fits, tile_plan
 from pipeline.keys import file_digest
+from pipeline.losses import target_names
 from pipeline.model import VGGFeatures, resolve_weights
 from pipeline.optimize import (
     Callback, Held, Progress, Result, Settings, StyleTargets, levels, resize, stack_targets, style_targets, stylize,
@@ -137,7 +138,7 @@ class Renderer:
     def targets(
         self, blend: Sequence[tuple[Path, float]], shapes: Sequence[tuple[int, int]], tile: int = 0,
     ) -> list[StyleTargets]:
-        """Style Grams for each level shape, from the cache or computed once per (style blend, area)
+        """Style targets for each level shape, from the cache or computed once per (style blend, area, style loss)
         (in tiles when the style image, rescaled, is over `tile`: see `style_targets`)."""
         s = self.settings
         layers = list(s.style_layers)
@@ -145,14 +146,14 @@ class Renderer:
         for h, w in shapes:
             key = StyleCache.key(
                 styles=[(self._digest(p), wt) for p, wt in blend], area=h * w, layers=sorted(layers),
-                weights=self.model.identity, pooling=self.model.pooling, luminance=s.preserve_colors,
+                weights=self.model.identity, pooling=self.model.pooling, luminance=s.preserve_colors, loss=s.style_loss,
             )
 
             def compute(area: int = h * w) -> StyleTargets:
                 styles = [(self._style_image(p), wt) for p, wt in blend]
-                return style_targets(self.model, styles, area, layers, s.preserve_colors, tile)
+                return style_targets(self.model, styles, area, layers, s.preserve_colors, tile, s.style_loss)
 
-            out.append(self.cache.get(key, layers, self.device, compute))
+            out.append(self.cache.get(key, target_names(layers, s.style_loss), self.device, compute))
         return out
 
     def _alpha(self, content_path: Path) -> Image.Image | None:

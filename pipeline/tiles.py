@@ -5,7 +5,7 @@ Pure tensor code, like `optimize`: it knows shapes, never files or devices.
 The image is cut into pieces on a grid of multiples of ALIGN px. Each piece is
 encoded in a crop that reaches a halo past it, so that the zero padding at the
 crop's edges does not reach the piece's own feature positions, and only those
-positions count. Sums over positions (Gram matrices, squared feature errors)
+positions count. Sums over positions (Gram matrices, means, squared feature errors)
 then add up over the pieces to the whole image's, to float tolerance, and so do
 the gradients: see `optimize.TiledObjective`, which also moves the grid at
 every evaluation, so that what error the halo leaves never stays on one line.
@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from typing import Callable, Mapping, Sequence
 
 import torch
+
+from pipeline.losses import MEAN, layer_of
 
 ALIGN = 16  # relu5_x sees 1/16 of the input: crops that start on multiples of 16 keep every layer's grid in step
 HALO = 64  # px of context around a piece: features of relu5_1 at its edge then match the whole image's to ~1e-5
@@ -66,12 +68,13 @@ class Tile:
         right = features.shape[-1] if self.cols[1] == self.shape[1] else (self.cols[1] - left) // s
         return features[..., (self.rows[0] - top) // s : bottom, (self.cols[0] - left) // s : right]
 
-    def sums(self, features: Mapping[str, torch.Tensor], layers: Sequence[str]) -> dict[str, torch.Tensor]:
-        """Σ F Fᵀ over the positions of this tile's piece, (N, C, C) float32 per layer, from the features of its crop."""
+    def sums(self, features: Mapping[str, torch.Tensor], names: Sequence[str]) -> dict[str, torch.Tensor]:
+        """Sums over the positions of this tile's piece, float32, from the features of its crop: per style
+        statistic name (see `losses.statistic_names`), Σ F Fᵀ (N, C, C) for a layer, Σ F (N, C) for `layer.mean`."""
         out = {}
-        for layer in layers:
-            part = self.window(features[layer], layer).float().flatten(2)
-            out[layer] = part @ part.transpose(1, 2)
+        for name in names:
+            part = self.window(features[layer_of(name)], layer_of(name)).float().flatten(2)
+            out[name] = part.sum(2) if name.endswith(MEAN) else part @ part.transpose(1, 2)
         return out
 
 
@@ -100,18 +103,19 @@ def grid(shape: tuple[int, int], tile: int, phase: float = 0.0) -> list[Tile]:
     return [Tile(rows, cols, crop(rows, h), crop(cols, w), shape) for rows in spans(h) for cols in spans(w)]
 
 
-def tiled_gram(
-    features: Callable[[torch.Tensor], Mapping[str, torch.Tensor]], image: torch.Tensor, layers: Sequence[str],
+def tiled_statistics(
+    features: Callable[[torch.Tensor], Mapping[str, torch.Tensor]], image: torch.Tensor, names: Sequence[str],
     tiles: Sequence[Tile],
 ) -> dict[str, torch.Tensor]:
-    """The Gram matrices F Fᵀ / positions of (N, 3, H, W) `image` at `layers`, from the crops of `tiles` (a
-    `grid`): the whole image's to float tolerance (for tiles of 256 px and more), in the memory of one tile."""
+    """The style statistics `names` of (N, 3, H, W) `image` (Grams F Fᵀ / positions, means; see
+    `losses.style_statistics`), from the crops of `tiles` (a `grid`): the whole image's to float tolerance
+    (for tiles of 256 px and more), in the memory of one tile."""
     shape = tuple(image.shape[-2:])
     total: dict[str, torch.Tensor] = {}
     for t in tiles:
-        for layer, part in t.sums(features(t.crop(image)), layers).items():
-            total[layer] = total[layer] + part if layer in total else part
-    return {layer: total[layer] / positions(shape, layer) for layer in layers}
+        for name, part in t.sums(features(t.crop(image)), names).items():
+            total[name] = total[name] + part if name in total else part
+    return {name: total[name] / positions(shape, layer_of(name)) for name in names}
 
 
 def border_mask(tiles: Sequence[Tile], width: int = 1) -> torch.Tensor:

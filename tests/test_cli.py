@@ -74,6 +74,15 @@ def test_image_blends_several_styles(shared, tmp_path):
     assert Image.open(out).format == "JPEG" and Image.open(out).size == (64, 64)
 
 
+@pytest.mark.slow
+def test_image_with_the_wasserstein_style_loss(shared, tmp_path):
+    out = tmp_path / "w2.png"
+    result = runner.invoke(app, ["image", str(shared / "content/coffee.png"), str(shared / "style/wave.jpg"), "-o", str(out),
+                                 *FAST, "--style-loss", "wasserstein"])
+    assert result.exit_code == 0, result.output
+    assert Image.open(out).size == (64, 43)
+
+
 def test_image_missing_file_is_usage_error(tmp_path):
     result = runner.invoke(app, ["image", str(tmp_path / "nope.png"), str(tmp_path / "x.jpg"), "-o", str(tmp_path / "o.png")])
     assert result.exit_code == 2
@@ -218,8 +227,8 @@ def test_every_shipped_config_is_valid_against_the_schema():
         Config.model_validate(yaml.safe_load(path.read_text()))
 
 
-def test_image_command_rejects_a_bad_precision_or_tile(shared, tmp_path):
-    for option, value in (("--precision", "fp8"), ("--tile", "tiny")):
+def test_image_command_rejects_a_bad_option_value(shared, tmp_path):
+    for option, value in (("--precision", "fp8"), ("--tile", "tiny"), ("--style-loss", "l2")):
         result = runner.invoke(app, ["image", str(shared / "content/coffee.png"), str(shared / "style/wave.jpg"),
                                      "-o", str(tmp_path / "out.png"), option, value])
         assert result.exit_code == 2 and option in result.output, result.output

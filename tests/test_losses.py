@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from pipeline.losses import content_loss, gram, relative_error, style_loss, tv_loss
+from pipeline.losses import content_loss, gram, relative_error, style_loss, style_statistics, style_targets_of, tv_loss
 
 
 def test_gram_is_mean_outer_product_per_position():
@@ -74,3 +74,71 @@ def test_gram_stays_float32_under_autocast(dtype):
         g = gram(f)
     assert g.dtype == torch.float32
     assert torch.allclose(g, gram(f), rtol=1e-6, atol=1e-7)
+
+
+def _w2_targets(features):
+    """Wasserstein targets of (1, C, H, W) features: their own mean, second moment and covariance root."""
+    stats = style_statistics({"a": features}, ["a"], "wasserstein")
+    return style_targets_of({k: v[0] for k, v in stats.items()}, "wasserstein")
+
+
+def test_wasserstein_by_hand_for_diagonal_covariances():
+    """Uncorrelated channels: W₂² = ‖μ − μₛ‖² + Σ (σᵢ − σₛᵢ)², divided by ‖μₛ‖² + tr Σₛ."""
+    x = torch.tensor([[[[1.0, 3.0], [1.0, 3.0]], [[0.0, 0.0], [4.0, 4.0]]]])  # means (2, 2), variances (1, 4)
+    t = torch.tensor([[[[-1.0, 3.0], [-1.0, 3.0]], [[1.0, 1.0], [-1.0, -1.0]]]])  # means (1, 0), variances (4, 1)
+    targets = _w2_targets(t)
+    assert torch.allclose(targets["a.sqrt"], torch.diag(torch.tensor([2.0, 1.0])), atol=1e-6)
+    # (2-1)² + (2-0)² + (1-2)² + (2-1)² = 7, over 1² + 0² + 4 + 1 = 6
+    assert torch.allclose(style_loss({"a": x}, targets, {"a": 1.0}, "wasserstein"), torch.tensor([7 / 6]))
+    assert style_loss({"a": t}, targets, {"a": 1.0}, "wasserstein").abs().item() < 1e-6  # its own target: 0
+
+
+def test_wasserstein_matches_the_closed_form_of_two_dimensional_gaussians():
+    """For 2 × 2 covariances, tr √(√Σₛ Σ √Σₛ) = √(tr ΣₛΣ + 2 √(det Σₛ det Σ)), non-commuting ones too."""
+    g = torch.Generator().manual_seed(1)
+    x, t = (torch.randn(2, 2, 4, 5, generator=g, dtype=torch.float64) + 1 for _ in range(2))
+    targets = _w2_targets(t[:1])
+    loss = style_loss({"a": x}, targets, {"a": 1.0}, "wasserstein")
+    for i in range(2):
+        fx, ft = x[i].flatten(1), t[0].flatten(1)
+        mx, mt = fx.mean(1), ft.mean(1)
+        cx = (fx - mx[:, None]) @ (fx - mx[:, None]).T / 20
+        ct = (ft - mt[:, None]) @ (ft - mt[:, None]).T / 20
+        cross = torch.sqrt(torch.trace(ct @ cx) + 2 * torch.sqrt(torch.det(ct) * torch.det(cx)))
+        w2 = (mx - mt).pow(2).sum() + torch.trace(cx) + torch.trace(ct) - 2 * cross
+        assert loss[i].item() == pytest.approx((w2 / (mt.pow(2).sum() + torch.trace(ct))).item(), rel=1e-5)
+
+
+def test_wasserstein_weights_layers_and_takes_per_image_targets():
+    g = torch.Generator().manual_seed(2)
+    fa, fb, ta, tb = (torch.randn(2, 3, 4, 4, generator=g) for _ in range(4))
+    targets = {**_w2_targets(ta[:1]), **{k.replace("a", "b", 1): v for k, v in _w2_targets(tb[:1]).items()}}
+    a = style_loss({"a": fa}, _w2_targets(ta[:1]), {"a": 1.0}, "wasserstein")
+    b = style_loss({"a": fb}, _w2_targets(tb[:1]), {"a": 1.0}, "wasserstein")
+    both = style_loss({"a": fa, "b": fb}, targets, {"a": 3.0, "b": 1.0}, "wasserstein")
+    assert torch.allclose(both, 0.75 * a + 0.25 * b, rtol=1e-5)
+    stacked = {k: torch.stack([v, _w2_targets(fa[1:])[k]]) for k, v in _w2_targets(ta[:1]).items()}  # (N, …) targets
+    per_image = style_loss({"a": fa}, stacked, {"a": 1.0}, "wasserstein")
+    assert per_image[0].item() == pytest.approx(a[0].item(), rel=1e-5) and abs(per_image[1].item()) < 1e-5
+
+
+def test_wasserstein_gradient_passes_gradcheck():
+    """In float64, against finite differences: through the Gram's backward, the mean and tr √A's backward."""
+    g = torch.Generator().manual_seed(3)
+    targets = _w2_targets(torch.randn(1, 3, 4, 5, generator=g, dtype=torch.float64) + 0.5)
+    f = torch.randn(2, 3, 4, 5, generator=g, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda x: style_loss({"a": x}, targets, {"a": 1.0}, "wasserstein"), (f,))
+
+
+def test_wasserstein_gradient_stays_bounded_for_a_singular_covariance():
+    """Fewer positions than channels: the covariance is singular, the gradient stays finite."""
+    g = torch.Generator().manual_seed(4)
+    targets = _w2_targets(torch.randn(1, 16, 2, 2, generator=g))
+    f = torch.randn(1, 16, 2, 2, generator=g, requires_grad=True)
+    style_loss({"a": f}, targets, {"a": 1.0}, "wasserstein").sum().backward()
+    assert torch.isfinite(f.grad).all() and f.grad.abs().max() < 1e3
+
+
+def test_an_unknown_style_loss_is_an_error():
+    with pytest.raises(ValueError, match="unknown style loss 'l1'"):
+        style_loss({"a": torch.ones(1, 1, 2, 2)}, {"a": torch.ones(1, 1)}, {"a": 1.0}, "l1")

@@ -104,6 +104,53 @@ def test_style_blend_is_weighted_gram_average(shared, model):
         assert torch.allclose(mix[layer], 0.75 * only_starry[layer] + 0.25 * only_wave[layer], rtol=1e-4)
 
 
+def test_wasserstein_blend_averages_the_moments(shared, model):
+    """A blend's means and second raw moments are the weighted averages; its covariance root follows from them."""
+    _, starry = _inputs(shared)
+    wave = read_image(shared / "style" / "wave.jpg")
+    layers = ["relu1_1", "relu3_1"]
+    a, b = (style_targets(model, [(s, 1.0)], 48 * 48, layers, loss="wasserstein") for s in (starry, wave))
+    mix = style_targets(model, [(starry, 3.0), (wave, 1.0)], 48 * 48, layers, loss="wasserstein")
+    for layer in layers:
+        for name in (layer, f"{layer}.mean"):
+            assert torch.allclose(mix[name], 0.75 * a[name] + 0.25 * b[name], rtol=1e-4, atol=1e-5)
+        mean = mix[f"{layer}.mean"].double()
+        cov = mix[layer].double() - torch.outer(mean, mean)
+        root = mix[f"{layer}.sqrt"].double()
+        assert float((root @ root - cov).norm() / cov.norm()) < 1e-4
+        assert not torch.allclose(mix[f"{layer}.sqrt"], 0.75 * a[f"{layer}.sqrt"] + 0.25 * b[f"{layer}.sqrt"], rtol=1e-2)
+
+
+@pytest.mark.slow
+def test_wasserstein_style_loss_falls(shared, model):
+    content, style = _inputs(shared)
+    settings = dataclasses.replace(TINY, style_loss="wasserstein", iterations=10)
+    shapes = scale_shapes(*content.shape[-2:], settings.size, settings.scales)
+    targets = [style_targets(model, [(style, 1.0)], h * w, list(settings.style_layers), loss="wasserstein")
+               for h, w in shapes]
+    result = stylize(model, content, targets, settings)
+    assert len(result.trace) == 10 and torch.isfinite(result.image).all()
+    assert result.final.style < 0.7 * result.trace[0].style
+    assert result.final.loss < result.trace[0].loss
+
+
+def test_a_batch_scores_each_image_against_its_own_wasserstein_targets(shared, model):
+    """stack_targets on Gaussian fits: (N, C) means and (N, C, C) moments and roots, one per image."""
+    content, starry = _inputs(shared)
+    wave = read_image(shared / "style" / "wave.jpg")
+    settings = dataclasses.replace(TINY, style_loss="wasserstein", style_layers={"relu1_1": 1.0, "relu3_1": 1.0})
+    h, w = content.shape[-2:]
+    per_image = [[style_targets(model, [(s, 1.0)], h * w, list(settings.style_layers), loss="wasserstein")]
+                 for s in (starry, wave)]
+    batch = torch.cat([content, content.flip(-1)])
+    with torch.no_grad():
+        together = _Objective(model, settings, batch, stack_targets(per_image)[0])(batch)[1]
+        for i, targets in enumerate(per_image):
+            alone = _Objective(model, settings, batch[i : i + 1], targets[0])(batch[i : i + 1])[1]
+            assert torch.allclose(together[:, i], alone[:, 0], rtol=1e-4)
+    assert float(together[2, 0]) != pytest.approx(float(together[2, 1]), rel=1e-2)  # two styles, two style losses
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("preserve_colors", [False, True])
 def test_temporal_term_pulls_towards_the_held_frame_where_the_mask_holds(shared, model, preserve_colors):

@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from pipeline.images import read_image
-from pipeline.losses import content_loss, gram, style_loss
+from pipeline.losses import content_loss, gram, statistic_names, style_loss, style_statistics
 from pipeline.memory import HISTORY, MIN_TILE, needed_bytes, tile_plan
 from pipeline.optimize import Settings, TiledObjective, _Objective, levels, style_targets, stylize
-from pipeline.tiles import border_mask, grid, seam_ratio, tiled_gram
+from pipeline.tiles import border_mask, grid, seam_ratio, tiled_statistics
 
 SETTINGS = Settings(size=320, scales=1, iterations=8)
 
@@ -32,24 +32,27 @@ def test_grid_pieces_partition_the_image_and_crops_stay_within_the_tile():
         assert bool((cover == 1).all()), shape
 
 
-def test_tiled_gram_equals_the_whole_images_gram(shared, model):
+def test_tiled_statistics_equal_the_whole_images(shared, model):
+    """Grams and (for the Wasserstein loss) means, summed over tiles."""
     _, style = _pair(shared)
     image = torch.nn.functional.interpolate(style, size=(300, 380), mode="bilinear", antialias=True)
     layers = ["relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1"]
+    names = statistic_names(layers, "wasserstein")
     with torch.inference_mode():
-        whole = model(image)
-        tiled = tiled_gram(model, image, layers, grid((300, 380), 256, 0.4))
-    assert len(grid((300, 380), 256)) > 1
-    for layer in layers:
-        expected = gram(whole[layer])
-        assert float((tiled[layer] - expected).norm() / expected.norm()) < 1e-3, layer
+        whole = style_statistics(model(image), layers, "wasserstein")
+        tiled = tiled_statistics(model, image, names, grid((300, 380), 256, 0.4))
+    assert len(grid((300, 380), 256)) > 1 and sorted(tiled) == sorted(whole) == sorted(names)
+    assert torch.equal(whole["relu3_1"], gram(model(image)["relu3_1"]))
+    for name in names:
+        assert float((tiled[name] - whole[name]).norm() / whole[name].norm()) < 1e-3, name
 
 
-def test_tiled_objective_has_the_whole_images_loss_and_gradient(shared, model):
+@pytest.mark.parametrize("style_loss", ["gram", "wasserstein"])
+def test_tiled_objective_has_the_whole_images_loss_and_gradient(shared, model, style_loss):
     content, style = _pair(shared)
-    settings = dataclasses.replace(SETTINGS, tile=256)
+    settings = dataclasses.replace(SETTINGS, tile=256, style_loss=style_loss)
     h, w = content.shape[-2:]
-    targets = style_targets(model, [(style, 1.0)], h * w, list(settings.style_layers))
+    targets = style_targets(model, [(style, 1.0)], h * w, list(settings.style_layers), loss=style_loss)
     start = read_image(shared / "content" / "coffee.png", 320)[..., :h, :w]
     whole, tiled = start.clone().requires_grad_(), start.clone().requires_grad_()
     expected = _Objective(model, settings, content, targets).backward(whole)

@@ -1,0 +1,33 @@
+"""Job keys: every setting that changes pixels changes them, and settings left at their off value keep
+the keys that jobs done before those settings existed were recorded with."""
+
+from pathlib import Path
+
+import pytest
+
+from pipeline.config import Config
+from pipeline.discover import discover
+from pipeline.plan import pixel_settings, plan
+
+
+def _config(shared: Path, tmp_path: Path, optimize: dict | None = None, style: dict | None = None) -> Config:
+    return Config.model_validate({
+        "inputs": [str(shared / "content" / "chelsea.png")],
+        "styles": [{"name": "wave", "images": [str(shared / "style" / "wave.jpg")], **(style or {})}],
+        "output": {"dir": str(tmp_path / "out")},
+        "optimize": optimize or {},
+    })
+
+
+def _keys(shared: Path, tmp_path: Path, optimize: dict | None = None, style: dict | None = None) -> list[str]:
+    config = _config(shared, tmp_path, optimize, style)
+    return [job.key for job in plan(config, discover(config.inputs, exclude=config.output.dir)).jobs]
+
+
+@pytest.mark.parametrize(("change", "off"), [
+    ({"style_loss": "wasserstein"}, {"style_loss": "gram"}),
+])
+def test_new_settings_change_the_key_only_when_they_change_pixels(shared, tmp_path, change, off):
+    before = _keys(shared, tmp_path, off)
+    assert _keys(shared, tmp_path, change) != before
+    assert not set(off) & set(pixel_settings(_config(shared, tmp_path, off))["optimize"])  # the keys of older jobs
