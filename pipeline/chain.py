@@ -106,7 +106,7 @@ def run_segment(
                     if i > shot:
                         follow = _follow(fetch, stylised, i, shot, offsets, (back, mask), iterations, video.temporal_weight)
                     rendered = renderer.render(frame.job.content, frame.job.style.blend, frame.path,
-                                               follow=follow, content=content)
+                                               follow=follow, content=content, style_scale=frame.job.style.scale)
                     stylised[i] = rendered.image
                     yield FrameResult(frame, rendered)
             except Exception as exc:  # this frame fails; the next one starts a new shot

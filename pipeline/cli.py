@@ -10,7 +10,7 @@ from typing import Callable, Iterator, List, Optional
 
 import typer
 
-from pipeline.config import ConfigError, OptimizeConfig, check_output_dir, load_config
+from pipeline.config import ConfigError, OptimizeConfig, StyleConfig, check_output_dir, load_config
 from pipeline.discover import InputError, discover
 from pipeline.images import ImageError
 from pipeline.model import WeightsError
@@ -178,6 +178,7 @@ def image(
     content_weight: float = typer.Option(_DEFAULTS.content_weight, help="content loss weight"),
     tv_weight: float = typer.Option(_DEFAULTS.tv_weight, help="total variation weight"),
     style_loss: str = typer.Option(_DEFAULTS.style_loss, help="gram | wasserstein (Gaussian fits of the features)"),
+    style_scale: float = typer.Option(1.0, help="the style images' size relative to the output's (0.1 to 4)"),
     optimizer: str = typer.Option(_DEFAULTS.optimizer, help="lbfgs | adam"),
     precision: str = typer.Option(_DEFAULTS.precision, help="auto | fp32 | bf16 | fp16: the VGG layers' precision (auto: bf16 where the device has fast bf16)"),
     init: str = typer.Option(_DEFAULTS.init, help="content | noise | style | PATH"),
@@ -204,6 +205,10 @@ def image(
     except ValidationError as exc:
         err = exc.errors()[0]
         _fail(f"--{str(err['loc'][0]).replace('_', '-')}: {err['msg']}")
+    try:
+        style = StyleConfig(name="image", images=styles, scale=style_scale)
+    except ValidationError as exc:
+        _fail(f"--style-scale: {exc.errors()[0]['msg']}")
     for path in (content, *styles):
         if not path.is_file():
             _fail(f"{path}: file not found")
@@ -215,7 +220,7 @@ def image(
         renderer = Renderer(opts.settings(), device=device, weights=weights, init_path=opts.init_path, tile=opts.tile,
                             full_size=original_size, precision=opts.precision)
         with progress_callback(sys.stderr.isatty()) as callback:
-            result = renderer.render(content, [(s, 1.0) for s in styles], output, callback=callback)
+            result = renderer.render(content, style.blend, output, callback=callback, style_scale=style.scale)
     except (ImageError, WeightsError) as exc:
         _fail(str(exc), EXIT_FAILED)
     tiled = f" in {result.tile} px tiles" if result.tile else ""

@@ -36,6 +36,7 @@ class StyleConfig(_Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="used in output names: letters, digits, _ . -")
     images: list[Path] = Field(min_length=1, description="style image files; several are blended")
     weights: list[float] | None = Field(default=None, description="blend weights, one per image (default equal)")
+    scale: float = Field(default=1.0, ge=0.1, le=4.0, description="the style images' size relative to the output's (neural-style's -style_scale): at each level they are rescaled to scale² times its pixel area, so 2 doubles their side and the size of their strokes in the result")
 
     @model_validator(mode="after")
     def _weights_match(self) -> "StyleConfig":

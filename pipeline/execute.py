@@ -115,7 +115,7 @@ def _run_one(renderer: Renderer, job: Job, rel: str) -> Record:
     if job.error is not None:
         return Record(**_base(job, rel), state="failed", error=job.error)
     try:
-        r = renderer.render(job.content, job.style.blend, job.output)
+        r = renderer.render(job.content, job.style.blend, job.output, style_scale=job.style.scale)
     except Exception as exc:  # one bad job never stops the run
         return Record(**_base(job, rel), state="failed", error=reason(exc, job.content, renderer.settings.size))
     return _record(job, rel, r)
@@ -144,7 +144,8 @@ def _batch_records(renderer: Renderer, jobs: list[Job], out_dir: Path) -> Iterat
     """Run jobs as one batch; if the batch fails (a bad file, out of memory), each job alone, so it fails alone."""
     rels = [relative_output(j, out_dir) for j in jobs]
     try:
-        rendered = renderer.render_batch([j.content for j in jobs], [j.style.blend for j in jobs], [j.output for j in jobs])
+        rendered = renderer.render_batch([j.content for j in jobs], [j.style.blend for j in jobs], [j.output for j in jobs],
+                                         [j.style.scale for j in jobs])
     except Exception:  # noqa: BLE001 - retried one by one below, where each job gets its own reason
         for job, rel in zip(jobs, rels):
             yield job, _run_one(renderer, job, rel)

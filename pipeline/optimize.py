@@ -175,6 +175,12 @@ def recolor(luma_image: torch.Tensor, color_source: torch.Tensor) -> torch.Tenso
     return torch.einsum("ij,njhw->nihw", torch.linalg.inv(to_yiq), yiq).clamp(0, 1)
 
 
+def style_area(shape: tuple[int, int], scale: float = 1.0) -> int:
+    """The pixel area style images are rescaled to for a level of `shape`: its own area, times scale²
+    (`scale` is the style's side relative to the level's, as neural-style's -style_scale)."""
+    return max(1, round(shape[0] * shape[1] * scale**2))
+
+
 def style_area_shape(style: torch.Tensor, area: int) -> tuple[int, int]:
     """The shape of `style` rescaled to `area` pixels, aspect kept."""
     h, w = style.shape[-2:]

@@ -167,6 +167,13 @@ def pixel_settings(config: Config) -> dict:
     }
 
 
+def _style_digest(style: StyleConfig) -> list:
+    """The style part of its jobs' keys: its images' digests and blend weights, and its scale unless 1 (the
+    keys of jobs done before there was a scale)."""
+    digest: list = [(file_digest(p), w) for p, w in style.blend]
+    return digest if style.scale == 1.0 else [*digest, ("scale", style.scale)]
+
+
 def _digest_or_unreadable(path: Path) -> str:
     """The content digest; an unreadable file still gets a job, which then fails with the reason."""
     try:
@@ -219,7 +226,7 @@ class _Planner:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.settings = pixel_settings(config)
-        self.styles = [(s, [(file_digest(p), w) for p, w in s.blend]) for s in config.styles]
+        self.styles = [(s, _style_digest(s)) for s in config.styles]
         self.taken: set[Path] = set()
         self.segments: list[Segment] = []
         self.seams: list[Seam] = []

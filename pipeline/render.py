@@ -18,8 +18,8 @@ from pipeline.keys import file_digest
 from pipeline.losses import target_names
 from pipeline.model import VGGFeatures, resolve_weights
 from pipeline.optimize import (
-    Callback, Held, Progress, Result, Settings, StyleTargets, levels, resize, stack_targets, style_targets, stylize,
-    tile_for,
+    Callback, Held, Progress, Result, Settings, StyleTargets, levels, resize, stack_targets, style_area, style_targets,
+    stylize, tile_for,
 )
 
 TRACE_POINTS = 24  # per scale, in a job's loss curve (it lives in the manifest: keep it small)
@@ -137,19 +137,21 @@ class Renderer:
 
     def targets(
         self, blend: Sequence[tuple[Path, float]], shapes: Sequence[tuple[int, int]], tile: int = 0,
+        style_scale: float = 1.0,
     ) -> list[StyleTargets]:
-        """Style targets for each level shape, from the cache or computed once per (style blend, area, style loss)
-        (in tiles when the style image, rescaled, is over `tile`: see `style_targets`)."""
+        """Style targets for each level shape, from the cache or computed once per (style blend, area, style loss):
+        the style images are rescaled to the level's area times `style_scale`² (see `style_area`), in tiles
+        when the style image, rescaled, is over `tile` (see `style_targets`)."""
         s = self.settings
         layers = list(s.style_layers)
         out = []
-        for h, w in shapes:
+        for area in (style_area(shape, style_scale) for shape in shapes):
             key = StyleCache.key(
-                styles=[(self._digest(p), wt) for p, wt in blend], area=h * w, layers=sorted(layers),
+                styles=[(self._digest(p), wt) for p, wt in blend], area=area, layers=sorted(layers),
                 weights=self.model.identity, pooling=self.model.pooling, luminance=s.preserve_colors, loss=s.style_loss,
             )
 
-            def compute(area: int = h * w) -> StyleTargets:
+            def compute(area: int = area) -> StyleTargets:
                 styles = [(self._style_image(p), wt) for p, wt in blend]
                 return style_targets(self.model, styles, area, layers, s.preserve_colors, tile, s.style_loss)
 
@@ -189,8 +191,10 @@ class Renderer:
     def render(
         self, content_path: Path, blend: Sequence[tuple[Path, float]], output: Path,
         callback: Callback | None = None, follow: Follow | None = None, content: torch.Tensor | None = None,
+        style_scale: float = 1.0,
     ) -> Rendered:
-        """Stylise `content_path` with the blended styles and write `output` atomically.
+        """Stylise `content_path` with the blended styles, `style_scale` times the output's size, and write
+        `output` atomically.
 
         `content` is the image already read by `read_content`, when the caller has it.
         """
@@ -206,7 +210,7 @@ class Renderer:
         else:
             init = self._init([blend], shape)
         s = self._tiled(s, shape)
-        targets, *counts = self._counted(blend, [lv.shape for lv in levels(shape, s)], s.tile)
+        targets, *counts = self._counted(blend, [lv.shape for lv in levels(shape, s)], s.tile, style_scale)
         held = follow.held if follow is not None else ()
         if callback is None and self.on_progress is not None:
             callback = partial(self.on_progress, output)
@@ -215,8 +219,9 @@ class Renderer:
         return self._rendered(result, 0, time.perf_counter() - start, *counts, tile_for(shape, s))
 
     def render_batch(self, contents: Sequence[Path], blends: Sequence[Sequence[tuple[Path, float]]],
-                     outputs: Sequence[Path]) -> list[Rendered]:
-        """Stylise same-size images together as one Adam batch, each with its own styles, and write each output.
+                     outputs: Sequence[Path], style_scales: Sequence[float] | None = None) -> list[Rendered]:
+        """Stylise same-size images together as one Adam batch, each with its own styles (and style scale,
+        default 1), and write each output.
 
         Each image's seconds are the batch's shared equally.
         """
@@ -229,7 +234,7 @@ class Renderer:
         init = self._init(blends, shape)
         s = self._tiled(s, shape, len(images))
         shapes = [lv.shape for lv in levels(shape, s)]
-        counted = [self._counted(b, shapes, s.tile) for b in blends]
+        counted = [self._counted(b, shapes, s.tile, sc) for b, sc in zip(blends, style_scales or [1.0] * len(blends))]
         callback = None
         if self.on_progress is not None:  # the batch's progress (its summed loss), named by its first output
             callback = partial(self.on_progress, outputs[0].with_name(f"{outputs[0].name} +{len(outputs) - 1}"))
@@ -249,11 +254,11 @@ class Renderer:
         return None
 
     def _counted(
-        self, blend: Sequence[tuple[Path, float]], shapes: Sequence[tuple[int, int]], tile: int = 0,
+        self, blend: Sequence[tuple[Path, float]], shapes: Sequence[tuple[int, int]], tile: int, style_scale: float,
     ) -> tuple[list[StyleTargets], int, int, float]:
-        """`targets(blend, shapes, tile)`, with the cache hits and misses it took and its seconds."""
+        """`targets(blend, shapes, tile, style_scale)`, with the cache hits and misses it took and its seconds."""
         hits, misses, start = self.cache.hits, self.cache.misses, time.perf_counter()
-        targets = self.targets(blend, shapes, tile)
+        targets = self.targets(blend, shapes, tile, style_scale)
         return targets, self.cache.hits - hits, self.cache.misses - misses, time.perf_counter() - start
 
     def _rendered(self, result: Result, index: int, seconds: float, hits: int, misses: int,

@@ -142,6 +142,8 @@ def test_bad_config_exits_2_with_suggestion(shared, tmp_path):
         ({"inputs": ["nowhere/"]}, "inputs[0]"),
         ({"optimize": {"tile": 32}}, "optimize.tile"),
         ({"output": {"size": "huge"}}, "output.size: Input should be 'optimize' or 'original'"),
+        ({"styles": [{"name": "x", "images": ["a.jpg"], "scale": 8}]}, "styles[0].scale: Input should be less than or equal to 4"),
+        ({"styles": [{"name": "x", "images": ["a.jpg"], "scale": 0}]}, "styles[0].scale: Input should be greater than or equal to 0.1"),
     ],
 )
 def test_config_errors_name_the_key(shared, tmp_path, change, message):
@@ -228,7 +230,7 @@ def test_every_shipped_config_is_valid_against_the_schema():
 
 
 def test_image_command_rejects_a_bad_option_value(shared, tmp_path):
-    for option, value in (("--precision", "fp8"), ("--tile", "tiny"), ("--style-loss", "l2")):
+    for option, value in (("--precision", "fp8"), ("--tile", "tiny"), ("--style-loss", "l2"), ("--style-scale", "5")):
         result = runner.invoke(app, ["image", str(shared / "content/coffee.png"), str(shared / "style/wave.jpg"),
                                      "-o", str(tmp_path / "out.png"), option, value])
         assert result.exit_code == 2 and option in result.output, result.output

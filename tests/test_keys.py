@@ -31,3 +31,9 @@ def test_new_settings_change_the_key_only_when_they_change_pixels(shared, tmp_pa
     before = _keys(shared, tmp_path, off)
     assert _keys(shared, tmp_path, change) != before
     assert not set(off) & set(pixel_settings(_config(shared, tmp_path, off))["optimize"])  # the keys of older jobs
+
+
+def test_a_style_scale_changes_the_key_and_1_keeps_the_older_one(shared, tmp_path):
+    before = _keys(shared, tmp_path)
+    assert _keys(shared, tmp_path, style={"scale": 1.0}) == before
+    assert _keys(shared, tmp_path, style={"scale": 2.0}) != before != _keys(shared, tmp_path, style={"scale": 0.5})

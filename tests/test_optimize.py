@@ -9,7 +9,8 @@ from conftest import gpu
 from pipeline.images import read_image
 from pipeline.model import VGGFeatures
 from pipeline.optimize import (
-    Settings, _Objective, iterations_per_scale, luminance, scale_shapes, stack_targets, style_targets, stylize,
+    Settings, _Objective, iterations_per_scale, luminance, scale_shapes, stack_targets, style_area, style_area_shape,
+    style_targets, stylize,
 )
 
 TINY = Settings(size=64, scales=1, iterations=15)
@@ -31,6 +32,15 @@ def test_scale_shapes_coarse_to_fine():
     assert scale_shapes(300, 451, 256, 3) == [(43, 64), (85, 128), (170, 256)]
     assert scale_shapes(512, 512, 96, 3) == [(96, 96)]  # 48 and 24 px would be below MIN_SIDE
     assert scale_shapes(512, 512, 128, 3) == [(64, 64), (128, 128)]
+
+
+def test_style_scale_sets_the_style_images_side_relative_to_the_levels():
+    style = torch.zeros(1, 3, 300, 400)  # 3:4, like a level of (96, 128)
+    assert style_area((96, 128)) == 96 * 128
+    assert style_area_shape(style, style_area((96, 128))) == (96, 128)  # 1: the level's own area
+    assert style_area_shape(style, style_area((96, 128), 2.0)) == (192, 256)  # twice the side
+    assert style_area_shape(style, style_area((96, 128), 0.5)) == (48, 64)
+    assert style_area_shape(torch.zeros(1, 3, 100, 100), style_area((96, 128), 1.5)) == (166, 166)  # aspect kept
 
 
 def test_coarse_levels_get_more_iterations():
