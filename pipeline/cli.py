@@ -173,6 +173,7 @@ def image(
     output: Path = typer.Option(..., "-o", "--output", help="output image (.png, .jpg, .webp)"),
     size: int = typer.Option(_DEFAULTS.size, help="longest side of the output, px"),
     iterations: int = typer.Option(_DEFAULTS.iterations, help="iterations at the finest scale"),
+    tolerance: float = typer.Option(_DEFAULTS.tolerance, help=f"end a level once its loss changes by less than this fraction in {_DEFAULTS.tolerance_window} iterations (0: off)"),
     scales: int = typer.Option(_DEFAULTS.scales, help="coarse-to-fine levels"),
     style_weight: float = typer.Option(_DEFAULTS.style_weight, help="style loss weight"),
     content_weight: float = typer.Option(_DEFAULTS.content_weight, help="content loss weight"),
@@ -198,9 +199,10 @@ def image(
 
     try:
         opts = OptimizeConfig(
-            size=size, iterations=iterations, scales=scales, style_weight=style_weight, content_weight=content_weight,
-            tv_weight=tv_weight, style_loss=style_loss, optimizer=optimizer, precision=precision, init=init,
-            preserve_colors=preserve_colors, seed=seed, tile=int(tile) if tile.isdigit() else tile,
+            size=size, iterations=iterations, tolerance=tolerance, scales=scales, style_weight=style_weight,
+            content_weight=content_weight, tv_weight=tv_weight, style_loss=style_loss, optimizer=optimizer,
+            precision=precision, init=init, preserve_colors=preserve_colors, seed=seed,
+            tile=int(tile) if tile.isdigit() else tile,
         )
     except ValidationError as exc:
         err = exc.errors()[0]

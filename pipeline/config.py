@@ -66,6 +66,8 @@ class OptimizeConfig(_Strict):
     iterations: int = Field(default=300, ge=1, le=100_000, description="iterations at the finest scale")
     coarse_iterations: float = Field(default=Settings.coarse_iterations, gt=0, le=8, description="each coarser level runs this many times the iterations of the next finer one")
     refine_iterations: int | None = Field(default=None, ge=1, le=100_000, description="with output.size: original, iterations at each level above size (each doubles the last, up to the source's own size); null: a quarter of iterations")
+    tolerance: float = Field(default=Settings.tolerance, ge=0, lt=1, description="early stop: a level ends once its total loss has changed by less than this fraction of it over the last tolerance_window iterations (as artistic-videos does); 0: off, every level runs its iterations. Needs batch: 1")
+    tolerance_window: int = Field(default=Settings.tolerance_window, ge=1, le=10_000, description="iterations the tolerance looks back over")
     tile: Union[Literal["auto", "off"], Annotated[int, Field(ge=64, le=16384)]] = Field(default="auto", description="auto: a level too large for the device's free memory (measured when the job starts) is encoded in tiles sized to fit, with the same loss and gradient as whole | off: never tile (too large fails the job) | N: tiles of at most N px (256 or more keeps the gradient within 0.2 %). Not part of job keys")
     optimizer: Literal["lbfgs", "adam"] = Field(default="lbfgs", description="lbfgs | adam")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(default="auto", description="auto | fp32 | bf16 | fp16: the precision of the VGG layers; Grams and losses are fp32. auto: bf16 on CPUs with AVX-512 BF16 or AMX and on CUDA devices that support it, else fp32 (the manifest records which)")
@@ -96,6 +98,9 @@ class OptimizeConfig(_Strict):
     def _batch_needs_adam(self) -> "OptimizeConfig":
         if self.batch > 1 and self.optimizer != "adam":
             raise ValueError(f"batch {self.batch} needs optimizer: adam (L-BFGS would couple the batch's images)")
+        if self.batch > 1 and self.tolerance > 0:
+            raise ValueError(f"batch {self.batch} needs tolerance: 0 (a batch would stop on its summed loss, "
+                             "so an image's result would depend on the others)")
         return self
 
     def settings(self) -> Settings:

@@ -1,7 +1,9 @@
 """Gradient descent on one image tensor: L-BFGS and Adam.
 
 Both minimise `evaluate()`, which computes the loss at `x`, fills `x.grad`
-and returns the loss; each iteration is exactly one evaluation. They are
+and returns the loss; each iteration is exactly one evaluation. Both end
+early when `stop()`, asked after each iteration, says so (the caller's
+convergence test, on values it has read back already). They are
 written here rather than taken from `torch.optim` because the first
 `torch.optim.Optimizer` in a process imports `torch._dynamo`, which costs
 about 2 s of start-up on a 2-core CPU: a tenth of a whole 256 px job.
@@ -22,11 +24,12 @@ from typing import Callable
 import torch
 
 Evaluate = Callable[[], torch.Tensor]
+Stop = Callable[[], bool]
 
 
 @torch.no_grad()
-def lbfgs(x: torch.Tensor, evaluate: Evaluate, iterations: int, history: int = 50) -> None:
-    """Run `iterations` L-BFGS evaluations on the leaf tensor `x`, in place.
+def lbfgs(x: torch.Tensor, evaluate: Evaluate, iterations: int, history: int = 50, stop: Stop | None = None) -> None:
+    """Run `iterations` L-BFGS evaluations on the leaf tensor `x`, in place (fewer when `stop()` turns True).
 
     No step reads a value back from the device: each decision (keep a pair,
     restart) is a tensor select, so on a GPU the loop queues work without
@@ -57,6 +60,8 @@ def lbfgs(x: torch.Tensor, evaluate: Evaluate, iterations: int, history: int = 5
         direction = torch.where(restart, grad * -cautious, direction)
         x.view(-1).add_(direction)
         step, prev_grad = direction, grad  # x.grad is a fresh tensor at every evaluation
+        if stop is not None and stop():
+            return
 
 
 def _gradient(x: torch.Tensor, evaluate: Evaluate) -> torch.Tensor:
@@ -84,9 +89,9 @@ def _two_loop(grad: torch.Tensor, pairs: deque, gamma: torch.Tensor) -> torch.Te
 @torch.no_grad()
 def adam(
     x: torch.Tensor, evaluate: Evaluate, iterations: int, lr: float,
-    betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
+    betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8, stop: Stop | None = None,
 ) -> None:
-    """Run `iterations` Adam steps (Kingma & Ba, 2015) on the leaf tensor `x`, in place."""
+    """Run `iterations` Adam steps (Kingma & Ba, 2015) on the leaf tensor `x`, in place (fewer when `stop()` turns True)."""
     m = torch.zeros_like(x)
     v = torch.zeros_like(x)
     b1, b2 = betas
@@ -96,3 +101,5 @@ def adam(
         v.mul_(b2).addcmul_(g, g, value=1 - b2)
         denom = (v / (1 - b2**t)).sqrt_().add_(eps)
         x.addcdiv_(m, denom, value=-lr / (1 - b1**t))
+        if stop is not None and stop():
+            return

@@ -53,6 +53,8 @@ class Settings:
     init: str = "content"  # content | noise | style | image (pass init_image)
     preserve_colors: bool = False
     seed: int = 0
+    tolerance: float = 0.0  # a level ends once its loss changes by less than this fraction in tolerance_window iterations; 0: off
+    tolerance_window: int = 20
 
     @property
     def layers(self) -> tuple[str, ...]:
@@ -342,23 +344,35 @@ class TiledObjective(_Objective):
         return _combine(s, content, style.detach(), tv.detach(), tm.detach())[1]
 
 
+def converged(losses: Sequence[float], tolerance: float, window: int) -> bool:
+    """Whether the last of `losses` is within `tolerance` (a fraction) of the one `window` iterations before."""
+    if tolerance <= 0 or len(losses) <= window:
+        return False
+    before = losses[-1 - window]
+    return abs(losses[-1] - before) < tolerance * abs(before)
+
+
 def _run_scale(
     objective: _Objective, image: torch.Tensor, iterations: int, settings: Settings, report: Report,
 ) -> torch.Tensor:
+    """Optimise one level for `iterations`, or until its loss has `converged` (settings.tolerance)."""
     image = image.detach().clone(memory_format=torch.contiguous_format).requires_grad_(True)
-    count = 0
+    losses: list[float] = []  # the batch's total per iteration
 
     def evaluate() -> torch.Tensor:
-        nonlocal count
         parts = objective.backward(image)
-        count += 1
-        report(count, parts.tolist())  # L-BFGS reads the loss anyway: one sync per iteration
+        values = parts.tolist()  # L-BFGS reads the loss anyway: one sync per iteration
+        losses.append(sum(values[0]))
+        report(len(losses), values)
         return parts[0].sum()
 
+    def stop() -> bool:
+        return converged(losses, settings.tolerance, settings.tolerance_window)
+
     if settings.optimizer == "lbfgs":
-        lbfgs(image, evaluate, iterations, settings.history)
+        lbfgs(image, evaluate, iterations, settings.history, stop=stop)
     elif settings.optimizer == "adam":
-        adam(image, evaluate, iterations, settings.learning_rate)
+        adam(image, evaluate, iterations, settings.learning_rate, stop=stop)
     else:
         raise ValueError(f"unknown optimizer {settings.optimizer!r}; use lbfgs or adam")
     return image.detach()
@@ -406,7 +420,8 @@ def stylize(
     `init_image` is one image for all or one per image. `held` adds the
     temporal term (video): earlier stylised frames warped onto this one, with
     their (N, 1, H, W) reliability masks, weighted by `settings.temporal_weight`.
-    A level with a side over `settings.tile` is evaluated in tiles (see `TiledObjective`).
+    A level with a side over `settings.tile` is evaluated in tiles (see `TiledObjective`). A level ends early
+    once its loss has converged (`settings.tolerance`: see `converged`); the trace holds the iterations run.
     Returns the images in [0, 1], a per-iteration trace and each image's final losses.
     """
     schedule = levels(tuple(content.shape[-2:]), settings)

@@ -156,6 +156,8 @@ def pixel_settings(config: Config) -> dict:
     # Settings added since keys were first made join them only where they change pixels: earlier jobs stay done.
     if optimize["style_loss"] == "gram":
         del optimize["style_loss"]
+    if optimize["tolerance"] == 0:  # off: the window changes nothing either
+        del optimize["tolerance"], optimize["tolerance_window"]
     if config.optimize.init_path is not None:
         optimize["init"] = file_digest(config.optimize.init_path)
     return {

@@ -1,6 +1,7 @@
 """The `stylize` commands end to end on real inputs, tiny sizes."""
 
 import hashlib
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -122,6 +123,18 @@ def test_run_mirrors_tree_isolates_bad_file_and_resumes(shared, tmp_path):
     assert "2 jobs: 2 pending" in runner.invoke(app, ["plan", str(changed)]).output
 
 
+@pytest.mark.slow
+def test_early_stop_is_recorded_in_the_manifest(shared, tmp_path):
+    """A loose tolerance ends the job before its iterations; the manifest records the iterations run."""
+    config = _write_config(tmp_path, [shared / "content" / "coffee.png"], [("wave", shared / "style/wave.jpg")],
+                           iterations=40, tolerance=0.3, tolerance_window=3)
+    result = runner.invoke(app, ["run", str(config)])
+    assert result.exit_code == 0, result.output
+    record = json.loads((tmp_path / "out" / "manifest.json").read_text())["jobs"]["coffee.wave.png"]
+    assert 4 <= record["iterations"] < 40
+    assert record["trace"][-1][1] == record["iterations"]  # one scale: its last row is the last iteration run
+
+
 def test_bad_config_exits_2_with_suggestion(shared, tmp_path):
     config = _write_config(tmp_path, [shared / "content"], [("wave", shared / "style/wave.jpg")])
     data = yaml.safe_load(config.read_text())
@@ -142,6 +155,10 @@ def test_bad_config_exits_2_with_suggestion(shared, tmp_path):
         ({"inputs": ["nowhere/"]}, "inputs[0]"),
         ({"optimize": {"tile": 32}}, "optimize.tile"),
         ({"output": {"size": "huge"}}, "output.size: Input should be 'optimize' or 'original'"),
+        ({"optimize": {"tolerance": 1.5}}, "optimize.tolerance: Input should be less than 1"),
+        ({"optimize": {"tolerance": -0.1}}, "optimize.tolerance: Input should be greater than or equal to 0"),
+        ({"optimize": {"tolerance_window": 0}}, "optimize.tolerance_window: Input should be greater than or equal to 1"),
+        ({"optimize": {"tolerance": 0.01, "batch": 4, "optimizer": "adam"}}, "optimize: batch 4 needs tolerance: 0"),
         ({"styles": [{"name": "x", "images": ["a.jpg"], "scale": 8}]}, "styles[0].scale: Input should be less than or equal to 4"),
         ({"styles": [{"name": "x", "images": ["a.jpg"], "scale": 0}]}, "styles[0].scale: Input should be greater than or equal to 0.1"),
     ],

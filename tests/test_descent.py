@@ -97,3 +97,17 @@ def test_lbfgs_restarts_along_the_gradient_when_the_direction_goes_uphill():
 
     lbfgs(x, evaluate, iterations=200, history=5)
     assert calls[-1] < 1e-8 and calls[-1] < calls[0]
+
+
+@pytest.mark.parametrize("method", ["lbfgs", "adam"])
+def test_stop_ends_the_run_after_the_iteration_that_asks(method):
+    a, b, _ = _quadratic(4)
+    x = torch.zeros(40, dtype=torch.float64, requires_grad=True)
+    calls = []
+    run = {"lbfgs": lambda **kw: lbfgs(x, _evaluator(x, a, b, calls), iterations=50, **kw),
+           "adam": lambda **kw: adam(x, _evaluator(x, a, b, calls), iterations=50, lr=0.1, **kw)}[method]
+    run(stop=lambda: len(calls) >= 7)
+    assert len(calls) == 7
+    calls.clear()
+    run(stop=lambda: False)
+    assert len(calls) == 50

@@ -26,6 +26,8 @@ def _keys(shared: Path, tmp_path: Path, optimize: dict | None = None, style: dic
 
 @pytest.mark.parametrize(("change", "off"), [
     ({"style_loss": "wasserstein"}, {"style_loss": "gram"}),
+    ({"tolerance": 0.01}, {"tolerance": 0.0}),
+    ({"tolerance": 0.01, "tolerance_window": 5}, {"tolerance": 0.0, "tolerance_window": 5}),  # off: the window is moot
 ])
 def test_new_settings_change_the_key_only_when_they_change_pixels(shared, tmp_path, change, off):
     before = _keys(shared, tmp_path, off)
@@ -37,3 +39,8 @@ def test_a_style_scale_changes_the_key_and_1_keeps_the_older_one(shared, tmp_pat
     before = _keys(shared, tmp_path)
     assert _keys(shared, tmp_path, style={"scale": 1.0}) == before
     assert _keys(shared, tmp_path, style={"scale": 2.0}) != before != _keys(shared, tmp_path, style={"scale": 0.5})
+
+
+def test_the_tolerance_window_changes_the_key_only_with_a_tolerance(shared, tmp_path):
+    assert _keys(shared, tmp_path, {"tolerance": 0.01}) != _keys(shared, tmp_path, {"tolerance": 0.01, "tolerance_window": 5})
+    assert _keys(shared, tmp_path, {"tolerance_window": 5}) == _keys(shared, tmp_path)

@@ -9,7 +9,7 @@ from conftest import gpu
 from pipeline.images import read_image
 from pipeline.model import VGGFeatures
 from pipeline.optimize import (
-    Settings, _Objective, iterations_per_scale, luminance, scale_shapes, stack_targets, style_area, style_area_shape,
+    Settings, _Objective, converged, iterations_per_scale, luminance, scale_shapes, stack_targets, style_area, style_area_shape,
     style_targets, stylize,
 )
 
@@ -41,6 +41,15 @@ def test_style_scale_sets_the_style_images_side_relative_to_the_levels():
     assert style_area_shape(style, style_area((96, 128), 2.0)) == (192, 256)  # twice the side
     assert style_area_shape(style, style_area((96, 128), 0.5)) == (48, 64)
     assert style_area_shape(torch.zeros(1, 3, 100, 100), style_area((96, 128), 1.5)) == (166, 166)  # aspect kept
+
+
+def test_converged_compares_the_loss_with_the_one_a_window_before():
+    losses = [10.0, 9.0, 8.0, 7.9, 7.85]
+    assert not converged(losses, 0.0, 2)  # off
+    assert not converged(losses[:2], 0.5, 2)  # not a window yet
+    assert converged(losses, 0.02, 2)  # 8.0 -> 7.85: under 2 %
+    assert not converged(losses, 0.01, 2)
+    assert not converged(losses, 0.02, 3)  # 9.0 -> 7.85: 13 %
 
 
 def test_coarse_levels_get_more_iterations():
@@ -112,6 +121,21 @@ def test_style_blend_is_weighted_gram_average(shared, model):
     for layer in layers:
         assert torch.allclose(zero_wave[layer], only_starry[layer])
         assert torch.allclose(mix[layer], 0.75 * only_starry[layer] + 0.25 * only_wave[layer], rtol=1e-4)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("optimizer", ["lbfgs", "adam"])
+def test_a_loose_tolerance_ends_each_level_early_and_0_runs_them_all(shared, model, optimizer):
+    content, style = _inputs(shared, 128)
+    settings = Settings(size=128, scales=2, iterations=25, optimizer=optimizer, learning_rate=0.05,
+                        style_layers={"relu1_1": 1.0, "relu3_1": 1.0})
+    targets = _targets(model, content, style, settings)
+    early = stylize(model, content, targets, dataclasses.replace(settings, tolerance=0.3, tolerance_window=3))
+    per_level = [sum(p.scale == n for p in early.trace) for n in (1, 2)]
+    assert all(4 <= n < 25 for n in per_level), per_level  # each level stopped, after its first window
+    first = [p.loss for p in early.trace if p.scale == 1]
+    assert first[-1] < first[0]
+    assert len(stylize(model, content, targets, dataclasses.replace(settings, iterations=4)).trace) == 8
 
 
 def test_wasserstein_blend_averages_the_moments(shared, model):
