@@ -179,6 +179,7 @@ def image(
     content_weight: float = typer.Option(_DEFAULTS.content_weight, help="content loss weight"),
     tv_weight: float = typer.Option(_DEFAULTS.tv_weight, help="total variation weight"),
     style_loss: str = typer.Option(_DEFAULTS.style_loss, help="gram | wasserstein (Gaussian fits of the features)"),
+    style_balance: str = typer.Option(_DEFAULTS.style_balance, help="total (neural-style's layer balance) | layer (every layer alike)"),
     style_scale: float = typer.Option(1.0, help="the style images' size relative to the output's (0.1 to 4)"),
     optimizer: str = typer.Option(_DEFAULTS.optimizer, help="lbfgs | adam"),
     precision: str = typer.Option(_DEFAULTS.precision, help="auto | fp32 | bf16 | fp16: the VGG layers' precision (auto: bf16 where the device has fast bf16)"),
@@ -200,7 +201,8 @@ def image(
     try:
         opts = OptimizeConfig(
             size=size, iterations=iterations, tolerance=tolerance, scales=scales, style_weight=style_weight,
-            content_weight=content_weight, tv_weight=tv_weight, style_loss=style_loss, optimizer=optimizer,
+            content_weight=content_weight, tv_weight=tv_weight, style_loss=style_loss, style_balance=style_balance,
+            optimizer=optimizer,
             precision=precision, init=init, preserve_colors=preserve_colors, seed=seed,
             tile=int(tile) if tile.isdigit() else tile,
         )

@@ -77,6 +77,7 @@ class OptimizeConfig(_Strict):
     style_weight: float = Field(default=Settings.style_weight, ge=0, description="weight of the style term")
     tv_weight: float = Field(default=Settings.tv_weight, ge=0, description="total variation weight")
     style_loss: Literal["gram", "wasserstein"] = Field(default=Settings.style_loss, description="gram (relative Gram matrix error) | wasserstein (the 2-Wasserstein distance between Gaussian fits of each style layer's features, relative to the style's; see The losses)")
+    style_balance: Literal["total", "layer"] = Field(default=Settings.style_balance, description="how the Gram style loss weighs its layers: total (neural-style's balance: the summed Gram error, Grams over C·H·W, relative to the style's; layers count by the size of their activations) | layer (each layer's relative error counts alike, the balance before 0.2)")
     content_layers: list[str] = Field(default=list(Settings.content_layers), min_length=1, description="VGG-19 layers of the content term")
     style_layers: dict[str, float] = Field(default_factory=lambda: dict(Settings().style_layers), min_length=1, description="VGG-19 layer: weight, for the style term")
     init: str = Field(default="content", description="content | noise | style | PATH to an image")

@@ -5,9 +5,15 @@ for every weight source):
 
 * ``gram(F) = F Fᵀ / (H·W)``: the mean outer product per position, so it does
   not grow with the image (this is Gatys et al.'s 1/(4N²M²) up to a constant).
-* content and style terms are *relative* squared errors, ``‖X − T‖² / ‖T‖²``
-  per layer, so layers with large activations do not drown the others and
-  Caffe (0-255) and torchvision (mean/std) weights need the same weights.
+* the content term is the *relative* squared error ``‖X − T‖² / ‖T‖²`` per
+  layer, so Caffe (0-255) and torchvision (mean/std) weights need the same
+  weights.
+* the Gram style term, with balance ``total`` (the default), is neural-style's
+  sum over layers of the mean squared error of Grams divided by C (its
+  ``F Fᵀ / (C·H·W)``), taken relative to the same sum for zero Grams: layers
+  count by the size of their activations, as in jcjohnson's neural-style, and
+  the weights stay free of the activations' scale. With balance ``layer``
+  each layer's relative error counts alike (relu5_1 like relu1_1).
 * the Wasserstein style term (``wasserstein``) is the squared 2-Wasserstein
   distance between Gaussian fits of the features, relative to the target's
   ``‖μₛ‖² + tr Σₛ`` per layer (see `wasserstein`).
@@ -32,6 +38,7 @@ import torch
 
 _EPS = 1e-8
 STYLE_LOSSES = ("gram", "wasserstein")
+STYLE_BALANCES = ("total", "layer")  # how the Gram loss weighs its layers (see gram_loss)
 MEAN, SQRT = ".mean", ".sqrt"  # the suffixes of a layer's mean and covariance square root (see the module docstring)
 _FLOOR = 1e-8  # the backward of tr √A holds A's eigenvalues at least this fraction of its largest
 
@@ -58,12 +65,18 @@ def gram(features: torch.Tensor) -> torch.Tensor:
         return _Gram.apply(f.reshape(n, c, h * w))
 
 
-def relative_error(x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """‖x − target‖² / ‖target‖², per batch element: shape (N,)."""
+def squared_error(x: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(‖x − target‖², ‖target‖²) per batch element, each of shape (N,), in float32 at least."""
     dtype = torch.promote_types(x.dtype, torch.float32)  # reduced precision -> float32; float64 stays
     x = x.to(dtype).flatten(1)
     target = target.to(dtype).flatten(1)
-    return (x - target).pow(2).sum(1) / (target.pow(2).sum(1) + _EPS)
+    return (x - target).pow(2).sum(1), target.pow(2).sum(1)
+
+
+def relative_error(x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """‖x − target‖² / ‖target‖², per batch element: shape (N,)."""
+    error, norm = squared_error(x, target)
+    return error / (norm + _EPS)
 
 
 def content_loss(features: Mapping[str, torch.Tensor], targets: Mapping[str, torch.Tensor]) -> torch.Tensor:
@@ -118,13 +131,15 @@ def style_loss(
     targets: Mapping[str, torch.Tensor],
     layer_weights: Mapping[str, float],
     kind: str = "gram",
+    balance: str = "total",
 ) -> torch.Tensor:
     """Weighted sum over style layers of style loss `kind` (gram | wasserstein); shape (N,).
 
-    `targets` are `style_targets_of`'s, for all images or one per image ((N, …) tensors).
+    `targets` are `style_targets_of`'s, for all images or one per image ((N, …) tensors); `balance`
+    weighs the Gram loss's layers (see `gram_loss`).
     """
     layers = list(dict.fromkeys(layer_of(k) for k in targets))
-    return statistics_loss(style_statistics(features, layers, kind), targets, layer_weights, kind)
+    return statistics_loss(style_statistics(features, layers, kind), targets, layer_weights, kind, balance)
 
 
 def statistics_loss(
@@ -132,10 +147,11 @@ def statistics_loss(
     targets: Mapping[str, torch.Tensor],
     layer_weights: Mapping[str, float],
     kind: str,
+    balance: str = "total",
 ) -> torch.Tensor:
     """`style_loss` of statistics already made (see `style_statistics`); shape (N,)."""
     if kind == "gram":
-        return gram_loss(statistics, targets, layer_weights)
+        return gram_loss(statistics, targets, layer_weights, balance)
     if kind == "wasserstein":
         return wasserstein_loss(statistics, targets, layer_weights)
     raise ValueError(f"unknown style loss {kind!r}; use gram or wasserstein")
@@ -145,13 +161,23 @@ def gram_loss(
     grams: Mapping[str, torch.Tensor],
     targets: Mapping[str, torch.Tensor],
     layer_weights: Mapping[str, float],
+    balance: str = "total",
 ) -> torch.Tensor:
-    """The relative Gram error of Grams already made, (N, C, C) per layer, weighted by layer; shape (N,)."""
+    """The Gram error of Grams already made, (N, C, C) per layer, weighted by layer; shape (N,).
+
+    balance `total`: the layers' squared errors of Grams divided by C, summed, relative to the targets'
+    sum (neural-style's balance, see the module docstring); `layer`: the mean of each layer's relative error.
+    """
+    if balance not in STYLE_BALANCES:
+        raise ValueError(f"unknown style balance {balance!r}; use total or layer")
     total = sum(layer_weights.values())
-    return sum(
-        (layer_weights[k] / total) * relative_error(grams[k], t.expand(grams[k].shape[0], *t.shape[-2:]))
-        for k, t in targets.items()
-    )
+    error = norm = 0.0
+    for k, t in targets.items():
+        e, n = squared_error(grams[k], t.expand(grams[k].shape[0], *t.shape[-2:]))
+        scale = layer_weights[k] / total / (1.0 if balance == "layer" else grams[k].shape[-1] ** 4)
+        error = error + scale * (e / (n + _EPS) if balance == "layer" else e)
+        norm = norm + scale * n
+    return error if balance == "layer" else error / (norm + _EPS)
 
 
 def wasserstein_loss(

@@ -47,6 +47,7 @@ class Settings:
     style_weight: float = 10.0
     tv_weight: float = 1.0
     style_loss: str = "gram"  # gram | wasserstein (see losses)
+    style_balance: str = "total"  # how the Gram loss weighs its layers: total (neural-style's) | layer (see losses.gram_loss)
     temporal_weight: float = 0.0  # weight of the temporal term, when held frames are given
     content_layers: tuple[str, ...] = DEFAULT_CONTENT_LAYERS
     style_layers: Mapping[str, float] = field(default_factory=lambda: dict(DEFAULT_STYLE_LAYERS))
@@ -264,7 +265,8 @@ class _Objective:
         tv = tv_loss(image)
         tm = temporal_loss(image, self.held) if self.held else torch.zeros_like(tv)
         return _combine(self.settings, content_loss(feats, self.content_targets),
-                        style_loss(feats, self.style_targets, self.settings.style_layers, self.settings.style_loss), tv, tm)
+                        style_loss(feats, self.style_targets, self.settings.style_layers, self.settings.style_loss,
+                                   self.settings.style_balance), tv, tm)
 
     def backward(self, image: torch.Tensor) -> torch.Tensor:
         """The loss components at `image` (as `__call__`), with the gradient of the total left in `image.grad`."""
@@ -320,7 +322,7 @@ class TiledObjective(_Objective):
         with torch.no_grad():
             stats = tiled_statistics(self.model, image, names, tiles)
         stats = {k: g.requires_grad_() for k, g in stats.items()}
-        style = statistics_loss(stats, self.style_targets, s.style_layers, s.style_loss)
+        style = statistics_loss(stats, self.style_targets, s.style_layers, s.style_loss, s.style_balance)
         stat_grads = dict(zip(stats, torch.autograd.grad(style.sum() * s.style_weight, list(stats.values()))))
         grad = torch.zeros_like(image)
         errors = {k: torch.zeros(image.shape[0], device=image.device) for k in self.content_targets}

@@ -142,3 +142,20 @@ def test_wasserstein_gradient_stays_bounded_for_a_singular_covariance():
 def test_an_unknown_style_loss_is_an_error():
     with pytest.raises(ValueError, match="unknown style loss 'l1'"):
         style_loss({"a": torch.ones(1, 1, 2, 2)}, {"a": torch.ones(1, 1)}, {"a": 1.0}, "l1")
+
+
+def test_the_total_balance_is_neural_styles_gram_error_relative_to_the_targets():
+    """balance total: per layer the mean squared error of Grams over C (neural-style's G/(C·H·W)), summed
+    over layers and divided by the same sum for zero Grams; balance layer: the mean of the relative errors."""
+    from pipeline.losses import gram_loss
+
+    grams = {"a": torch.tensor([[[2.0]]]), "b": torch.full((1, 2, 2), 1.0)}
+    targets = {"a": torch.tensor([[1.0]]), "b": torch.full((2, 2), 3.0)}
+    weights = {"a": 1.0, "b": 1.0}
+    # a: ((2 - 1) / 1)² = 1 over a norm of 1; b: every entry ((1 - 3) / 2)² = 1 over (3 / 2)² = 2.25
+    assert gram_loss(grams, targets, weights).item() == pytest.approx((1 + 1) / (1 + 2.25))
+    assert gram_loss(grams, targets, weights, "layer").item() == pytest.approx((1 / 1 + 16 / 36) / 2)
+    scaled = gram_loss({k: 9 * g for k, g in grams.items()}, {k: 9 * t for k, t in targets.items()}, weights)
+    assert scaled.item() == pytest.approx((1 + 1) / (1 + 2.25), rel=1e-5)  # free of the activations' scale
+    with pytest.raises(ValueError, match="unknown style balance"):
+        gram_loss(grams, targets, weights, "even")

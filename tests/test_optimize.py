@@ -241,10 +241,11 @@ def test_cuda_matches_cpu(shared, bundled):
 def test_reduced_precision_tracks_fp32(shared, bundled, model, dtype):
     """A model with bf16/fp16 layers (slow on CPUs without bf16 units, but it runs) gives reduced-precision
     features; Grams and losses stay float32, so Adam's path follows the fp32 one: the result, scored in fp32,
-    is within 3 %."""
+    is within 3 %. Under the layer balance, whose every layer counts alike, so that the check covers the
+    reduced-precision rounding of relu1_1 as much as relu4_1's (the total balance is nearly relu4_1's alone)."""
     reduced_model = VGGFeatures(bundled, model.layers, dtype=dtype)
     content, style = _inputs(shared)
-    settings = dataclasses.replace(TINY, optimizer="adam", learning_rate=0.05, iterations=15)
+    settings = dataclasses.replace(TINY, optimizer="adam", learning_rate=0.05, iterations=15, style_balance="layer")
     targets = _targets(model, content, style, settings)
     assert reduced_model(content)["relu4_2"].dtype == dtype
     exact = stylize(model, content, targets, settings)
