@@ -224,7 +224,7 @@ def grid(points: list[Point], chosen: list, path: Path, side: int = 200) -> None
     for row, (cname, content, sname, _) in enumerate(chosen):
         pair = f"{cname} × {sname}"
         top = head + row * (side + head)
-        draw.text((4, top + 2), pair, fill="black")
+        draw.text((4, top + 2), pair.replace("×", "x"), fill="black")  # the default bitmap font has no ×
         cells = [content, *(next((p.path for p in points if p.pair == pair and p.tool == t and p.default), None) for t in tools)]
         for col, cell in enumerate(cells):
             if cell is not None:
