@@ -171,13 +171,11 @@ def gram_loss(
     if balance not in STYLE_BALANCES:
         raise ValueError(f"unknown style balance {balance!r}; use total or layer")
     total = sum(layer_weights.values())
-    error = norm = 0.0
-    for k, t in targets.items():
-        e, n = squared_error(grams[k], t.expand(grams[k].shape[0], *t.shape[-2:]))
-        scale = layer_weights[k] / total / (1.0 if balance == "layer" else grams[k].shape[-1] ** 4)
-        error = error + scale * (e / (n + _EPS) if balance == "layer" else e)
-        norm = norm + scale * n
-    return error if balance == "layer" else error / (norm + _EPS)
+    errors = {k: squared_error(grams[k], t.expand(grams[k].shape[0], *t.shape[-2:])) for k, t in targets.items()}
+    if balance == "layer":
+        return sum(layer_weights[k] / total * (e / (n + _EPS)) for k, (e, n) in errors.items())
+    scale = {k: layer_weights[k] / total / grams[k].shape[-1] ** 4 for k in errors}  # neural-style's MSE of G/C
+    return sum(scale[k] * e for k, (e, _) in errors.items()) / (sum(scale[k] * n for k, (_, n) in errors.items()) + _EPS)
 
 
 def wasserstein_loss(
