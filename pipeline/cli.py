@@ -195,6 +195,7 @@ def image(
     from pydantic import ValidationError
 
     from pipeline.execute import DeviceError, pick_device
+    from pipeline.manifest import reason
     from pipeline.progress import progress_callback
     from pipeline.render import Renderer
 
@@ -227,6 +228,11 @@ def image(
             result = renderer.render(content, style.blend, output, callback=callback, style_scale=style.scale)
     except (ImageError, WeightsError) as exc:
         _fail(str(exc), EXIT_FAILED)
+    except (OSError, RuntimeError, ValueError, MemoryError) as exc:  # torch's on an odd input, a full disk: one line
+        _fail(reason(exc, Path(exc.filename) if isinstance(exc, OSError) and exc.filename else content, opts.size),
+              EXIT_FAILED)
+    if result.note:
+        _log(f"warning: {result.note}")
     tiled = f" in {result.tile} px tiles" if result.tile else ""
     _log(
         f"wrote {output} in {result.seconds:.1f}s on {result.device} ({result.precision}){tiled}: loss {result.loss:.4g} "

@@ -54,7 +54,7 @@ class Outcome:
 class Report(Protocol):
     """Where a run tells what it does (see pipeline.progress.RunReport)."""
 
-    def log(self, message: str) -> None: ...
+    def log(self, message: str, always: bool = False) -> None: ...
 
     def start(self, pending: int) -> None: ...
 
@@ -107,7 +107,7 @@ def _record(job: Job, rel: str, r: Rendered) -> Record:
         **_base(job, rel), state="done", losses=losses, iterations=r.iterations, device=r.device, pid=os.getpid(),
         seconds=round(r.seconds, 3),
         style_hits=r.style_hits, style_misses=r.style_misses, style_seconds=round(r.style_seconds, 3), trace=trace,
-        tile=r.tile or None, precision=r.precision,
+        tile=r.tile or None, precision=r.precision, warning=r.note,
     )
 
 
@@ -439,6 +439,8 @@ def execute(config: Config, plan: Plan, report: Report, live: Live | None = None
                 report.finished(record)
                 detail = f"{record.seconds:.1f}s" if record.state == "done" else record.error
                 report.log(f"[{count}/{len(pending)}] {record.state} {job.name} -> {record.output} ({detail})")
+                if record.warning:
+                    report.log(f"warning: {record.warning}", always=True)
         finally:
             manifest.save()
 

@@ -35,6 +35,7 @@ class Record:
     metrics: dict[str, float] | None = None  # a clip's warp errors (see pipeline.consistency)
     tile: int | None = None  # the tile side its largest levels were encoded in, when they did not fit whole
     trace: list[list[float]] | None = None  # an image's loss curve: [scale, iteration, loss, content, style] rows (see render.compact_trace)
+    warning: str | None = None  # what the job did not do as asked, in one line (an input over 8 bits per sample written as 8-bit)
 
 
 def reason(exc: BaseException, path: Path, size: int | None = None) -> str:

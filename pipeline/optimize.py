@@ -156,6 +156,33 @@ def tile_for(shape: tuple[int, int], settings: Settings) -> int:
     return settings.tile if settings.tile and max(shape) > settings.tile else 0
 
 
+def min_side(layers: Sequence[str]) -> int:
+    """The shortest side an input needs for each of `layers` to keep a position: 2 px per pool before the
+    deepest (relu5_1: 16, pool5: 32); VGG's pools fail on anything shorter."""
+    return max(stride(layer) for layer in layers)
+
+
+Pads = tuple[int, int, int, int]  # (left, right, top, bottom) px, as F.pad takes them
+
+
+def padding(shape: tuple[int, int], side: int) -> Pads:
+    """The pads that bring both sides of `shape` to at least `side` px, split evenly (none when they are)."""
+    dh, dw = max(0, side - shape[0]), max(0, side - shape[1])
+    return dw // 2, dw - dw // 2, dh // 2, dh - dh // 2
+
+
+def pad(image: torch.Tensor, pads: Pads, mode: str = "replicate") -> torch.Tensor:
+    """(N, C, H, W) `image` padded by `pads`, its edge pixels repeated (`mode` as F.pad's)."""
+    return F.pad(image, pads, mode=mode) if any(pads) else image
+
+
+def crop(image: torch.Tensor, pads: Pads) -> torch.Tensor:
+    """What `pad(image, pads)` padded, cropped away again."""
+    left, right, top, bottom = pads
+    h, w = image.shape[-2:]
+    return image[..., top : h - bottom, left : w - right]
+
+
 def resize(image: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
     """Resize (N, C, H, W) to `shape`, antialiased when shrinking."""
     if tuple(image.shape[-2:]) == tuple(shape):
@@ -214,6 +241,7 @@ def style_targets(
     blended: StyleTargets = {}
     for image, weight in styles:
         x = resize(image, style_area_shape(image, area))
+        x = pad(x, padding(tuple(x.shape[-2:]), min_side(layers)))  # a thin strip of a style: see `min_side`
         if preserve_colors:
             x = luminance(x)
         if tile and max(x.shape[-2:]) > tile:
@@ -402,6 +430,22 @@ class _Recorder:
         return report
 
 
+def _run_level(
+    model: torch.nn.Module, settings: Settings, level: Level, source: torch.Tensor, image: torch.Tensor,
+    targets: StyleTargets, held: Held, report: Report,
+) -> torch.Tensor:
+    """`image` optimised at `level` against `source`, both resized to its shape. A side shorter than the
+    layers need (see `min_side`) is padded, edge pixels repeated (earlier frames' masks with 0: the
+    temporal term ignores the pad), for the optimisation and cropped back: the result has the level's shape."""
+    pads = padding(level.shape, min_side(settings.layers))
+    level_source = pad(resize(source, level.shape), pads)
+    level_held = [(pad(resize(w, level.shape), pads), pad(resize(m, level.shape), pads, "constant")) for w, m in held]
+    start = pad(resize(image, level.shape).clamp(0, 1), pads)
+    kind = TiledObjective if tile_for(tuple(level_source.shape[-2:]), settings) else _Objective
+    objective = kind(model, settings, level_source, targets, level_held)
+    return crop(_run_scale(objective, start, level.iterations, settings, report), pads)
+
+
 def stylize(
     model: torch.nn.Module,
     content: torch.Tensor,
@@ -439,11 +483,8 @@ def stylize(
     image = _initial_image(settings, source, init_image)
     recorder = _Recorder(content.shape[0], len(schedule), callback)
     for number, (level, level_targets) in enumerate(zip(schedule, targets), start=1):
-        level_source = resize(source, level.shape)
-        level_held = [(resize(w, level.shape), resize(m, level.shape)) for w, m in held]
-        start = resize(image, level.shape).clamp(0, 1)
-        objective = (TiledObjective if tile_for(level.shape, settings) else _Objective)(model, settings, level_source, level_targets, level_held)
-        image = _run_scale(objective, start, level.iterations, settings, recorder.level(number, level.shape, level.iterations))
+        report = recorder.level(number, level.shape, level.iterations)
+        image = _run_level(model, settings, level, source, image, level_targets, held, report)
     image = image.clamp(0, 1)
     if settings.preserve_colors:
         image = recolor(image, content)

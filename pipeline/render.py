@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from pipeline.cache import StyleCache
-from pipeline.images import read_alpha, read_image, working_shape, write_image
+from pipeline.images import depth_note, read_alpha, read_image, working_shape, write_image
 from pipeline.memory import available_bytes, check_fits, tile_plan
 from pipeline.keys import file_digest
 from pipeline.losses import target_names
@@ -55,6 +55,7 @@ class Rendered:
     tile: int = 0  # the tile side of its tiled levels (0: none was tiled)
     precision: str = "fp32"  # the VGG layers' precision (see resolve_precision)
     trace: tuple[TraceRow, ...] = ()  # the loss curve, at most TRACE_POINTS per scale (see compact_trace)
+    note: str | None = None  # a warning for the log and the manifest: an input with more than 8 bits per sample (see images.depth_note)
 
 
 def compact_trace(trace: Sequence[Progress]) -> tuple[TraceRow, ...]:
@@ -216,7 +217,7 @@ class Renderer:
             callback = partial(self.on_progress, output)
         result = stylize(self.model, content, targets, s, init_image=init, callback=callback, held=held)
         write_image(result.image, output, self._alpha(content_path))
-        return self._rendered(result, 0, time.perf_counter() - start, *counts, tile_for(shape, s))
+        return self._rendered(result, 0, time.perf_counter() - start, *counts, tile_for(shape, s), depth_note(content_path))
 
     def render_batch(self, contents: Sequence[Path], blends: Sequence[Sequence[tuple[Path, float]]],
                      outputs: Sequence[Path], style_scales: Sequence[float] | None = None) -> list[Rendered]:
@@ -243,7 +244,8 @@ class Renderer:
         for i, output in enumerate(outputs):
             write_image(result.image[i : i + 1], output, self._alpha(contents[i]))
         seconds = (time.perf_counter() - start) / len(images)
-        return [self._rendered(result, i, seconds, *c[1:], tile_for(shape, s)) for i, c in enumerate(counted)]
+        return [self._rendered(result, i, seconds, *c[1:], tile_for(shape, s), depth_note(contents[i]))
+                for i, c in enumerate(counted)]
 
     def _init(self, blends: Sequence[Sequence[tuple[Path, float]]], shape: tuple[int, int]) -> torch.Tensor | None:
         """The init image(s) `settings.init` asks for: each blend's first style image, or the init file."""
@@ -262,11 +264,11 @@ class Renderer:
         return targets, self.cache.hits - hits, self.cache.misses - misses, time.perf_counter() - start
 
     def _rendered(self, result: Result, index: int, seconds: float, hits: int, misses: int,
-                  style_seconds: float, tile: int) -> Rendered:
+                  style_seconds: float, tile: int, note: str | None = None) -> Rendered:
         final = result.finals[index]
         return Rendered(
             content=final.content, style=final.style, tv=final.tv, temporal=final.temporal, loss=final.loss,
             iterations=len(result.trace), seconds=seconds, device=str(self.device), style_hits=hits,
             style_misses=misses, style_seconds=style_seconds, image=result.image[index : index + 1],
-            trace=compact_trace(result.traces[index]), tile=tile, precision=self.precision,
+            trace=compact_trace(result.traces[index]), tile=tile, precision=self.precision, note=note,
         )
