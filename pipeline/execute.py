@@ -380,7 +380,7 @@ def _reassemble(video: VideoOut, rel: str) -> Record:
     base = _base(video.clip.frames[0], rel, video.key)
     start = time.perf_counter()
     try:
-        assemble([j.output for j in video.clip.frames], video.output, video.fps, audio_from=video.clip.source.path)
+        assemble([j.output for j in video.clip.frames], video.output, video.fps, source=video.clip.source.path)
     except VideoError as exc:
         return Record(**base, state="failed", error=str(exc))
     return Record(**base, state="done", iterations=len(video.clip.frames), seconds=round(time.perf_counter() - start, 3))

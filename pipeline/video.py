@@ -1,4 +1,5 @@
-"""Video files in and out: probing (PyAV), frames to PNG (OpenCV), frames to H.264 MP4 with audio (PyAV).
+"""Video files in and out: probing (PyAV), frames to PNG (OpenCV), frames to H.264 MP4 with the source's
+audio, subtitles and frame timestamps (PyAV).
 
 Part of the shell: files and arrays only, no tensors. Every file is written
 atomically (a hidden temporary beside it, then a rename).
@@ -8,9 +9,11 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, replace
 from fractions import Fraction
+from itertools import islice
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -21,12 +24,17 @@ import numpy as np
 from pipeline.images import atomic_path
 
 _MARKER = "complete.json"
-_MP4_AUDIO = frozenset({"aac", "mp3", "ac3", "eac3", "alac"})  # copied as is; anything else becomes AAC
+# copied packet for packet; other audio becomes AAC, other text subtitles mov_text, bitmap subtitles are dropped
+_MP4_COPY = frozenset({"aac", "mp3", "ac3", "eac3", "alac", "mov_text"})
 _X264 = {"crf": "18"}
 
 
 class VideoError(ValueError):
     """A video cannot be read or written; the message is one line that names the file and what is wrong."""
+
+
+class VideoWarning(UserWarning):
+    """Something of the source that its stylised video does not keep; the video is written all the same."""
 
 
 @dataclass(frozen=True)
@@ -206,6 +214,58 @@ def extract_frames(path: Path, folder: Path) -> VideoInfo:
 # --- assemble ----------------------------------------------------------------------------------
 
 
+def _warn(message: str) -> None:
+    warnings.warn(" ".join(message.splitlines()), VideoWarning)
+
+
+@dataclass(frozen=True)
+class _Timing:
+    """When each output frame starts and how long it lasts, in `time_base` ticks from time zero."""
+
+    time_base: Fraction
+    starts: tuple[int, ...]
+    durations: tuple[int, ...]
+    zero: Fraction = Fraction(0)  # the source time, in seconds, that becomes time zero
+
+    @property
+    def end(self) -> Fraction:
+        """When the last frame ends, in seconds: audio and subtitles are cut there."""
+        return (self.starts[-1] + self.durations[-1]) * self.time_base
+
+
+def _constant(count: int, fps: Fraction, zero: Fraction = Fraction(0)) -> _Timing:
+    return _Timing(1 / fps, tuple(range(count)), (1,) * count, zero)
+
+
+def _last_end(stream: av.VideoStream, last: int, fps: Fraction) -> int:
+    """Where the source's last frame (at `last`) ends: at the stream's end when the container knows
+    it and it lies within two average frames, else one average frame later."""
+    step = max(1, round(1 / (fps * stream.time_base)))
+    known = (stream.start_time or 0) + (stream.duration or 0)
+    return known if last < known <= last + 2 * step else last + step
+
+
+def _timing(source: Path | None, count: int, fps: Fraction, out: Path) -> _Timing:
+    """The presentation times of the source's first `count` frames, its first frame at zero. A constant
+    `fps` without a source, or (with a warning) when it has fewer frames or timestamps that do not increase."""
+    if source is None:
+        return _constant(count, fps)
+    with _open(source) as container:
+        if not container.streams.video:
+            raise _error(source, "no video stream")
+        stream = container.streams.video[0]
+        pts = [frame.pts for frame in islice(_decodable(container), count + 1)]
+        base, start = stream.time_base, stream.start_time or 0
+        if len(pts) == count and None not in pts:
+            pts.append(_last_end(stream, pts[-1], fps))
+    if len(pts) <= count or None in pts or any(b <= a for a, b in zip(pts, pts[1:])):
+        _warn(f"{out}: {source} has no increasing timestamps for its first {count} frames; "
+              f"written at a constant {fps} fps")
+        return _constant(count, fps, start * base)
+    durations = tuple(b - a for a, b in zip(pts, pts[1:]))
+    return _Timing(base, tuple(p - pts[0] for p in pts[:count]), durations, pts[0] * base)
+
+
 def _read_image(path: Path, out: Path) -> np.ndarray:
     image = cv2.imread(str(path), cv2.IMREAD_COLOR)
     if image is None:
@@ -219,99 +279,163 @@ def _even(image: np.ndarray) -> np.ndarray:
     return np.pad(image, ((0, h % 2), (0, w % 2), (0, 0)), mode="edge") if h % 2 or w % 2 else image
 
 
-def _video_stream(container: av.container.OutputContainer, fps: Fraction, shape: tuple[int, ...]) -> av.VideoStream:
+def _video_stream(container: av.container.OutputContainer, fps: Fraction, timing: _Timing,
+                  shape: tuple[int, ...]) -> av.VideoStream:
     stream = container.add_stream("libx264", rate=fps, options=_X264)
     stream.height, stream.width = shape[0] + shape[0] % 2, shape[1] + shape[1] % 2
     stream.pix_fmt = "yuv420p"
-    stream.codec_context.time_base = 1 / fps
+    stream.codec_context.time_base = timing.time_base
+    stream.codec_context.flags |= av.codec.context.Flags.frame_duration  # packets keep their frame's duration
     return stream
 
 
+def _flush(container: av.container.OutputContainer, stream: av.VideoStream, timing: _Timing,
+           first_dts: int | None) -> None:
+    """Mux the encoder's last packets. MP4 takes the track's length from the decode timestamps, which
+    B-frames reorder: the last packet in decode order lasts until the last frame ends, so the length is exact."""
+    packets = stream.encode(None)
+    if packets:
+        first_dts = packets[0].dts if first_dts is None else first_dts
+        end = timing.starts[-1] + timing.durations[-1]
+        packets[-1].duration = max(1, end - (packets[-1].dts - first_dts))
+    container.mux(packets)
+
+
 def _encode_frames(container: av.container.OutputContainer, stream: av.VideoStream, frames: Sequence[Path],
-                   first: np.ndarray, out: Path) -> None:
+                   first: np.ndarray, timing: _Timing, out: Path) -> None:
+    first_dts = None
     for index, path in enumerate(frames):
         image = first if index == 0 else _read_image(path, out)
         if image.shape != first.shape:
             (h, w), (h0, w0) = image.shape[:2], first.shape[:2]
             raise _error(out, f"frame {path} is {w}x{h}, not {w0}x{h0} like the first")
         frame = av.VideoFrame.from_ndarray(_even(image), format="bgr24")
-        frame.pts = index
-        container.mux(stream.encode(frame))
-    container.mux(stream.encode(None))
+        frame.pts, frame.duration = timing.starts[index], timing.durations[index]
+        packets = stream.encode(frame)
+        if packets and first_dts is None:
+            first_dts = packets[0].dts  # read before muxing, which rescales it to the stream's time base
+        container.mux(packets)
+    _flush(container, stream, timing, first_dts)
 
 
-def _fits_mp4(audio: av.AudioStream) -> bool:
-    return audio.codec_context.codec.canonical_name in _MP4_AUDIO
+def _copied(stream: av.stream.Stream) -> bool:
+    return stream.codec_context is not None and stream.codec_context.codec.canonical_name in _MP4_COPY
 
 
-def _audio_stream(container: av.container.OutputContainer, audio: av.AudioStream) -> av.AudioStream:
-    """The output stream for `audio`: its own codec when MP4 holds it, else AAC."""
-    if _fits_mp4(audio):
-        return container.add_stream_from_template(audio)
-    return container.add_stream("aac", rate=audio.rate, layout=audio.layout)
+def _tags(stream: av.stream.Stream) -> dict[str, str]:
+    """The stream's tags (language, title, ...); a title read from an MP4 comes back as `name`: a title again."""
+    tags = dict(stream.metadata)
+    if "name" in tags:
+        tags.setdefault("title", tags.pop("name"))
+    return tags
 
 
-def _start_offset(source: av.container.InputContainer, audio: av.AudioStream) -> int:
-    """The source's first video timestamp in `audio` ticks: it becomes time zero, keeping sync."""
-    ref = source.streams.video[0] if source.streams.video else audio
-    start = (ref.start_time or 0) * ref.time_base
-    return round(start / audio.time_base)
+def _mov_text(container: av.container.OutputContainer, stream: av.SubtitleStream) -> av.SubtitleStream:
+    """A mov_text stream for the text subtitles `stream`, styled by the ASS header of its decoder."""
+    stream.codec_context.open(strict=False)  # opening the decoder makes its header
+    out = container.add_stream("mov_text")
+    out.codec_context.time_base = stream.time_base
+    out.codec_context.subtitle_header = stream.codec_context.subtitle_header
+    return out
 
 
-def _copy_audio(container: av.container.OutputContainer, source: av.container.InputContainer,
-                audio: av.AudioStream, stream: av.AudioStream, end: Fraction) -> None:
-    """Mux the source's audio packets unchanged, shifted to the video's time zero, up to `end` seconds."""
-    offset = _start_offset(source, audio)
-    for packet in source.demux(audio):
+def _output_stream(container: av.container.OutputContainer, stream: av.stream.Stream,
+                   source: Path) -> av.stream.Stream | None:
+    """The output stream for the source's audio or subtitle `stream`, with its tags and disposition: a copy
+    when MP4 holds its codec, else AAC or mov_text; None, with a warning, for subtitles that are no text."""
+    if _copied(stream):
+        out = container.add_stream_from_template(stream)
+    elif stream.type == "audio":
+        out = container.add_stream("aac", rate=stream.rate, layout=stream.layout)
+    elif stream.codec_context is not None and stream.codec_context.codec.text_sub:
+        out = _mov_text(container, stream)
+    else:
+        codec = stream.codec_context.name if stream.codec_context else "unknown codec"
+        _warn(f"{source}: subtitle stream #{stream.index} ({codec}, language {stream.language or 'unknown'}) "
+              "is left out: MP4 holds only text subtitles")
+        return None
+    out.metadata.update(_tags(stream))
+    out.disposition = stream.disposition
+    return out
+
+
+def _routes(container: av.container.OutputContainer, source: av.container.InputContainer,
+            path: Path) -> dict[int, tuple[av.stream.Stream, av.stream.Stream]]:
+    """Every audio and subtitle stream of the source that the output keeps, by index, with its output stream."""
+    routes = {}
+    for stream in source.streams:
+        if stream.type in ("audio", "subtitle") and (out := _output_stream(container, stream, path)) is not None:
+            routes[stream.index] = (stream, out)
+    return routes
+
+
+def _as_mov_text(stream: av.SubtitleStream, out: av.SubtitleStream, packet: av.Packet) -> list[av.Packet]:
+    """The text subtitle `packet` encoded as mov_text, at the same time and for as long."""
+    subtitle = stream.codec_context.decode2(packet)
+    if subtitle is None:
+        return []
+    converted = out.codec_context.encode_subtitle(subtitle)
+    converted.stream = out
+    converted.time_base = stream.time_base
+    converted.pts, converted.dts, converted.duration = packet.pts, packet.dts, packet.duration
+    return [converted]
+
+
+def _mux_streams(container: av.container.OutputContainer, source: av.container.InputContainer,
+                 routes: dict[int, tuple[av.stream.Stream, av.stream.Stream]], timing: _Timing) -> None:
+    """Mux the source's audio and subtitle packets, shifted to the video's time zero and cut at its end:
+    copied unchanged where MP4 holds them, else re-encoded (audio as AAC, text subtitles as mov_text)."""
+    for packet in source.demux(*(stream for stream, _ in routes.values())):
         if packet.dts is None:
             continue  # the demuxer's flush packet
+        stream, out = routes[packet.stream.index]
+        offset = round(timing.zero / stream.time_base)
         packet.dts -= offset
         if packet.pts is not None:
             packet.pts -= offset
-        if packet.dts * audio.time_base >= end:
-            break
-        packet.stream = stream
-        container.mux(packet)
+        if packet.dts * stream.time_base >= timing.end:
+            continue
+        if _copied(stream):
+            packet.stream = out
+            container.mux(packet)
+        elif stream.type == "audio":
+            container.mux([p for frame in stream.decode(packet) for p in out.encode(frame)])
+        else:
+            container.mux(_as_mov_text(stream, out, packet))
+    for stream, out in routes.values():
+        if stream.type == "audio" and not _copied(stream):
+            container.mux([p for frame in [*stream.decode(None), None] for p in out.encode(frame)])
 
 
-def _transcode_audio(container: av.container.OutputContainer, source: av.container.InputContainer,
-                     audio: av.AudioStream, stream: av.AudioStream, end: Fraction) -> None:
-    """Decode the source's audio and encode it as AAC, shifted to the video's time zero, up to `end` seconds."""
-    offset = _start_offset(source, audio)
-    for frame in source.decode(audio):
-        frame.pts -= offset
-        if frame.pts * audio.time_base >= end:
-            break
-        container.mux(stream.encode(frame))
-    container.mux(stream.encode(None))
-
-
-def _encode(tmp: Path, frames: Sequence[Path], out: Path, fps: Fraction, audio_from: Path | None) -> None:
+def _encode(tmp: Path, frames: Sequence[Path], out: Path, fps: Fraction, source: Path | None) -> None:
     first = _read_image(frames[0], out)
+    timing = _timing(source, len(frames), fps, out)
     with (
         av.open(str(tmp), "w", format="mp4", options={"movflags": "faststart"}) as container,
-        _open(audio_from) if audio_from is not None else nullcontext() as source,
+        _open(source) if source is not None else nullcontext() as inp,
     ):
-        video = _video_stream(container, fps, first.shape)
-        audio = source.streams.audio[0] if source is not None and source.streams.audio else None
-        audio_out = _audio_stream(container, audio) if audio is not None else None  # streams before packets
-        _encode_frames(container, video, frames, first, out)
-        if audio is not None:
-            mux = _copy_audio if _fits_mp4(audio) else _transcode_audio
-            mux(container, source, audio, audio_out, len(frames) / fps)
+        video = _video_stream(container, fps, timing, first.shape)
+        routes = _routes(container, inp, source) if inp is not None else {}  # every stream before the first packet
+        _encode_frames(container, video, frames, first, timing, out)
+        if routes:
+            _mux_streams(container, inp, routes, timing)
 
 
-def assemble(frames: Sequence[Path], out: Path, fps: Fraction, audio_from: Path | None = None) -> None:
-    """Encode `frames` (same-size images) as H.264 MP4 at exactly `fps`, with the audio of `audio_from`.
+def assemble(frames: Sequence[Path], out: Path, fps: Fraction, source: Path | None = None) -> None:
+    """Encode `frames` (same-size images) as H.264 MP4 at an average `fps`, with the audio and subtitle
+    streams of the video `source` (tags kept) and its frame timestamps, so a variable frame rate stays.
 
-    MP4-friendly audio (AAC, MP3, ...) is copied packet for packet, other audio is re-encoded to AAC;
-    audio past the last frame is dropped. On failure VideoError, and nothing is left at `out`.
+    Frame i gets the source frame i's time; without a source (or with a warning when its timestamps fail)
+    the rate is exactly `fps`. MP4-friendly audio (AAC, MP3, ...) and mov_text subtitles are copied
+    packet for packet, other audio is re-encoded to AAC, other text subtitles (SRT, ASS, WebVTT) to
+    mov_text; bitmap subtitles are left out with a VideoWarning. Audio and subtitles past the last frame
+    are dropped. On failure VideoError, and nothing is left at `out`.
     """
     if not frames:
         raise _error(out, "no frames to encode")
     out.parent.mkdir(parents=True, exist_ok=True)
     try:
         with atomic_path(out) as tmp:
-            _encode(tmp, frames, out, Fraction(fps), audio_from)
+            _encode(tmp, frames, out, Fraction(fps), source)
     except (av.FFmpegError, OSError) as exc:
         raise _error(out, f"cannot write video ({exc.strerror or exc})") from None

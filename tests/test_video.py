@@ -211,7 +211,7 @@ def test_assemble_webm_frames_with_vorbis_audio_to_h264_and_aac(bunny_frames, tm
     folder, _ = bunny_frames
     frames = _scaled(sorted(folder.glob("frame_*.png")), tmp_path / "small", (128, 72))
     out = tmp_path / "clip.mp4"
-    assemble(frames, out, Fraction(24), audio_from=_shared(BUNNY))
+    assemble(frames, out, Fraction(24), source=_shared(BUNNY))
     assert probe(out) == VideoInfo(Fraction(24), 24, 128, 72, True)
     with av.open(str(out)) as container:
         video, audio = container.streams.video[0], container.streams.audio[0]
@@ -225,7 +225,7 @@ def test_assemble_copies_mp3_audio_packets_and_cuts_them_at_the_last_frame(tmp_p
     source = _shared(COCKATOO)
     frames = _solid(tmp_path / "small", 20, (64, 36))
     out = tmp_path / "clip.mp4"
-    assemble(frames, out, Fraction(20), audio_from=source)
+    assemble(frames, out, Fraction(20), source=source)
     with av.open(str(out)) as got, av.open(str(source)) as src:
         assert got.streams.audio[0].codec_context.name.startswith("mp3")  # copied, not re-encoded
         copied = [bytes(p) for p in got.demux(audio=0) if p.size]
@@ -236,7 +236,7 @@ def test_assemble_copies_mp3_audio_packets_and_cuts_them_at_the_last_frame(tmp_p
 
 def test_assemble_without_audio_and_with_odd_size_at_an_ntsc_rate(pan_frames, tmp_path):
     plain = tmp_path / "plain.mp4"
-    assemble(pan_frames, plain, Fraction(12), audio_from=PAN)  # PAN has no audio track
+    assemble(pan_frames, plain, Fraction(12), source=PAN)  # PAN has no audio track
     assert probe(plain) == VideoInfo(Fraction(12), 12, 160, 120, False)
     odd = _scaled(pan_frames, tmp_path / "odd", (127, 71))
     ntsc = tmp_path / "odd.mp4"
