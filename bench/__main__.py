@@ -383,7 +383,7 @@ def pipeline_figures(work: Path, images: int = 50) -> dict:
     video = SHARED / "video" / "big_buck_bunny_432_433.webm"
     vconf = _batch_config(work / "v.yaml", video, work / "out_v", cache, 128, 10)
     t_video = _run_config(vconf)
-    with av.open(str(work / "out_v" / "big_buck_bunny_432_433.starry.mp4")) as c:
+    with av.open(str(work / "out_v" / "big_buck_bunny_432_433.webm.starry.mp4")) as c:
         frames = sum(1 for _ in c.decode(video=0))
         fps, audio = c.streams.video[0].average_rate, [a.codec_context.name for a in c.streams.audio]
     print(f"  video: {frames} frames at {fps} fps, audio {audio}, {t_video:.1f}s", flush=True)

@@ -70,7 +70,7 @@ def _run(work: Path, inputs: Path, name: str, size: int, iterations: int, execut
     config = load_config(path)
     report = _Timed()
     start = time.perf_counter()
-    execute(config, plan(config, discover(config.inputs, exclude=config.output.dir)), report)
+    execute(config, plan(config, discover(config.inputs, exclude=config.output.dir).sources), report)
     total = time.perf_counter() - start
     by_worker: dict[int, list[tuple[float, Record]]] = {}
     for arrival in report.arrivals:

@@ -10,15 +10,16 @@ from typing import Callable, Iterator, List, Optional
 
 import typer
 
-from pipeline.config import ConfigError, OptimizeConfig, StyleConfig, check_output_dir, load_config
+from pipeline.config import ConfigError, OptimizeConfig, StyleConfig, check_output_dir, check_styles, load_config
 from pipeline.discover import InputError, discover
 from pipeline.images import ImageError
+from pipeline.manifest import LOG_NAME
 from pipeline.model import WeightsError
 from pipeline.progress import timestamped
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_LOCKED = 0, 1, 2, 75
 EXIT_TERMINATED = 128 + signal.SIGTERM  # what a shell reports for a process that SIGTERM ended
-LOG_NAME = "stylize.log"
+EXIT_INTERRUPTED = 128 + signal.SIGINT  # and for one that Ctrl-C ended
 
 _DEFAULTS = OptimizeConfig()
 
@@ -53,14 +54,37 @@ def _sigterm_raises() -> Iterator[None]:
 
 
 def _plan(config_path: Path):
+    """The config, its plan and the warnings of discovery (files passed over, frames missing)."""
     from pipeline.plan import plan
 
     try:
         config = load_config(config_path)
-        sources = discover(config.inputs, exclude=config.output.dir)
-        return config, plan(config, sources)
-    except (ConfigError, InputError, WeightsError) as exc:
+        found = discover(config.inputs, exclude=config.output.dir)
+        return config, plan(config, found.sources), found.notes()
+    except (ConfigError, WeightsError) as exc:
         _fail(str(exc))
+    except InputError as exc:
+        _fail(f"{config_path}: {exc}")
+
+
+def _summary(outcomes: list, plan, out_dir: Path) -> tuple[str, list[tuple[str, str]]]:
+    """The closing line, counted once per job (the last word on each), and the failures by name."""
+    from pipeline.plan import VideoOut
+
+    last = {(type(o.job), o.job.output): o for o in outcomes}
+    jobs = [last[(type(j), j.output)] for j in plan.jobs if (type(j), j.output) in last]
+    ran = sum(not o.skipped for o in jobs)
+    failed = [(o.job.name, o.record.error or "") for o in last.values() if o.record.state == "failed"]
+    failed += [(str(source.relative), error) for source, error in plan.rejected]
+    encoded = sum(o.record.style_misses or 0 for o in jobs if not o.skipped)
+    cached = sum(o.record.style_hits or 0 for o in jobs if not o.skipped)
+    videos = sum(o.record.state == "done" for o in last.values() if isinstance(o.job, VideoOut))
+    line = (f"finished: {len(plan.jobs)} jobs: {ran} run, {sum(o.skipped for o in jobs)} already done, "
+            f"{sum(o.record.state == 'failed' for o in jobs)} failed"
+            + (f", {len(plan.rejected)} inputs refused" if plan.rejected else "")
+            + (f"; {videos} of {len(plan.videos)} videos assembled" if plan.videos else "")
+            + f"; style targets: {encoded} encoded, {cached} from cache; manifest in {out_dir}")
+    return line, failed
 
 
 @app.command()
@@ -78,33 +102,35 @@ def run(
 
     if quiet and verbose:
         _fail("--quiet and --verbose exclude each other")
-    config, plan = _plan(config_path)
+    config, plan, notes = _plan(config_path)
     if dry_run:
-        _show_plan(config, plan)
+        _show_plan(config, plan, notes)
         return
     try:
         check_output_dir(config_path, config)
+        check_styles(config_path, config)
     except ConfigError as exc:
         _fail(str(exc))
     verbosity = "quiet" if quiet else "verbose" if verbose else "normal"
     try:
         with _sigterm_raises(), run_lock(config.output.dir), RunReport(config.output.dir / LOG_NAME, sys.stderr.isatty(), verbosity) as report:
+            for note in notes:
+                report.log(f"warning: {note}", always=True)
             report.log(f"{len(plan.jobs)} jobs from {config_path}")
             outcomes = execute(config, plan, report, live=report.progress)
             _write_report(config, plan, report.log)
-            failed = [o for o in outcomes if o.record.state == "failed"]
-            ran = sum(not o.skipped for o in outcomes)
-            encoded = sum(o.record.style_misses or 0 for o in outcomes if not o.skipped)
-            cached = sum(o.record.style_hits or 0 for o in outcomes if not o.skipped)
-            report.log(f"finished: {ran} run, {len(outcomes) - ran} skipped, {len(failed)} failed; "
-                       f"style targets: {encoded} encoded, {cached} from cache; manifest in {config.output.dir}", always=True)
-            for o in failed:
-                report.log(f"FAILED {o.job.name}: {o.record.error}", always=True)
+            line, failed = _summary(outcomes, plan, config.output.dir)
+            report.log(line, always=True)
+            for name, error in failed:
+                report.log(f"FAILED {name}: {error}", always=True)
     except LockHeld as exc:
         _fail(str(exc), EXIT_LOCKED)
     except Terminated:
         _fail(f"terminated: the job in hand was abandoned; what finished is in {config.output.dir / 'manifest.json'}",
               EXIT_TERMINATED)
+    except KeyboardInterrupt:
+        _fail(f"interrupted: the jobs in hand were abandoned; what finished is in {config.output.dir / 'manifest.json'}",
+              EXIT_INTERRUPTED)
     except DeviceError as exc:
         _fail(f"{config_path}: devices: {exc}")
     except StorageError as exc:
@@ -127,12 +153,16 @@ def _write_report(config, plan, log: Callable[..., None]) -> None:
     log(f"report: {page}")
 
 
-def _show_plan(config, plan) -> None:
+def _show_plan(config, plan, notes: list[str]) -> None:
     from pipeline.execute import relative_output
     from pipeline.manifest import Manifest
 
     manifest = Manifest(config.output.dir)
-    counts: dict[str, int] = {}
+    for note in notes:
+        typer.echo(f"warning: {note}", err=True)
+    counts: dict[str, int] = {"failed": len(plan.rejected)} if plan.rejected else {}
+    for source, error in plan.rejected:
+        typer.echo(f"failed   {source.relative} ({error})")
     for job in [*plan.jobs, *plan.videos]:
         rel = relative_output(job, config.output.dir)
         record = manifest.records.get(rel)
@@ -151,7 +181,7 @@ def report_cmd(config_path: Path = typer.Argument(..., metavar="CONFIG", help="Y
     from pipeline.manifest import reason
     from pipeline.report import REPORT_NAME, write_report
 
-    config, plan = _plan(config_path)
+    config, plan, _ = _plan(config_path)
     try:
         paths = write_report(config, plan)
     except OSError as exc:

@@ -7,6 +7,7 @@ the config file's folder.
 
 from __future__ import annotations
 
+import collections.abc
 import difflib
 import importlib.util
 import json
@@ -258,6 +259,31 @@ def _resolve(base: Path, p: Path) -> Path:
     return Path(os.path.normpath(base / p.expanduser()))
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a mapping that names one key twice (where YAML lets the last one win)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: dict[object, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if not isinstance(key, collections.abc.Hashable):
+                continue  # the safe loader's own error names it
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r} (first at line {seen[key]})", key_node.start_mark)
+            seen[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep)
+
+
+def _read_yaml(text: str) -> object:
+    """The one document in `text`, read with the safe loader that refuses duplicate keys."""
+    loader = _UniqueKeyLoader(text)
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
+
+
 def load_config(path: Path) -> Config:
     """Read, validate and resolve a YAML config; raise ConfigError with a one-line message."""
     try:
@@ -265,7 +291,7 @@ def load_config(path: Path) -> Config:
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read config ({exc.strerror or exc})") from None
     try:
-        raw = yaml.safe_load(text)
+        raw = _read_yaml(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
@@ -312,12 +338,26 @@ def load_config(path: Path) -> Config:
 
 
 def check_output_dir(config_path: Path, config: Config) -> None:
-    """Create the output dir and write a probe file there; raise ConfigError if that fails."""
-    out = config.output.dir
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=".write-probe.", dir=out)
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as exc:
-        raise ConfigError(f"{config_path}: output.dir: cannot write to {out} ({exc.strerror or exc})") from None
+    """Create `output.dir` and `cache_dir` and write a probe file in each; raise ConfigError naming the key
+    of the one that fails (a read-only mount, say), before any work."""
+    for key, folder in (("output.dir", config.output.dir), ("cache_dir", config.cache_dir)):
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            fd, probe = tempfile.mkstemp(prefix=".write-probe.", dir=folder)
+            os.close(fd)
+            os.unlink(probe)
+        except OSError as exc:
+            raise ConfigError(f"{config_path}: {key}: cannot write to {folder} ({exc.strerror or exc})") from None
+
+
+def check_styles(config_path: Path, config: Config) -> None:
+    """Decode every style image once; raise ConfigError naming the first that cannot be read, before any
+    work (else every job that uses it would fail, one by one)."""
+    from pipeline.images import ImageError, read_image
+
+    for i, style in enumerate(config.styles):
+        for j, image in enumerate(style.images):
+            try:
+                read_image(image, 64)
+            except (ImageError, OSError) as exc:
+                raise ConfigError(f"{config_path}: styles[{i}].images[{j}]: {str(exc).splitlines()[0]}") from None

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import os
+import signal
 import threading
 import time
 import uuid
 from concurrent.futures.process import BrokenProcessPool
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager, contextmanager, nullcontext, suppress
 from dataclasses import dataclass, replace
 from functools import partial
 from multiprocessing import Manager
@@ -216,6 +217,17 @@ def task_jobs(task: Task, done: frozenset[Path] = frozenset()) -> list[Job]:
     return [task] if isinstance(task, Job) else list(task.jobs)
 
 
+@contextmanager
+def _sigint_blocked() -> Iterator[None]:
+    """Ctrl-C held back in this thread while inside (and in the processes it starts): a Ctrl-C is this
+    process's to handle, which then ends its helpers; it arrives on the way out."""
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, before)
+
+
 def _pool(
     config: Config, tasks: dict[int, Task], done: set[Path], out_dir: Path, slots: list[str], manager: SyncManager,
     live: Live | None, ended: dict[int, bool],
@@ -228,20 +240,24 @@ def _pool(
     for device in slots:
         slot_queue.put((device, threads if device == "cpu" else torch.get_num_threads()))
     run_id = uuid.uuid4().hex  # workers of an earlier, broken pool claim a slot anew
-    pool = Parallel(n_jobs=len(slots), backend="loky", return_as="generator_unordered", batch_size=1)
+    pool = Parallel(n_jobs=len(slots), backend="loky", return_as="generator_unordered", batch_size=1,
+                    max_nbytes=None)  # tasks are small: nothing to memory-map
     skip = frozenset(done)
-    calls = pool(delayed(_worker_task)(run_id, config, slot_queue, results, i, t, skip, out_dir, live is not None)
-                 for i, t in tasks.items())
+    with _sigint_blocked():  # the pool's helper processes start here
+        calls = pool(delayed(_worker_task)(run_id, config, slot_queue, results, i, t, skip, out_dir, live is not None)
+                     for i, t in tasks.items())
     failure: list[BaseException] = []
 
     def drive() -> None:  # runs the pool; a worker's crash is returned below, from this thread
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})  # the processes started here leave Ctrl-C to us
         try:
             for _ in calls:
                 pass
         except BaseException as exc:  # noqa: BLE001
             failure.append(exc)
         finally:
-            results.put(_END)
+            with suppress(OSError, EOFError):  # the manager is gone when Ctrl-C reached it too
+                results.put(_END)
 
     runner = threading.Thread(target=drive, name="pool", daemon=True)
     runner.start()
@@ -276,7 +292,9 @@ def _records(
             yield from _run_task(renderer, config, task, done, out_dir)
         return
     todo, strikes, finished = dict(enumerate(tasks)), dict.fromkeys(range(len(tasks)), 0), set(done)
-    with Manager() as manager:
+    with _sigint_blocked():
+        manager = Manager()  # its process leaves Ctrl-C to this one, which shuts it down
+    with manager:
         while todo:
             ended: dict[int, bool] = {}
             broken = yield from _pool(config, todo, finished, out_dir, slots, manager, live, ended)
@@ -400,6 +418,24 @@ def _finish(
     return Outcome(job, record, skipped=False)
 
 
+def _adopt(manifest: Manifest, plan: Plan, out_dir: Path, report: Report) -> None:
+    """Give outputs made under the naming rule of an earlier version their names now (see Manifest.adopt),
+    and remove the folders that this leaves empty."""
+    def source(item: Union[Job, Clip, VideoOut]) -> str:
+        return str((item.clip.source if isinstance(item, VideoOut) else item.source).path)
+
+    moved = manifest.adopt(out_dir, [(relative_output(j, out_dir), source(j), j.key)
+                                     for j in [*plan.jobs, *plan.clips, *plan.videos]])
+    if not moved:
+        return
+    manifest.save()
+    for folder in sorted({(out_dir / rel).parent for rel in moved}, key=lambda p: -len(p.parts)):
+        while folder != out_dir and folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()
+            folder = folder.parent
+    report.log(f"renamed {len(moved)} outputs to the names this version gives them (see 'Output names' in the README)")
+
+
 def execute(config: Config, plan: Plan, report: Report, live: Live | None = None) -> list[Outcome]:
     """Run every pending job, skipping done ones, saving the manifest after each; then cross-fade
     segment seams, measure each clip's warp error and reassemble each video whose frames are all
@@ -415,6 +451,7 @@ def execute(config: Config, plan: Plan, report: Report, live: Live | None = None
     for stale in out_dir.rglob(".*.part*"):  # temporaries of a killed run (we hold the lock)
         stale.unlink(missing_ok=True)
     manifest = Manifest(out_dir)
+    _adopt(manifest, plan, out_dir, report)
     done = [is_done(j, manifest, out_dir) for j in plan.jobs]
     pending = [j for j, d in zip(plan.jobs, done) if not d]
     outcomes = [Outcome(j, manifest.records[relative_output(j, out_dir)], skipped=True) for j, d in zip(plan.jobs, done) if d]

@@ -21,6 +21,9 @@ _ALPHA_FORMATS = frozenset({"PNG", "WEBP", "TIFF"})
 _SAVE_FORMATS = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".webp": "WEBP", ".bmp": "BMP", ".tif": "TIFF", ".tiff": "TIFF"}
 
 
+NAME_MAX = 255  # bytes in one file name, on every file system we write to
+
+
 class ImageError(ValueError):
     """An input image cannot be used; the message names the file."""
 
@@ -243,7 +246,9 @@ def atomic_path(path: Path) -> Iterator[Path]:
     A crash or error leaves no file at `path` (nor a stray temporary).
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".part{path.suffix}", dir=path.parent)
+    suffix = f".part{path.suffix}"
+    room = NAME_MAX - len(f"..XXXXXXXX{suffix}".encode())  # whenever the name fits, its temporary does too
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name.encode()[:room].decode(errors='ignore')}.", suffix=suffix, dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     try:

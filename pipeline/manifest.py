@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import json
+import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from pipeline.images import atomic_path
 
 MANIFEST_NAME = "manifest.json"
+REPORT_NAME = "report.html"
+SHEET_NAME = "contact_sheet.png"
+LOG_NAME = "stylize.log"
+RUN_FILES = frozenset({MANIFEST_NAME, REPORT_NAME, SHEET_NAME, LOG_NAME})  # what a run writes beside its outputs
 
 
 @dataclass(frozen=True)
@@ -70,6 +75,30 @@ class Manifest:
             return "done"
         record = self.records.get(output)
         return "failed" if record is not None and record.state == "failed" and record.key == key else "pending"
+
+    def adopt(self, out_dir: Path, wanted: list[tuple[str, str, str]]) -> list[str]:
+        """Move outputs made under an earlier naming rule to the names they have now.
+
+        `wanted` holds (output, source, key) for every output planned. A done
+        record of the same source and key under a name that nothing planned
+        takes is the same render: its file (unless one is at the new name
+        already) and its record move there. Returns the old names.
+        """
+        planned = {rel for rel, _, _ in wanted}
+        old = {(r.source, r.key): rel for rel, r in self.records.items() if r.state == "done" and rel not in planned}
+        moved = []
+        for rel, source, key in wanted:
+            if (was := old.get((source, key))) is None or (rel in self.records and self.records[rel].key == key):
+                continue
+            src, dst = out_dir / was, out_dir / rel
+            if not src.exists() and not dst.exists():
+                continue
+            if not dst.exists():
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(src, dst)
+            self.records[rel] = replace(self.records.pop(was), output=rel)
+            moved.append(was)
+        return moved
 
     def put(self, record: Record) -> None:
         self.records[record.output] = record

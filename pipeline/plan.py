@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
+from collections import defaultdict
 from dataclasses import dataclass, field, replace
 from fractions import Fraction
 from pathlib import Path
 
 from pipeline.config import Config, StyleConfig, VideoConfig
 from pipeline.discover import Source
+from pipeline.images import NAME_MAX
 from pipeline.keys import file_digest, value_digest
 from pipeline.model import pooling_identity, weights_identity
 from pipeline.video import VideoError, probe
@@ -106,6 +109,7 @@ class Plan:
     segments: list[Segment] = field(default_factory=list)
     seams: list[Seam] = field(default_factory=list)
     clips: list[Clip] = field(default_factory=list)
+    rejected: list[tuple[Source, str]] = field(default_factory=list)  # inputs whose outputs would clash, and why
 
     def chained(self) -> set[Path]:
         """Outputs of the jobs that segments (and seams) render, not single-job tasks."""
@@ -120,23 +124,37 @@ def _safe(rel: Path) -> Path:
     return Path(*(re.sub(r"[\x00-\x1f\x7f]", "_", part) for part in rel.parts))
 
 
-def output_path(source: Source, style: str, out_dir: Path, fmt: str, full_name: bool = False) -> Path:
-    """`<relative dir>/<stem>.<style>.<ext>` under `out_dir`; `fmt` same keeps the input's suffix.
+def fit_name(name: str, tail: str) -> str:
+    """`name + tail`, or, when that passes NAME_MAX bytes, `name` cut short and marked with a hash of
+    all of it (`<start>~<hash>`), so that the name stays unique."""
+    whole = name + tail
+    if len(whole.encode()) <= NAME_MAX:
+        return whole
+    mark = "~" + hashlib.sha256(whole.encode()).hexdigest()[:12]
+    room = max(NAME_MAX - len((mark + tail).encode()), 1)
+    return name.encode()[:room].decode(errors="ignore") + mark + tail
 
-    `full_name` keeps the input's suffix in the name (`a.jpg.<style>.png`), for
-    inputs whose stems clash.
-    """
+
+def _short(source: Source, ext: str) -> bool:
+    """Whether the output drops the input's suffix: only when the suffix is the output's extension exactly
+    (`a.png` as png); `a.jpg` keeps it (`a.jpg.<style>.png`), so that no two inputs share an output."""
+    return source.kind == "sequence" or source.relative.suffix == ext
+
+
+def output_path(source: Source, style: str, out_dir: Path, fmt: str) -> Path:
+    """`<relative dir>/<stem>.<style>.<ext>` under `out_dir` when the input's suffix is `ext`, else
+    `<relative dir>/<name>.<style>.<ext>`; `fmt` same keeps the input's suffix (in lower case)."""
     rel = _safe(source.relative)
-    suffix = rel.suffix.lower() if fmt == "same" else f".{fmt}"
-    stem = rel.name if full_name else rel.stem
-    return out_dir / rel.parent / f"{stem}.{style}{suffix}"
+    ext = rel.suffix.lower() if fmt == "same" else f".{fmt}"
+    return out_dir / rel.parent / fit_name(rel.stem if _short(source, ext) else rel.name, f".{style}{ext}")
 
 
 def frame_folder(source: Source, style: str, out_dir: Path) -> Path:
-    """`clip.mp4` and a sequence folder `shot010` become `clip.<style>/` and `shot010.<style>/`."""
+    """`clip.mp4` and a sequence folder `shot010` become `clip.<style>/` and `shot010.<style>/`; a video
+    of another container keeps its suffix (`clip.mov.<style>/`)."""
     rel = _safe(source.relative)
-    stem = rel.stem if source.kind == "video" else rel.name
-    return out_dir / rel.parent / f"{stem}.{style}"
+    stem = rel.stem if _short(source, ".mp4") else rel.name
+    return out_dir / rel.parent / fit_name(stem, f".{style}")
 
 
 def video_output(source: Source, style: str, out_dir: Path) -> Path:
@@ -229,7 +247,6 @@ class _Planner:
         self.config = config
         self.settings = pixel_settings(config)
         self.styles = [(s, _style_digest(s)) for s in config.styles]
-        self.taken: set[Path] = set()
         self.segments: list[Segment] = []
         self.seams: list[Seam] = []
         self.clips: list[Clip] = []
@@ -238,9 +255,14 @@ class _Planner:
         """Chain a clip's frames when temporal and note it for measurement."""
         video = self.config.video
         if video.temporal and len(frames) > 1:
-            frames, segments, seams = chain(frames, video, self.config.cache_dir)
-            self.segments += segments
-            self.seams += seams
+            chained: list[Job] = []
+            bounds = [0, *source.gaps, len(frames)]  # the chain restarts after each gap of a sequence
+            for begin, end in zip(bounds, bounds[1:]):
+                part, segments, seams = chain(frames[begin:end], video, self.config.cache_dir)
+                chained += part
+                self.segments += segments
+                self.seams += seams
+            frames = tuple(chained)
         clip = Clip(source, frames, folder)
         if video.measure and len(frames) > 1:
             self.clips.append(clip)
@@ -255,9 +277,6 @@ class _Planner:
         jobs = []
         for style, style_digest in self.styles:
             out = output_path(source, style.name, cfg.dir, cfg.format)
-            if out in self.taken:  # photo.jpg and photo.png in one folder
-                out = output_path(source, style.name, cfg.dir, cfg.format, full_name=True)
-            self.taken.add(out)
             jobs.append(Job(source, style, source.path, out, self._key(content, style_digest, out.suffix)))
         return jobs
 
@@ -269,7 +288,7 @@ class _Planner:
             folder = frame_folder(source, style.name, self.config.output.dir)
             frames = []
             for frame, digest in zip(source.frames, digests):
-                out = folder / (frame.name if fmt == "same" else f"{frame.stem}.{fmt}")
+                out = folder / (frame.name if fmt == "same" else fit_name(frame.stem, f".{fmt}"))
                 frames.append(Job(source, style, frame, out, self._key(digest, style_digest, out.suffix)))
             jobs.extend(self._clip(source, tuple(frames), folder).frames)
         return jobs
@@ -312,12 +331,53 @@ class _Planner:
         return jobs, videos
 
 
+def _claims(config: Config, source: Source) -> set[Path]:
+    """The paths a source's outputs take: its images, or its frame folders and videos."""
+    out, fmt = config.output.dir, config.output.format
+    if source.kind == "image":
+        return {output_path(source, s.name, out, fmt) for s in config.styles}
+    folders = {frame_folder(source, s.name, out) for s in config.styles}
+    return folders | ({Path(f"{f}.mp4") for f in folders} if source.kind == "video" else set())
+
+
+def _keeps_name(config: Config, source: Source) -> bool:
+    """Whether the source's outputs drop its suffix (see `_short`)."""
+    fmt = config.output.format
+    ext = {"image": source.relative.suffix.lower() if fmt == "same" else f".{fmt}", "video": ".mp4"}.get(source.kind, "")
+    return _short(source, ext)
+
+
+def clashes(config: Config, sources: list[Source]) -> dict[Source, str]:
+    """The sources whose outputs would land on another's (the same path, or inside its frame folder), with
+    the reason. Of two, one that keeps its own name (`b.png` as `b.<style>.png`) keeps it and the other,
+    which carries its suffix (`b.jpg.png` beside `b.jpg`), fails; where neither or both do, both fail."""
+    owners: dict[Path, list[Source]] = defaultdict(list)
+    for source in sources:
+        for path in _claims(config, source):
+            owners[path].append(source)
+    rejected: dict[Source, str] = {}
+    for path, claimants in owners.items():
+        rivals = set(claimants) | {other for p in path.parents if p in owners for other in owners[p]}
+        if len(rivals) < 2:
+            continue
+        keepers = [s for s in rivals if _keeps_name(config, s)]
+        for source in rivals - set(keepers if len(keepers) == 1 else []):
+            others = ", ".join(sorted(str(o.path) for o in rivals if o != source))
+            rejected[source] = (f"{source.path}: its output {path.relative_to(config.output.dir)} would also be "
+                                f"written for {others}; rename one of them")
+    return rejected
+
+
 def plan(config: Config, sources: list[Source]) -> Plan:
-    """Jobs for every source and style, in source order, and the videos to reassemble."""
+    """Jobs for every source and style, in source order, and the videos to reassemble; sources whose
+    outputs would clash get no jobs (see `clashes`)."""
     planner = _Planner(config)
+    rejected = clashes(config, sources)
     jobs: list[Job] = []
     videos: list[VideoOut] = []
     for source in sources:
+        if source in rejected:
+            continue
         if source.kind == "video":
             more, vids = planner.video(source)
             jobs.extend(more)
@@ -326,4 +386,4 @@ def plan(config: Config, sources: list[Source]) -> Plan:
             jobs.extend(planner.sequence(source))
         else:
             jobs.extend(planner.image(source))
-    return Plan(jobs, videos, planner.segments, planner.seams, planner.clips)
+    return Plan(jobs, videos, planner.segments, planner.seams, planner.clips, list(rejected.items()))

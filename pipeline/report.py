@@ -25,11 +25,9 @@ from pipeline.config import Config, StyleConfig
 from pipeline.discover import Source
 from pipeline.execute import relative_output
 from pipeline.images import atomic_path
-from pipeline.manifest import Manifest, Record
+from pipeline.manifest import REPORT_NAME, SHEET_NAME, Manifest, Record
 from pipeline.plan import Clip, Job, Plan, VideoOut, frame_folder
 
-REPORT_NAME = "report.html"
-SHEET_NAME = "contact_sheet.png"
 THUMB = 160  # px, the longest side of every thumbnail
 PREVIEW_FRAMES = 24  # at most, in a video's animated preview
 SEQUENCE_FPS = Fraction(12)  # the pace of a frame sequence's preview (it has no frame rate of its own)

@@ -105,7 +105,7 @@ def test_run_mirrors_tree_isolates_bad_file_and_resumes(shared, tmp_path):
     assert first.exit_code == 1, first.output
     out = tmp_path / "out"
     assert Image.open(out / "sub" / "cat one.wave.png").size == (48, 32)
-    assert Image.open(out / "coffee.wave.png").size == (48, 32)
+    assert Image.open(out / "coffee.jpg.wave.png").size == (48, 32)
     assert not (out / "broken.wave.png").exists() and not (out / ".hidden.wave.png").exists()
     assert "broken.jpg: not a readable image" in first.output
     assert not list(out.rglob("*.part")), "no temporary files are left behind"

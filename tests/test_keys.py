@@ -21,7 +21,7 @@ def _config(shared: Path, tmp_path: Path, optimize: dict | None = None, style: d
 
 def _keys(shared: Path, tmp_path: Path, optimize: dict | None = None, style: dict | None = None) -> list[str]:
     config = _config(shared, tmp_path, optimize, style)
-    return [job.key for job in plan(config, discover(config.inputs, exclude=config.output.dir)).jobs]
+    return [job.key for job in plan(config, discover(config.inputs, exclude=config.output.dir).sources).jobs]
 
 
 @pytest.mark.parametrize(("change", "off"), [

@@ -405,8 +405,8 @@ def test_output_names_stay_inside_the_output_dir(tmp_path):
     folder.mkdir(parents=True)
     for name in ("-rf.png", "a\nb.png", "tab\t.png", " lead.png", "ü.png"):
         Image.new("RGB", (8, 8)).save(folder / name, format="PNG")
-    out = tmp_path / "in" / "out"
-    sources = discover([str(tmp_path / "in"), str(folder / "*.png")], exclude=out)
+    out = tmp_path / "out"
+    sources = discover([str(tmp_path / "in"), str(folder / "*.png")], exclude=out).sources
     assert len(sources) == 5
     for source in sources:
         for path in (output_path(source, "wave", out, "png"), frame_folder(source, "wave", out)):

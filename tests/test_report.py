@@ -111,7 +111,7 @@ def test_quiet_rerun_shows_only_failures_and_the_summary(run):
     result = runner.invoke(app, ["run", str(config), "--quiet"])
     assert result.exit_code == 1, result.output
     lines = result.output.splitlines()
-    assert len(lines) == 3 and "finished: 2 run" in lines[0] and all("FAILED broken.jpg" in line for line in lines[1:])
+    assert len(lines) == 3 and "finished: 12 jobs: 2 run, 10 already done, 2 failed" in lines[0] and all("FAILED broken.jpg" in line for line in lines[1:])
     assert "report: " in (out / "stylize.log").read_text().splitlines()[-4]  # the log file still gets every line
 
 

@@ -146,7 +146,7 @@ def test_a_resumed_chain_continues_from_the_frames_already_done(shared, tmp_path
     again = _run(tmp_path, tmp_path / "clip", style, "out", video)
     assert again["_exit"] == 0
     assert all(again[f"clip.wave/f00{i}.png"] == first[f"clip.wave/f00{i}.png"] for i in range(1, 5))  # not redone
-    assert "finished: 3 run, 4 skipped" in again["_log"]  # frames 5 and 6, and the clip measured again
+    assert "finished: 6 jobs: 2 run, 4 already done, 0 failed" in again["_log"]  # frames 5 and 6
     assert again["clip.wave/f005.png"]["iterations"] == 3  # it follows frame 4, read back from disk
     assert again["clip.wave"]["metrics"]["warp_error"] < 2 * first["clip.wave"]["metrics"]["warp_error"]
 

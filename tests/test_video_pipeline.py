@@ -42,12 +42,12 @@ def test_webm_with_audio_becomes_frames_and_h264_with_audio(shared, tmp_path):
     result = runner.invoke(app, ["run", str(config)])
     assert result.exit_code == 0, result.output
     out = tmp_path / "out"
-    frames = sorted((out / "big_buck_bunny_432_433.wave").glob("frame_*.png"))
+    frames = sorted((out / "big_buck_bunny_432_433.webm.wave").glob("frame_*.png"))  # a WebM keeps its suffix
     assert len(frames) == 24 and Image.open(frames[0]).size == (48, 27)
-    count, fps, _, has_audio, _ = _streams(out / "big_buck_bunny_432_433.wave.mp4")
+    count, fps, _, has_audio, _ = _streams(out / "big_buck_bunny_432_433.webm.wave.mp4")
     assert (count, fps, has_audio) == (24, 24, True)
     records = json.loads((out / "manifest.json").read_text())["jobs"]
-    assert records["big_buck_bunny_432_433.wave.mp4"]["state"] == "done"
+    assert records["big_buck_bunny_432_433.webm.wave.mp4"]["state"] == "done"
 
 
 @pytest.mark.slow
@@ -90,6 +90,6 @@ def test_unreadable_video_fails_only_its_jobs(tmp_path, shared):
     config = _config(tmp_path, [inputs], shared / "style/wave.jpg")
     result = runner.invoke(app, ["run", str(config)])
     assert result.exit_code == 1
-    assert "broken.mp4" in result.output and (tmp_path / "out" / "coffee.wave.png").is_file()
+    assert "broken.mp4" in result.output and (tmp_path / "out" / "coffee.jpg.wave.png").is_file()
     records = json.loads((tmp_path / "out" / "manifest.json").read_text())["jobs"]
     assert records["broken.wave.mp4"]["state"] == "failed"  # named like the video it would have made

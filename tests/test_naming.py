@@ -1,0 +1,156 @@
+"""Output names: one rule on the input's own path, so that no input's output is lost to another's."""
+
+import hashlib
+import json
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+from typer.testing import CliRunner
+
+from pipeline.cli import app
+from pipeline.config import Config
+from pipeline.discover import discover
+from pipeline.plan import NAME_MAX, plan
+
+runner = CliRunner()
+
+
+def _config(tmp_path: Path, inputs: list[Path], style: Path, **output) -> Path:
+    data = {
+        "inputs": [str(i) for i in inputs],
+        "styles": [{"name": "wave", "images": [str(style)]}],
+        "output": {"dir": str(tmp_path / "out"), **output},
+        "optimize": {"size": 40, "iterations": 2, "scales": 1},
+        "video": {"temporal": False, "measure": False},
+        "devices": "cpu",
+        "cache_dir": str(tmp_path / "cache"),
+    }
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def _video(path: Path, frames: int = 3) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("mpeg4", rate=10)
+        stream.width, stream.height, stream.pix_fmt = 32, 24, "yuv420p"
+        for i in range(frames):
+            image = np.full((24, 32, 3), 40 * i, np.uint8)
+            for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    return path
+
+
+def _outputs(config: Config, folder: Path) -> dict[str, set[Path]]:
+    """Every output path of each input under `folder`, by input name."""
+    result = plan(config, discover([str(folder)], exclude=config.output.dir).sources)
+    outs: dict[str, set[Path]] = {}
+    for job in result.jobs:
+        outs.setdefault(job.source.path.name, set()).add(job.output)
+    for video in result.videos:
+        outs[video.clip.source.path.name].add(video.output)
+    return outs
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_two_videos_with_one_stem_never_share_an_output(tmp_path, shared):
+    folder = tmp_path / "in"
+    _video(folder / "clip.mp4")
+    _video(folder / "clip.mov")
+    config = Config.model_validate(yaml.safe_load(_config(tmp_path, [folder], shared / "style/wave.jpg").read_text()))
+    outs = _outputs(config, folder)
+    assert outs["clip.mp4"].isdisjoint(outs["clip.mov"])
+    assert {p.parent.name for p in outs["clip.mov"]} >= {"clip.mov.wave"}
+    assert config.output.dir / "clip.mov.wave.mp4" in outs["clip.mov"]
+    assert config.output.dir / "clip.wave.mp4" in outs["clip.mp4"]
+
+
+@pytest.mark.parametrize("fmt", ["png", "jpg", "same"])
+def test_an_inputs_output_name_does_not_depend_on_its_siblings(tmp_path, shared, fmt):
+    """The rule looks at the input's own path only: adding siblings changes no name."""
+    alone, crowd = tmp_path / "alone", tmp_path / "crowd"
+    for folder, names in ((alone, ["b.png"]), (crowd, ["b.png", "b.jpg", "b.PNG", "b.jpeg", "b.webp"])):
+        folder.mkdir()
+        for name in names:
+            Image.new("RGB", (8, 8)).save(folder / name, format=Image.registered_extensions()[Path(name).suffix.lower()])
+    out = tmp_path / "out"
+    make = lambda: Config.model_validate({"inputs": [str(alone)], "styles": [{"name": "wave", "images": [str(shared / "style/wave.jpg")]}],
+                                          "output": {"dir": str(out), "format": fmt}})
+    first, second = _outputs(make(), alone), _outputs(make(), crowd)
+    assert first["b.png"] == second["b.png"]
+    everything = [p for paths in second.values() for p in paths]
+    assert len(everything) == len(set(everything)) == 5, "five inputs, five outputs"
+
+
+@pytest.mark.slow
+def test_a_finished_output_keeps_its_name_and_bytes_when_a_sibling_appears(tmp_path, shared):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    Image.open(shared / "content/chelsea.png").convert("RGB").save(folder / "b.png")
+    config = _config(tmp_path, [folder], shared / "style/wave.jpg")
+    assert runner.invoke(app, ["run", str(config)]).exit_code == 0
+    done = tmp_path / "out" / "b.wave.png"
+    before = _sha(done)
+
+    Image.open(shared / "content/coffee.png").convert("RGB").save(folder / "b.jpg")
+    second = runner.invoke(app, ["run", str(config)])
+    assert second.exit_code == 0, second.output
+    assert _sha(done) == before and "1 run, 1 already done" in second.output
+    assert Image.open(tmp_path / "out" / "b.jpg.wave.png").size == (40, 27)
+
+    Image.open(shared / "content/astronaut.png").convert("RGB").save(folder / "b.jpg.png")  # would take b.jpg's name
+    third = runner.invoke(app, ["run", str(config)])
+    assert third.exit_code == 1
+    assert "FAILED b.jpg: " in third.output and "its output b.jpg.wave.png would also be written for" in third.output
+    assert _sha(done) == before
+
+
+@pytest.mark.slow
+def test_outputs_of_the_earlier_naming_rule_are_renamed_not_rerendered(tmp_path, shared):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    Image.open(shared / "content/coffee.png").convert("RGB").save(folder / "a.jpg")
+    config = _config(tmp_path, [folder], shared / "style/wave.jpg")
+    assert runner.invoke(app, ["run", str(config)]).exit_code == 0
+    out = tmp_path / "out"
+    new, old = out / "a.jpg.wave.png", out / "a.wave.png"
+    made = _sha(new)
+    manifest = json.loads((out / "manifest.json").read_text())  # as an earlier version named it
+    manifest["jobs"] = {"a.wave.png": {**manifest["jobs"]["a.jpg.wave.png"], "output": "a.wave.png"}}
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    new.rename(old)
+
+    again = runner.invoke(app, ["run", str(config)])
+    assert again.exit_code == 0, again.output
+    assert "renamed 1 outputs" in again.output and "0 run, 1 already done" in again.output
+    assert not old.exists() and _sha(new) == made
+    assert set(json.loads((out / "manifest.json").read_text())["jobs"]) == {"a.jpg.wave.png"}
+
+
+@pytest.mark.slow
+def test_long_file_names_are_written_or_shortened_by_a_fixed_rule(tmp_path, shared):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    photo = Image.open(shared / "content/chelsea.png").convert("RGB")
+    fits = "f" * 232 + ".png"  # 236 characters: its output name still fits, its temporaries must too
+    too_long = "t" * 250 + ".png"  # 254: its output name (259) would not fit
+    photo.save(folder / fits)
+    photo.save(folder / too_long)
+    config = _config(tmp_path, [folder], shared / "style/wave.jpg")
+    result = runner.invoke(app, ["run", str(config)])
+    assert result.exit_code == 0, result.output
+    names = sorted(p.name for p in (tmp_path / "out").glob("*.wave.png"))
+    assert "f" * 232 + ".wave.png" in names
+    (short,) = [n for n in names if n.startswith("t")]
+    assert len(short.encode()) <= NAME_MAX and "~" in short and short.endswith(".wave.png")
+    assert "0 run, 2 already done" in runner.invoke(app, ["run", str(config)]).output, "the shortened name is stable"
