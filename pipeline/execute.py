@@ -7,6 +7,7 @@ import signal
 import threading
 import time
 import uuid
+import warnings
 from concurrent.futures.process import BrokenProcessPool
 from contextlib import AbstractContextManager, contextmanager, nullcontext, suppress
 from dataclasses import dataclass, replace
@@ -30,7 +31,7 @@ from pipeline.manifest import Manifest, Record, reason
 from pipeline.plan import ChainFrame, Clip, Job, Plan, Seam, Segment, VideoOut
 from pipeline.progress import Tick, Ticker
 from pipeline.render import Rendered, Renderer
-from pipeline.video import VideoError, assemble, extract_frames
+from pipeline.video import VideoError, VideoWarning, assemble, extract_frames
 
 
 @dataclass(frozen=True)
@@ -398,10 +399,14 @@ def _reassemble(video: VideoOut, rel: str) -> Record:
     base = _base(video.clip.frames[0], rel, video.key)
     start = time.perf_counter()
     try:
-        assemble([j.output for j in video.clip.frames], video.output, video.fps, source=video.clip.source.path)
+        with warnings.catch_warnings(record=True) as caught:  # a stream left out, timestamps that do not fit
+            warnings.simplefilter("always", VideoWarning)
+            assemble([j.output for j in video.clip.frames], video.output, video.fps, source=video.clip.source.path)
     except VideoError as exc:
         return Record(**base, state="failed", error=str(exc))
-    return Record(**base, state="done", iterations=len(video.clip.frames), seconds=round(time.perf_counter() - start, 3))
+    warning = "; ".join(str(w.message) for w in caught if issubclass(w.category, VideoWarning)) or None
+    return Record(**base, state="done", iterations=len(video.clip.frames), seconds=round(time.perf_counter() - start, 3),
+                  warning=warning)
 
 
 def _finish(
@@ -507,6 +512,8 @@ def execute(config: Config, plan: Plan, report: Report, live: Live | None = None
             if not outcome.skipped:
                 r = outcome.record
                 report.log(f"{r.state} {video.name} -> {r.output} ({r.error or f'{len(video.clip.frames)} frames at {video.fps} fps'})")
+                if r.warning:
+                    report.log(f"warning: {r.warning}", always=True)
     return outcomes
 
 

@@ -220,3 +220,30 @@ def test_a_source_with_fewer_frames_gives_a_constant_rate_and_says_so(tmp_path):
         assemble(_frames(tmp_path / "frames", 20), out, Fraction(16), source=source)
     got, seconds = _times(out)
     assert got == [Fraction(i, 16) for i in range(20)] and seconds == Fraction(20, 16)
+
+
+# --- in a run ----------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_a_run_logs_and_records_what_the_video_leaves_out(mkv, shared, tmp_path):
+    """The warning reaches the run's log and the video's manifest record, not only Python's warnings."""
+    import json
+
+    import yaml
+    from typer.testing import CliRunner
+
+    from pipeline.cli import app
+
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump({
+        "inputs": [str(mkv)], "styles": [{"name": "wave", "images": [str(shared / "style/wave.jpg")]}],
+        "output": {"dir": str(tmp_path / "out")}, "optimize": {"size": 32, "iterations": 1, "scales": 1},
+        "video": {"temporal": False, "measure": False}, "devices": "cpu", "cache_dir": str(tmp_path / "cache"),
+    }))
+    result = CliRunner().invoke(app, ["run", str(config)])
+    assert result.exit_code == 0, result.output
+    message = f"{mkv}: subtitle stream #5 (dvbsub, language spa) is left out: MP4 holds only text subtitles"
+    assert f"warning: {message}" in result.output
+    record = json.loads((tmp_path / "out" / "manifest.json").read_text())["jobs"]["tracks.mkv.wave.mp4"]
+    assert record["state"] == "done" and record["warning"] == message
