@@ -25,9 +25,9 @@ stylize: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
-# The suite as CI's other CPU kinds take it: KIND=avx2 | avx512_bf16 | amx (see tests/cpu_kind/sitecustomize.py).
+# The suite as CI's other CPU kinds take it: KIND=avx2 | avx512_bf16 | amx (see tests/hooks/sitecustomize.py).
 test-cpu: $(STAMP)
-	STYLIZE_TEST_CPU=$(KIND) PYTHONPATH=tests/cpu_kind $(BIN)/python -m pytest -q
+	STYLIZE_TEST_CPU=$(KIND) PYTHONPATH=tests/hooks $(BIN)/python -m pytest -q
 
 bench: $(STAMP)
 	$(BIN)/python -m bench

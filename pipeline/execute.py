@@ -181,6 +181,46 @@ _END = ("end", None)  # what the pool's driver thread sends after the last recor
 _WORKER: dict[str, tuple[str, Renderer]] = {}
 
 
+def _alive(pid: int) -> bool:
+    """Whether process `pid` runs (a zombie, dead but not yet reaped, does not)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+class Slots:
+    """The pool's device slots, each held by one worker process for life. loky replaces a worker whose
+    memory grew (and one that exits for any other reason); its replacement takes over the dead one's slot."""
+
+    WAIT = 120.0  # seconds a new worker waits for its predecessor to exit
+
+    def __init__(self, slots: list[tuple[str, int]], manager: SyncManager) -> None:
+        self.slots = slots  # (device, torch threads)
+        self.holders = manager.dict()  # slot index -> pid
+        self.lock = manager.Lock()
+
+    def claim(self) -> tuple[str, int]:
+        """A slot no live worker holds, now or as soon as one exits."""
+        deadline = time.monotonic() + self.WAIT
+        while True:
+            with self.lock:
+                for i, slot in enumerate(self.slots):
+                    holder = self.holders.get(i)
+                    if holder is None or not _alive(holder):
+                        self.holders[i] = os.getpid()
+                        return slot
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"no device slot came free in {self.WAIT:.0f} s (held by {dict(self.holders)})")
+            time.sleep(0.05)
+
+
 @dataclass(frozen=True)
 class _Mark:
     """A worker's word that it started or ended task `index` of its pool (what a dead worker leaves unended)."""
@@ -190,7 +230,7 @@ class _Mark:
 
 
 def _worker_task(
-    run_id: str, config: Config, slots: Queue, results: Queue, index: int, task: Task, done: frozenset[Path],
+    run_id: str, config: Config, slots: Slots, results: Queue, index: int, task: Task, done: frozenset[Path],
     out_dir: Path, live: bool,
 ) -> None:
     """Run one task in a pool process, claiming a device slot for life on its first task of a run.
@@ -201,7 +241,7 @@ def _worker_task(
     results.put(_Mark(index, ended=False))
     held = _WORKER.get("state")
     if held is None or held[0] != run_id:
-        device, threads = slots.get()
+        device, threads = slots.claim()
         torch.set_num_threads(threads)
         _WORKER["state"] = held = (run_id, _renderer(config, device))
         if live:
@@ -237,15 +277,14 @@ def _pool(
     outputs added to `done`), workers' Ticks to `live`, and in `ended` each task a worker started (True
     once it ended). Returns the error that broke the pool, if one did."""
     threads = max(1, torch.get_num_threads() // max(1, slots.count("cpu")))
-    slot_queue, results = manager.Queue(), manager.Queue()
-    for device in slots:
-        slot_queue.put((device, threads if device == "cpu" else torch.get_num_threads()))
+    slot_table = Slots([(d, threads if d == "cpu" else torch.get_num_threads()) for d in slots], manager)
+    results = manager.Queue()
     run_id = uuid.uuid4().hex  # workers of an earlier, broken pool claim a slot anew
     pool = Parallel(n_jobs=len(slots), backend="loky", return_as="generator_unordered", batch_size=1,
                     max_nbytes=None)  # tasks are small: nothing to memory-map
     skip = frozenset(done)
     with _sigint_blocked():  # the pool's helper processes start here
-        calls = pool(delayed(_worker_task)(run_id, config, slot_queue, results, i, t, skip, out_dir, live is not None)
+        calls = pool(delayed(_worker_task)(run_id, config, slot_table, results, i, t, skip, out_dir, live is not None)
                      for i, t in tasks.items())
     failure: list[BaseException] = []
 

@@ -108,6 +108,26 @@ def test_two_cpu_workers_share_the_jobs(shared, tmp_path):
     assert all(Image.open(tmp_path / "out" / r["output"]).size == (64, 43) for r in records)
 
 
+@pytest.mark.slow
+def test_a_worker_that_loky_replaces_hands_its_slot_to_its_replacement(shared, tmp_path):
+    """loky replaces a worker whose memory grew (forced here after every task): the replacement takes over
+    the slot of the worker it replaces, where it used to wait for one for ever."""
+    inputs = photo_crops(shared / "content/chelsea.png", tmp_path / "in", 5)
+    config = _config(tmp_path, inputs, "out", shared / "style/wave.jpg")
+    data = yaml.safe_load(config.read_text())
+    data.update(devices="cpu", workers_per_device=2)
+    data["optimize"].update(size=32, iterations=2)
+    config.write_text(yaml.safe_dump(data))
+    hooks = str(Path(__file__).parent / "hooks")
+    env = {**os.environ, "STYLIZE_TEST_RECYCLE": "1", "PYTHONPATH": os.pathsep.join(filter(None, [hooks, os.environ.get("PYTHONPATH")]))}
+    result = subprocess.run([sys.executable, "-m", "pipeline", "run", str(config)], capture_output=True, text=True,
+                            env=env, timeout=300)
+    assert result.returncode == 0, result.stderr
+    records = _manifest(tmp_path / "out")
+    assert len(records) == 5 and all(r["state"] == "done" for r in records)
+    assert len({r["pid"] for r in records}) >= 3, "workers were replaced"
+
+
 def test_devices_resolve_without_a_gpu():
     import torch
 
