@@ -56,7 +56,7 @@ class StyleConfig(_Strict):
 
 class OutputConfig(_Strict):
     dir: Path = Field(description="output folder; images mirror the input tree as {rel dir}/{stem}.{style}.{ext}")
-    format: Literal["png", "jpg", "same"] = Field(default="png", description="png | jpg | same (the input's format; video frames are png)")
+    format: Literal["png", "jpg", "same"] = Field(default="png", description="png | jpg | same (the input's format; video and animation frames and a still GIF's output are png)")
     alpha: Literal["keep", "drop"] = Field(default="keep", description="keep | drop: an input's transparency, resized, goes into PNG, WebP and TIFF outputs (JPEG has none); the optimiser works on RGB")
     size: Literal["optimize", "original"] = Field(default="optimize", description="optimize (the longest side is optimize.size) | original: each output at its source's own resolution, videos and frame sequences too; above optimize.size the result is refined at full resolution, level by level (see optimize.refine_iterations), in tiles where it does not fit")
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator
 
+from pipeline.animation import ANIMATION_SUFFIXES, frame_count
 from pipeline.images import IMAGE_SUFFIXES
 from pipeline.manifest import MANIFEST_NAME, RUN_FILES, Manifest
 
@@ -28,7 +29,7 @@ class Source:
 
     path: Path
     root: Path
-    kind: str  # "image" | "video" | "sequence"
+    kind: str  # "image" | "video" | "sequence" | "animation" (a GIF or WebP of more than one frame)
     frames: tuple[Path, ...] = ()  # a sequence's frame files, in order
     gaps: tuple[int, ...] = ()  # indices into frames of those that follow missing frames
 
@@ -38,7 +39,10 @@ class Source:
 
 
 def _kind(path: Path) -> str | None:
+    """image, video or animation by the suffix (and, for GIF and WebP, the frame count); None: unsupported."""
     suffix = path.suffix.lower()
+    if suffix in ANIMATION_SUFFIXES and frame_count(path) > 1:
+        return "animation"
     if suffix in IMAGE_SUFFIXES:
         return "image"
     if suffix in VIDEO_SUFFIXES:
@@ -206,7 +210,8 @@ def discover(inputs: Iterable[str], exclude: Path) -> Discovery:
     (the output dir, which must not be an input folder or lie inside one) and
     what an earlier run's manifest lists as its outputs are skipped; files of
     other types inside a folder are counted and passed over, but a file named
-    directly must be an image or video. A folder's numbered images
+    directly must be an image or video. A GIF or WebP of more than one frame is
+    an `animation`, stylised as a clip. A folder's numbered images
     (`frame_0001.png`, …) become one `sequence` Source, also with frames
     missing. Raises InputError when the inputs hold files but none to stylise.
     """

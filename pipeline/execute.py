@@ -1,4 +1,4 @@
-"""Run Jobs on a worker, record each result in the manifest, then reassemble finished videos."""
+"""Run Jobs on a worker, record each result in the manifest, then reassemble finished videos and animations."""
 
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ from typing import Callable, Iterator, Protocol, Union
 import torch
 from joblib import Parallel, delayed
 
+from pipeline import animation
 from pipeline.cache import StyleCache
 from pipeline.chain import run_segment
 from pipeline.config import Config
@@ -28,7 +29,7 @@ from pipeline.consistency import measure
 from pipeline.flow import FlowCache
 from pipeline.images import read_image, working_shape, write_image
 from pipeline.manifest import Manifest, Record, reason
-from pipeline.plan import ChainFrame, Clip, Job, Plan, Seam, Segment, VideoOut
+from pipeline.plan import AnimationOut, ChainFrame, Clip, Job, Plan, Seam, Segment, VideoOut
 from pipeline.progress import Tick, Ticker
 from pipeline.render import Rendered, Renderer
 from pipeline.video import VideoError, VideoWarning, assemble, extract_frames
@@ -417,17 +418,20 @@ def _measure(clip: Clip, config: Config, rel: str, seams: list[int]) -> Record:
     return Record(**base, state="done", metrics=metrics, seconds=round(time.perf_counter() - start, 3))
 
 
-def _extract_videos(pending: list[Job], report: Report) -> list[Job]:
-    """Decode each video with pending frames once, here, before any worker needs them.
+_EXTRACT = {"video": extract_frames, "animation": animation.extract_frames}  # by Source.kind
 
-    A video that cannot be decoded fails its pending frame jobs with the reason.
+
+def _extract_clips(pending: list[Job], report: Report) -> list[Job]:
+    """Decode each video and animated image with pending frames once, here, before any worker needs them.
+
+    One that cannot be decoded fails its pending frame jobs with the reason.
     """
     failed: dict[Path, str] = {}
-    frame_dirs = {j.source: j.content.parent for j in pending if j.source.kind == "video" and j.error is None}
+    frame_dirs = {j.source: j.content.parent for j in pending if j.source.kind in _EXTRACT and j.error is None}
     for source, frames_dir in frame_dirs.items():
         try:
-            info = extract_frames(source.path, frames_dir)  # a no-op when already complete
-        except VideoError as exc:
+            info = _EXTRACT[source.kind](source.path, frames_dir)  # a no-op when already complete
+        except (VideoError, animation.AnimationError) as exc:
             failed[source.path] = str(exc)
             continue
         report.log(f"{source.relative}: {info.frames} frames at {info.fps} fps")
@@ -435,13 +439,18 @@ def _extract_videos(pending: list[Job], report: Report) -> list[Job]:
 
 
 def _reassemble(video: VideoOut, rel: str) -> Record:
+    """Write the video (or animated image) of a clip whose frames are all done."""
     base = _base(video.clip.frames[0], rel, video.key)
     start = time.perf_counter()
+    frames = [j.output for j in video.clip.frames]
     try:
         with warnings.catch_warnings(record=True) as caught:  # a stream left out, timestamps that do not fit
             warnings.simplefilter("always", VideoWarning)
-            assemble([j.output for j in video.clip.frames], video.output, video.fps, source=video.clip.source.path)
-    except VideoError as exc:
+            if isinstance(video, AnimationOut):
+                animation.assemble(frames, video.output, video.durations, video.loop)
+            else:
+                assemble(frames, video.output, video.fps, source=video.clip.source.path)
+    except (VideoError, animation.AnimationError) as exc:
         return Record(**base, state="failed", error=str(exc))
     warning = "; ".join(str(w.message) for w in caught if issubclass(w.category, VideoWarning)) or None
     return Record(**base, state="done", iterations=len(video.clip.frames), seconds=round(time.perf_counter() - start, 3),
@@ -482,8 +491,8 @@ def _adopt(manifest: Manifest, plan: Plan, out_dir: Path, report: Report) -> Non
 
 def execute(config: Config, plan: Plan, report: Report, live: Live | None = None) -> list[Outcome]:
     """Run every pending job, skipping done ones, saving the manifest after each; then cross-fade
-    segment seams, measure each clip's warp error and reassemble each video whose frames are all
-    done (also frames done by earlier runs). With `live`, the workers (local or Dask) send it
+    segment seams, measure each clip's warp error and reassemble each video and animated image whose
+    frames are all done (also frames done by earlier runs). With `live`, the workers (local or Dask) send it
     where they are in their current job (see pipeline.progress.Ticker).
 
     Raises DeviceError before any work when the configured device does not exist (with executor dask,
@@ -505,7 +514,7 @@ def execute(config: Config, plan: Plan, report: Report, live: Live | None = None
         report.log(f"{len(slots)} workers on {', '.join(sorted(set(slots)))}")
     rendered: set[Path] = set()
     with _executor(config, slots, report, bool(pending), live) as records:
-        pending = _extract_videos(pending, report)
+        pending = _extract_clips(pending, report)
         report.start(len(pending))
         finished = frozenset(j.output for j, d in zip(plan.jobs, done) if d)
         count = 0

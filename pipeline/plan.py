@@ -1,4 +1,4 @@
-"""Sources × styles to Jobs (one per output image or frame) and the videos to reassemble."""
+"""Sources × styles to Jobs (one per output image or frame) and the videos and animations to reassemble."""
 
 from __future__ import annotations
 
@@ -9,12 +9,14 @@ from dataclasses import dataclass, field, replace
 from fractions import Fraction
 from pathlib import Path
 
+from pipeline.animation import AnimationError, AnimationInfo
+from pipeline.animation import probe as probe_animation
 from pipeline.config import Config, StyleConfig, VideoConfig
 from pipeline.discover import Source
-from pipeline.images import NAME_MAX
+from pipeline.images import NAME_MAX, WRITABLE
 from pipeline.keys import file_digest, value_digest
 from pipeline.model import pooling_identity, weights_identity
-from pipeline.video import VideoError, probe
+from pipeline.video import VideoError, VideoInfo, probe
 
 
 @dataclass(frozen=True)
@@ -69,6 +71,19 @@ class VideoOut:
     @property
     def name(self) -> str:
         return f"{self.clip.name} (video)"
+
+
+@dataclass(frozen=True)
+class AnimationOut(VideoOut):
+    """A stylised animated GIF or WebP (by its output's suffix), with its source's frame durations and loop
+    count; `fps` is the average rate."""
+
+    durations: tuple[int, ...] = ()  # milliseconds, per frame
+    loop: int | None = None  # None: the source has no loop count
+
+    @property
+    def name(self) -> str:
+        return f"{self.clip.name} (animation)"
 
 
 @dataclass(frozen=True)
@@ -141,25 +156,37 @@ def _short(source: Source, ext: str) -> bool:
     return source.kind == "sequence" or source.relative.suffix == ext
 
 
+def _image_ext(path: Path, fmt: str) -> str:
+    """An image output's extension: `.<fmt>`, or with `same` the input's suffix in lower case where images
+    are written in it (a still GIF's output is PNG)."""
+    ext = path.suffix.lower() if fmt == "same" else f".{fmt}"
+    return ext if ext in WRITABLE else ".png"
+
+
 def output_path(source: Source, style: str, out_dir: Path, fmt: str) -> Path:
     """`<relative dir>/<stem>.<style>.<ext>` under `out_dir` when the input's suffix is `ext`, else
     `<relative dir>/<name>.<style>.<ext>`; `fmt` same keeps the input's suffix (in lower case)."""
     rel = _safe(source.relative)
-    ext = rel.suffix.lower() if fmt == "same" else f".{fmt}"
+    ext = _image_ext(rel, fmt)
     return out_dir / rel.parent / fit_name(rel.stem if _short(source, ext) else rel.name, f".{style}{ext}")
 
 
+def _assembled_ext(source: Source) -> str:
+    """The extension of a clip's assembled file: `.mp4` for a video, an animation's own suffix (lower case)."""
+    return source.relative.suffix.lower() if source.kind == "animation" else ".mp4"
+
+
 def frame_folder(source: Source, style: str, out_dir: Path) -> Path:
-    """`clip.mp4` and a sequence folder `shot010` become `clip.<style>/` and `shot010.<style>/`; a video
-    of another container keeps its suffix (`clip.mov.<style>/`)."""
+    """`clip.mp4`, `loop.gif` and a sequence folder `shot010` become `clip.<style>/`, `loop.<style>/` and
+    `shot010.<style>/`; a video of another container keeps its suffix (`clip.mov.<style>/`)."""
     rel = _safe(source.relative)
-    stem = rel.stem if _short(source, ".mp4") else rel.name
+    stem = rel.stem if _short(source, _assembled_ext(source)) else rel.name
     return out_dir / rel.parent / fit_name(stem, f".{style}")
 
 
 def video_output(source: Source, style: str, out_dir: Path) -> Path:
-    """`clip.mp4` becomes `clip.<style>.mp4`, beside its frame folder."""
-    return Path(f"{frame_folder(source, style, out_dir)}.mp4")
+    """`clip.mp4` becomes `clip.<style>.mp4`, `loop.gif` `loop.<style>.gif`, beside its frame folder."""
+    return Path(f"{frame_folder(source, style, out_dir)}{_assembled_ext(source)}")
 
 
 def video_frames_dir(cache_dir: Path, video_digest: str) -> Path:
@@ -288,62 +315,80 @@ class _Planner:
             folder = frame_folder(source, style.name, self.config.output.dir)
             frames = []
             for frame, digest in zip(source.frames, digests):
-                out = folder / (frame.name if fmt == "same" else fit_name(frame.stem, f".{fmt}"))
+                same = fmt == "same" and frame.suffix.lower() in WRITABLE  # the frame's own name
+                out = folder / (frame.name if same else fit_name(frame.stem, _image_ext(frame, fmt)))
                 frames.append(Job(source, style, frame, out, self._key(digest, style_digest, out.suffix)))
             jobs.extend(self._clip(source, tuple(frames), folder).frames)
         return jobs
 
-    def video(self, source: Source) -> tuple[list[Job], list[VideoOut]]:
+    def _unreadable(self, source: Source, error: str) -> list[Job]:
+        """One failing job per style, at the assembled file's place, for a clip whose file cannot be read."""
+        out = self.config.output.dir
+        return [Job(source, style, source.path, video_output(source, style.name, out), key="unreadable", error=error)
+                for style, _ in self.styles]
+
+    def _frames(self, source: Source, style: StyleConfig, style_digest: list, digest: str, count: int) -> Clip:
+        """The clip of a decoded video's or animation's `count` frames in one style (frames decoded to
+        `cache_dir/frames/<digest>/`, outputs in its frame folder)."""
         cfg = self.config
         suffix = ".png" if cfg.output.format == "same" else f".{cfg.output.format}"
-        try:
-            info = probe(source.path)
-            digest = file_digest(source.path)
-        except (VideoError, OSError) as exc:
-            error = str(exc) if isinstance(exc, VideoError) else f"{source.path}: cannot read video ({exc.strerror})"
-            jobs = [
-                Job(source, style, source.path, video_output(source, style.name, cfg.output.dir),
-                    key="unreadable", error=error)
-                for style, _ in self.styles
-            ]
-            return jobs, []
         frames_dir = video_frames_dir(cfg.cache_dir, digest)
+        folder = frame_folder(source, style.name, cfg.output.dir)
+        jobs = tuple(
+            Job(source, style, frames_dir / f"frame_{i:06d}.png", folder / f"frame_{i:06d}{suffix}",
+                self._key((digest, i), style_digest, suffix))
+            for i in range(1, count + 1)
+        )
+        return self._clip(source, jobs, folder)
+
+    def video(self, source: Source) -> tuple[list[Job], list[VideoOut]]:
+        """Frame jobs for a video or an animated GIF or WebP, and the files to assemble from them."""
+        animated = source.kind == "animation"
+        try:
+            info = probe_animation(source.path) if animated else probe(source.path)
+            digest = file_digest(source.path)
+        except (VideoError, AnimationError, OSError) as exc:
+            what = "animated image" if animated else "video"
+            error = f"{source.path}: cannot read {what} ({exc.strerror})" if isinstance(exc, OSError) else str(exc)
+            return self._unreadable(source, error), []
         jobs: list[Job] = []
         videos: list[VideoOut] = []
         for style, style_digest in self.styles:
-            folder = frame_folder(source, style.name, cfg.output.dir)
-            style_jobs = tuple(
-                Job(source, style, frames_dir / f"frame_{i:06d}.png", folder / f"frame_{i:06d}{suffix}",
-                    self._key((digest, i), style_digest, suffix))
-                for i in range(1, info.frames + 1)
-            )
-            clip = self._clip(source, style_jobs, folder)
+            clip = self._frames(source, style, style_digest, digest, info.frames)
             jobs.extend(clip.frames)
-            if info.claimed:  # the stream breaks: its frames are stylised, the video is a failure
+            out = video_output(source, style.name, self.config.output.dir)
+            if isinstance(info, VideoInfo) and info.claimed:  # the stream breaks: frames stylised, video failed
                 error = (f"{source.path}: the video stream breaks after frame {info.frames} of {info.claimed}; "
-                         f"those frames are stylised in {folder}, no video is assembled")
-                jobs.append(Job(source, style, source.path, video_output(source, style.name, cfg.output.dir),
-                                key="broken", error=error))
-            elif cfg.video.reassemble:
-                key = value_digest({"frames": [j.key for j in clip.frames], "fps": str(info.fps), "audio": digest})
-                out = video_output(source, style.name, cfg.output.dir)
-                videos.append(VideoOut(clip, out, info.fps, key))
+                         f"those frames are stylised in {clip.output}, no video is assembled")
+                jobs.append(Job(source, style, source.path, out, key="broken", error=error))
+            elif self.config.video.reassemble:
+                videos.append(_assembled(clip, out, info, digest))
         return jobs, videos
 
 
+def _assembled(clip: Clip, out: Path, info: VideoInfo | AnimationInfo, digest: str) -> VideoOut:
+    """The video, or animated image, to write at `out` once the clip's frames are done."""
+    frames = [j.key for j in clip.frames]
+    if isinstance(info, AnimationInfo):
+        key = value_digest({"frames": frames, "durations": info.durations, "loop": info.loop})
+        return AnimationOut(clip, out, info.fps, key, info.durations, info.loop)
+    return VideoOut(clip, out, info.fps, value_digest({"frames": frames, "fps": str(info.fps), "audio": digest}))
+
+
 def _claims(config: Config, source: Source) -> set[Path]:
-    """The paths a source's outputs take: its images, or its frame folders and videos."""
+    """The paths a source's outputs take: its images, or its frame folders and videos (or animated files)."""
     out, fmt = config.output.dir, config.output.format
     if source.kind == "image":
         return {output_path(source, s.name, out, fmt) for s in config.styles}
     folders = {frame_folder(source, s.name, out) for s in config.styles}
-    return folders | ({Path(f"{f}.mp4") for f in folders} if source.kind == "video" else set())
+    assembled = source.kind in ("video", "animation")
+    return folders | ({video_output(source, s.name, out) for s in config.styles} if assembled else set())
 
 
 def _keeps_name(config: Config, source: Source) -> bool:
     """Whether the source's outputs drop its suffix (see `_short`)."""
     fmt = config.output.format
-    ext = {"image": source.relative.suffix.lower() if fmt == "same" else f".{fmt}", "video": ".mp4"}.get(source.kind, "")
+    ext = _image_ext(source.relative, fmt) if source.kind == "image" else _assembled_ext(source)
     return _short(source, ext)
 
 
@@ -369,7 +414,7 @@ def clashes(config: Config, sources: list[Source]) -> dict[Source, str]:
 
 
 def plan(config: Config, sources: list[Source]) -> Plan:
-    """Jobs for every source and style, in source order, and the videos to reassemble; sources whose
+    """Jobs for every source and style, in source order, and the videos and animations to reassemble; sources whose
     outputs would clash get no jobs (see `clashes`)."""
     planner = _Planner(config)
     rejected = clashes(config, sources)
@@ -378,7 +423,7 @@ def plan(config: Config, sources: list[Source]) -> Plan:
     for source in sources:
         if source in rejected:
             continue
-        if source.kind == "video":
+        if source.kind in ("video", "animation"):
             more, vids = planner.video(source)
             jobs.extend(more)
             videos.extend(vids)
