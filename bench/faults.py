@@ -29,6 +29,7 @@ import yaml
 from PIL import Image
 
 from bench import machine
+from pipeline.animation import probe
 from pipeline.manifest import RUN_FILES
 
 HERE = Path(__file__).resolve().parent
@@ -234,6 +235,25 @@ def strip(root: Path) -> Case:
     return case
 
 
+def animated(root: Path) -> Case:
+    case = Case("9. an animated GIF (3 frames, 100/200/150 ms, loop 2) and an animated WebP", 2,
+                "exit 0; each comes back animated in its own format, durations and loop kept")
+    base = Image.open(SHARED / "content" / "chelsea.png").convert("RGB").resize((48, 32))
+    frames = [base.rotate(10 * i) for i in range(3)]
+    (root / "in").mkdir(parents=True)
+    for name in ("loop.gif", "loop.webp"):
+        frames[0].save(root / "in" / name, save_all=True, append_images=frames[1:], duration=[100, 200, 150], loop=2)
+    code, log = _run(_config(root, [root / "in"]))
+    _check(case, code, log, 0, [])
+    for name in ("loop.gif.wave.gif", "loop.webp.wave.webp"):
+        if (out := root / "out" / name).is_file():
+            info = probe(out)  # what a player reads: the frames' durations and the loop count
+            case.got += f"; {name}: {len(info.durations)} frames, {list(info.durations)} ms, loop {info.loop}"
+            case.ok &= list(info.durations) == [100, 200, 150] and info.loop == 2
+    case.ok &= case.got.count("frames") == 2
+    return case
+
+
 def streams(root: Path) -> Case:
     case = Case("10. two audio tracks (eng, fra) and a variable frame rate", 1,
                 "exit 0; both tracks with their languages; the duration within a frame")
@@ -297,7 +317,7 @@ def interrupt(root: Path) -> Case:
 
 
 CASES: list[Callable[[Path], Case]] = [stems, sibling, nothing, gap, read_only_cache, duplicate_key, long_names, strip,
-                                       streams, smaller, interrupt]
+                                       animated, streams, smaller, interrupt]
 
 
 def main() -> None:

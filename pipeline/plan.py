@@ -177,15 +177,16 @@ def _assembled_ext(source: Source) -> str:
 
 
 def frame_folder(source: Source, style: str, out_dir: Path) -> Path:
-    """`clip.mp4`, `loop.gif` and a sequence folder `shot010` become `clip.<style>/`, `loop.<style>/` and
-    `shot010.<style>/`; a video of another container keeps its suffix (`clip.mov.<style>/`)."""
+    """`clip.mp4` and a sequence folder `shot010` become `clip.<style>/` and `shot010.<style>/`; a video of
+    another container and an animation keep their suffix (`clip.mov.<style>/`, `loop.gif.<style>/`), so
+    that `loop.gif` beside `loop.webp` or `loop.mp4` never shares a folder."""
     rel = _safe(source.relative)
-    stem = rel.stem if _short(source, _assembled_ext(source)) else rel.name
+    stem = rel.stem if _short(source, ".mp4") else rel.name
     return out_dir / rel.parent / fit_name(stem, f".{style}")
 
 
 def video_output(source: Source, style: str, out_dir: Path) -> Path:
-    """`clip.mp4` becomes `clip.<style>.mp4`, `loop.gif` `loop.<style>.gif`, beside its frame folder."""
+    """`clip.mp4` becomes `clip.<style>.mp4`, `loop.gif` `loop.gif.<style>.gif`, beside its frame folder."""
     return Path(f"{frame_folder(source, style, out_dir)}{_assembled_ext(source)}")
 
 
@@ -388,8 +389,7 @@ def _claims(config: Config, source: Source) -> set[Path]:
 def _keeps_name(config: Config, source: Source) -> bool:
     """Whether the source's outputs drop its suffix (see `_short`)."""
     fmt = config.output.format
-    ext = _image_ext(source.relative, fmt) if source.kind == "image" else _assembled_ext(source)
-    return _short(source, ext)
+    return _short(source, _image_ext(source.relative, fmt) if source.kind == "image" else ".mp4")
 
 
 def clashes(config: Config, sources: list[Source]) -> dict[Source, str]:

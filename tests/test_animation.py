@@ -84,11 +84,11 @@ def test_an_animation_in_a_folder_and_one_named_directly_are_stylised_as_clips(t
     assert "finished: 7 jobs: 7 run, 0 already done, 0 failed; 2 of 2 videos assembled" in first
     out = tmp_path / "out"
     for source, count in ((in_folder, 3), (named, 4)):
-        result = out / f"{source.stem}.wave{suffix}"
+        result = out / f"{source.name}.wave{suffix}"
         durations = [100, 200, 150, 120][:count]
         assert _timing(result) == (count, durations, loop, (40, 27))
         assert Image.open(result).format == suffix[1:].upper()
-        assert sorted(p.name for p in (out / f"{source.stem}.wave").iterdir()) == [
+        assert sorted(p.name for p in (out / f"{source.name}.wave").iterdir()) == [
             f"frame_{i:06d}.png" for i in range(1, count + 1)]
     again = _run(config)
     assert "finished: 7 jobs: 0 run, 7 already done, 0 failed; 2 of 2 videos assembled" in again
@@ -100,12 +100,12 @@ def test_a_gif_that_plays_once_keeps_no_loop_and_is_resumed_per_frame(tmp_path, 
     config = _config(tmp_path, [source.parent], shared / "style/wave.jpg", temporal=False)
     _run(config)
     out = tmp_path / "out"
-    frame = out / "once.wave" / "frame_000002.png"
+    frame = out / "once.gif.wave" / "frame_000002.png"
     frame.unlink()  # a run that lost one frame: only that frame is rendered again
-    (out / "once.wave.gif").unlink()
+    (out / "once.gif.wave.gif").unlink()
     again = _run(config)
     assert "finished: 3 jobs: 1 run, 2 already done, 0 failed; 1 of 1 videos assembled" in again
-    assert _timing(out / "once.wave.gif") == (3, DURATIONS, None, (40, 27))
+    assert _timing(out / "once.gif.wave.gif") == (3, DURATIONS, None, (40, 27))
 
 
 def test_a_single_frame_gif_is_a_plain_image(tmp_path, shared):
@@ -121,7 +121,7 @@ def test_a_single_frame_gif_is_a_plain_image(tmp_path, shared):
         result = plan(config, list(sources.values()))
         still = [j for j in result.jobs if j.source.path.name == "still.gif"]
         assert [j.output.name for j in still] == [name] and still[0].content == folder / "still.gif"
-        assert [(type(v), v.output.name) for v in result.videos] == [(AnimationOut, "moving.wave.gif")]
+        assert [(type(v), v.output.name) for v in result.videos] == [(AnimationOut, "moving.gif.wave.gif")]
         moving = [j for j in result.jobs if j.source.path.name == "moving.gif"]
         assert [j.content.parent.parent for j in moving] == [tmp_path / "cache" / "frames"] * 3
         assert [f.job for s in result.segments for f in s.frames] == moving  # the temporal chain (the default)
@@ -150,7 +150,7 @@ def test_a_truncated_animated_gif_fails_only_its_own_jobs(tmp_path, shared):
     assert all(f"{folder / 'broken.gif'}: cannot decode frame 3 of 3 (" in line for line in failures)
     assert "4 jobs: 4 run, 0 already done, 3 failed; 0 of 1 videos assembled" in result.output
     assert (tmp_path / "out" / "fine.wave.png").is_file()
-    assert not (tmp_path / "out" / "broken.wave.gif").exists()
+    assert not (tmp_path / "out" / "broken.gif.wave.gif").exists()
 
 
 def test_an_animation_that_cannot_be_read_is_one_line_naming_it(tmp_path):

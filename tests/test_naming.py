@@ -63,13 +63,19 @@ def _sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def test_two_videos_with_one_stem_never_share_an_output(tmp_path, shared):
+def test_clips_with_one_stem_never_share_an_output(tmp_path, shared):
+    """Two videos and two animations named `clip`: four frame folders and four assembled files."""
     folder = tmp_path / "in"
     _video(folder / "clip.mp4")
     _video(folder / "clip.mov")
+    frames = [Image.new("RGB", (16, 12), (60 * i, 0, 0)) for i in range(3)]
+    for name in ("clip.gif", "clip.webp"):
+        frames[0].save(folder / name, save_all=True, append_images=frames[1:], duration=100, loop=0)
     config = Config.model_validate(yaml.safe_load(_config(tmp_path, [folder], shared / "style/wave.jpg").read_text()))
     outs = _outputs(config, folder)
-    assert outs["clip.mp4"].isdisjoint(outs["clip.mov"])
+    assert len(outs) == 4 and sum(map(len, outs.values())) == len(set().union(*outs.values()))
+    assert {p.parent.name for paths in outs.values() for p in paths if p.suffix == ".png"} == {
+        "clip.wave", "clip.mov.wave", "clip.gif.wave", "clip.webp.wave"}
     assert {p.parent.name for p in outs["clip.mov"]} >= {"clip.mov.wave"}
     assert config.output.dir / "clip.mov.wave.mp4" in outs["clip.mov"]
     assert config.output.dir / "clip.wave.mp4" in outs["clip.mp4"]
