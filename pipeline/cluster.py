@@ -22,6 +22,7 @@ executor (and the CLI, which imports this module for its errors) never loads it.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
@@ -37,7 +38,8 @@ import torch
 
 from pipeline.config import Config
 from pipeline.execute import (
-    DeviceError, Live, Records, Report, Task, _base, _renderer, _run_task, relative_output, resolve_devices, task_jobs,
+    DeviceError, DeviceFault, Live, Records, Report, Task, _base, _renderer, _run_task, relative_output, resolve_devices,
+    task_jobs, worker_threads,
 )
 from pipeline.images import atomic_path
 from pipeline.keys import value_digest
@@ -79,6 +81,8 @@ def session(config: Config, report: Report, live: Live | None = None) -> Iterato
             workers = client.scheduler_info(n_workers=-1)["workers"]
             _check_storage(client, config)
             resources = _resources(config, workers)
+            if config.scheduler != "local" and resources is not None:
+                check_gpus(client.run(_gpu_report, config))
             gpus = sum(bool(w.get("resources", {}).get("GPU")) for w in workers.values())
             report.log(f"dask: {len(workers)} workers at {client.scheduler.address} ({gpus} with a GPU)")
             if live is not None:
@@ -108,7 +112,7 @@ def _client(config: Config) -> Iterator[Client]:
             yield client
         return
     slots = _local_slots(config)
-    threads = max(1, (os.cpu_count() or 1) // max(1, slots.count("cpu")))
+    threads = worker_threads(slots, "cpu" if "cpu" in slots else slots[0])
     environ = {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "GLIBC_TUNABLES": TUNABLES,
                "MALLOC_TRIM_THRESHOLD_": None}  # keep freed memory in the heap, like `stylize` itself
     saved = {k: os.environ.get(k) for k in environ}  # the nannies set these in this process too
@@ -253,10 +257,13 @@ def run_task(config: Config, task: Task, done: frozenset[Path], out_dir: Path, l
     skip = done | {job.output for job, _ in stamped}
     renderer = _worker_renderer(config)
     renderer.on_progress = Ticker(_publish, str(renderer.device), out_dir) if live else None
-    for job, record in _run_task(renderer, config, task, skip, out_dir):
-        if record.state == "done":
-            _write_stamp(job, record)
-        results.append((job, record))
+    try:
+        for job, record in _run_task(renderer, config, task, skip, out_dir):
+            if record.state == "done":
+                _write_stamp(job, record)
+            results.append((job, record))
+    except DeviceFault:
+        os._exit(70)  # the scheduler runs the task again on another worker (its finished jobs are stamped)
     return results
 
 
@@ -275,6 +282,62 @@ def _worker_renderer(config: Config) -> Renderer:
     return _WORKER[ident]
 
 
+_CLAIMS: dict[str, int] = {}  # this worker process's GPU: its device and the fd of the lock it holds for life
+
+
+def claim_gpu(count: int, folder: Path = Path(tempfile.gettempdir())) -> str:
+    """This worker process's own GPU among the `count` it sees: `cuda:0` when CUDA_VISIBLE_DEVICES pins
+    it one (dask-cuda does), else the first that no other worker of this host holds, claimed with an
+    flock that dies with the process. Raises DeviceError when all are held."""
+    if "device" in _CLAIMS:
+        return f"cuda:{_CLAIMS['device']}"
+    pinned = os.environ.get("CUDA_VISIBLE_DEVICES", "")
+    if count == 1 or (pinned and "," not in pinned):  # one GPU to take (two workers on it fail check_gpus)
+        _CLAIMS["device"] = 0
+        return "cuda:0"
+    for index in range(count):
+        fd = os.open(folder / f"stylize-gpu-{_visible(index)}.lock", os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            continue
+        _CLAIMS.update(device=index, fd=fd)
+        return f"cuda:{index}"
+    raise DeviceError(f"all {count} GPUs of this host are held by other stylize workers; start at most one worker "
+                      "per GPU, or pin each its own (CUDA_VISIBLE_DEVICES=N dask worker …, or dask-cuda)")
+
+
+def _visible(index: int) -> str:
+    """The host's name for visible GPU `index` (its UUID where torch knows it), so claims of workers with
+    different CUDA_VISIBLE_DEVICES orders still meet."""
+    uuid_ = getattr(torch.cuda.get_device_properties(index), "uuid", None)
+    return str(uuid_) if uuid_ else str(index)
+
+
+def _gpu_report(config: Config) -> tuple[str, str]:
+    """On a worker, before any task: (its host, the GPU it takes), or (host, the error) when it can take none."""
+    import socket
+
+    try:
+        device = _worker_device(config)
+    except DeviceError as exc:
+        return socket.gethostname(), f"error: {exc}"
+    return socket.gethostname(), _visible(torch.device(device).index or 0) if device.startswith("cuda") else device
+
+
+def check_gpus(reports: dict[str, tuple[str, str]]) -> None:
+    """Raise DeviceError when a worker can take no GPU, or two workers of one host would share one."""
+    seen: dict[tuple[str, str], str] = {}
+    for worker, (host, gpu) in sorted(reports.items()):
+        if gpu.startswith("error: "):
+            raise DeviceError(f"worker {worker}: {gpu.removeprefix('error: ')}")
+        if gpu != "cpu" and (host, gpu) in seen:
+            raise DeviceError(f"workers {seen[(host, gpu)]} and {worker} would both use GPU {gpu} of {host}; "
+                              "pin one GPU per worker (CUDA_VISIBLE_DEVICES, or dask-cuda's dask cuda worker)")
+        seen[(host, gpu)] = worker
+
+
 def _worker_device(config: Config) -> str:
     """This worker's device: its slot in a LocalCluster; elsewhere its GPU when the config allows GPUs
     (pin one per worker with CUDA_VISIBLE_DEVICES), else the CPU when the config allows it."""
@@ -285,7 +348,7 @@ def _worker_device(config: Config) -> str:
         return _local_slots(config)[int(worker.name)]
     gpu, cpu = _allows(config)
     if gpu and torch.cuda.is_available():
-        return f"cuda:{torch.cuda.current_device()}"
+        return claim_gpu(torch.cuda.device_count())
     if cpu:
         return "cpu"
     raise DeviceError(f"worker {worker.address} offers a GPU but CUDA is not available there")

@@ -31,7 +31,7 @@ from pipeline.images import read_image, working_shape, write_image
 from pipeline.manifest import Manifest, Record, reason
 from pipeline.plan import AnimationOut, ChainFrame, Clip, Job, Plan, Seam, Segment, VideoOut
 from pipeline.progress import Tick, Ticker
-from pipeline.render import Rendered, Renderer
+from pipeline.render import Rendered, Renderer, device_fault, release_memory
 from pipeline.video import VideoError, VideoWarning, assemble, extract_frames
 
 
@@ -114,13 +114,28 @@ def _record(job: Job, rel: str, r: Rendered) -> Record:
     )
 
 
+class DeviceFault(Exception):
+    """A device error other than running out of memory (an illegal address, ECC, a lost GPU): the device
+    would fail every later job in milliseconds, so its worker ends and the others take the rest."""
+
+    def __init__(self, job: Job, record: Record) -> None:
+        super().__init__(record.error)
+        self.job, self.record = job, record
+
+
 def _run_one(renderer: Renderer, job: Job, rel: str) -> Record:
+    """Run one job; its failure is its record, except a device fault, which is raised (see DeviceFault)."""
     if job.error is not None:
         return Record(**_base(job, rel), state="failed", error=job.error)
     try:
         r = renderer.render(job.content, job.style.blend, job.output, style_scale=job.style.scale)
     except Exception as exc:  # one bad job never stops the run
-        return Record(**_base(job, rel), state="failed", error=reason(exc, job.content, renderer.settings.size))
+        error = reason(exc, job.content, renderer.settings.size)
+        if not device_fault(exc):
+            return Record(**_base(job, rel), state="failed", error=error)
+        fault = Record(**_base(job, rel), state="failed", device=str(renderer.device),
+                       error=f"{error} (device {renderer.device} failed: its worker ended, the other jobs run elsewhere)")
+        raise DeviceFault(job, fault) from None
     return _record(job, rel, r)
 
 
@@ -150,6 +165,9 @@ def _batch_records(renderer: Renderer, jobs: list[Job], out_dir: Path) -> Iterat
         rendered = renderer.render_batch([j.content for j in jobs], [j.style.blend for j in jobs], [j.output for j in jobs],
                                          [j.style.scale for j in jobs])
     except Exception:  # noqa: BLE001 - retried one by one below, where each job gets its own reason
+        rendered = None
+    if rendered is None:  # out of the handler: the failed batch's tensors are freed before the retries
+        release_memory(renderer.device)
         for job, rel in zip(jobs, rels):
             yield job, _run_one(renderer, job, rel)
         return
@@ -162,7 +180,7 @@ def _run_task(renderer: Renderer, config: Config, task: Task, done: frozenset[Pa
         yield from _segment_records(renderer, config, task, done, out_dir)
     elif isinstance(task, Batch):
         yield from _batch_records(renderer, [j for j in task.jobs if j.output not in done], out_dir)
-    else:
+    elif task.output not in done:  # (a task run again after its pool broke skips the jobs it finished)
         yield task, _run_one(renderer, task, relative_output(task, out_dir))
 
 
@@ -171,15 +189,22 @@ def _renderer(config: Config, device: str) -> Renderer:
         config.optimize.settings(), device=device, weights=config.model.weights,
         pooling=config.model.pooling, arch=config.model.arch, init_path=config.optimize.init_path, cache=StyleCache(config.cache_dir),
         keep_alpha=config.output.alpha == "keep", full_size=config.output.size == "original", tile=config.optimize.tile,
-        precision=config.optimize.precision,
+        precision=config.optimize.precision, memory_share=1 / config.workers_per_device,
     )
+
+
+def worker_threads(slots: list[str], device: str) -> int:
+    """torch threads for a worker on `device` among `slots`: the CPU workers split the cores; a GPU worker,
+    which needs them only to read, write and feed its device, takes an equal share of them."""
+    cores = torch.get_num_threads()
+    return max(1, cores // max(1, slots.count("cpu") if device == "cpu" else len(slots)))
 
 
 SAVE_EVERY = 1.0  # seconds between manifest writes while jobs finish (and once more at the end)
 _END = ("end", None)  # what the pool's driver thread sends after the last record
 
 # Per worker process: (run id, Renderer). A process loads the model once per run and keeps its style targets warm.
-_WORKER: dict[str, tuple[str, Renderer]] = {}
+_WORKER: dict[str, tuple[str, Renderer, int]] = {}  # this pool process's run, renderer and slot
 
 
 def _alive(pid: int) -> bool:
@@ -207,8 +232,8 @@ class Slots:
         self.holders = manager.dict()  # slot index -> pid
         self.lock = manager.Lock()
 
-    def claim(self) -> tuple[str, int]:
-        """A slot no live worker holds, now or as soon as one exits."""
+    def claim(self) -> tuple[int, str, int]:
+        """(index, device, threads) of a slot no live worker holds, now or as soon as one exits."""
         deadline = time.monotonic() + self.WAIT
         while True:
             with self.lock:
@@ -216,10 +241,17 @@ class Slots:
                     holder = self.holders.get(i)
                     if holder is None or not _alive(holder):
                         self.holders[i] = os.getpid()
-                        return slot
+                        return (i, *slot)
             if time.monotonic() > deadline:
                 raise RuntimeError(f"no device slot came free in {self.WAIT:.0f} s (held by {dict(self.holders)})")
             time.sleep(0.05)
+
+
+@dataclass(frozen=True)
+class _Fault:
+    """A worker's word that its device slot failed (see DeviceFault): later pools go without it."""
+
+    slot: int
 
 
 @dataclass(frozen=True)
@@ -242,13 +274,18 @@ def _worker_task(
     results.put(_Mark(index, ended=False))
     held = _WORKER.get("state")
     if held is None or held[0] != run_id:
-        device, threads = slots.claim()
+        slot, device, threads = slots.claim()
         torch.set_num_threads(threads)
-        _WORKER["state"] = held = (run_id, _renderer(config, device))
+        _WORKER["state"] = held = (run_id, _renderer(config, device), slot)
         if live:
             held[1].on_progress = Ticker(results.put, device, out_dir)
-    for item in _run_task(held[1], config, task, done, out_dir):
-        results.put(item)
+    try:
+        for item in _run_task(held[1], config, task, done, out_dir):
+            results.put(item)
+    except DeviceFault as fault:
+        results.put((fault.job, fault.record))
+        results.put(_Fault(held[2]))
+        os._exit(70)  # this breaks the pool: its tasks that had not ended run on a fresh one, without this slot
     results.put(_Mark(index, ended=True))
 
 
@@ -272,13 +309,12 @@ def _sigint_blocked() -> Iterator[None]:
 
 def _pool(
     config: Config, tasks: dict[int, Task], done: set[Path], out_dir: Path, slots: list[str], manager: SyncManager,
-    live: Live | None, ended: dict[int, bool],
+    live: Live | None, ended: dict[int, bool], faulted: set[int],
 ) -> Iterator[tuple[Job, Record]]:
     """One pool of processes over `tasks`, skipping the jobs in `done`: records as jobs finish (their
     outputs added to `done`), workers' Ticks to `live`, and in `ended` each task a worker started (True
     once it ended). Returns the error that broke the pool, if one did."""
-    threads = max(1, torch.get_num_threads() // max(1, slots.count("cpu")))
-    slot_table = Slots([(d, threads if d == "cpu" else torch.get_num_threads()) for d in slots], manager)
+    slot_table = Slots([(d, worker_threads(slots, d)) for d in slots], manager)
     results = manager.Queue()
     run_id = uuid.uuid4().hex  # workers of an earlier, broken pool claim a slot anew
     pool = Parallel(n_jobs=len(slots), backend="loky", return_as="generator_unordered", batch_size=1,
@@ -307,6 +343,8 @@ def _pool(
             live(item)
         elif isinstance(item, _Mark):
             ended[item.index] = item.ended
+        elif isinstance(item, _Fault):
+            faulted.add(item.slot)
         else:
             done.add(item[0].output)
             yield item
@@ -326,11 +364,7 @@ def _records(
     if not tasks:
         return
     if len(slots) == 1:
-        renderer = _renderer(config, slots[0])
-        if live is not None:
-            renderer.on_progress = Ticker(live, slots[0], out_dir)
-        for task in tasks:
-            yield from _run_task(renderer, config, task, done, out_dir)
+        yield from _in_process(config, tasks, done, out_dir, slots[0], live)
         return
     todo, strikes, finished = dict(enumerate(tasks)), dict.fromkeys(range(len(tasks)), 0), set(done)
     with _sigint_blocked():
@@ -338,19 +372,59 @@ def _records(
     with manager:
         while todo:
             ended: dict[int, bool] = {}
-            broken = yield from _pool(config, todo, finished, out_dir, slots, manager, live, ended)
+            faulted: set[int] = set()
+            broken = yield from _pool(config, todo, finished, out_dir, slots, manager, live, ended, faulted)
             if broken is None:
                 return
             if not isinstance(broken, BrokenProcessPool) or not ended:  # not a worker's death, or none to blame
                 raise broken
-            for index, over in ended.items():
-                strikes[index] += not over
-                if over or strikes[index] == 2:
-                    task = todo.pop(index)
-                    for job in task_jobs(task) if not over else ():
-                        if job.output not in finished:
-                            error = f"{job.content}: worker process died while running it, twice (killed, crashed or out of memory)"
-                            yield job, Record(**_base(job, relative_output(job, out_dir)), state="failed", error=error)
+            yield from _strike_out(todo, strikes, ended, finished, out_dir)
+            slots = [d for i, d in enumerate(slots) if i not in faulted]
+            if len(slots) < 2 and todo:  # joblib would run one slot's "pool" in this very process
+                rest = list(todo.values())
+                yield from (_in_process(config, rest, frozenset(finished), out_dir, slots[0], live) if slots
+                            else _not_run(rest, finished, out_dir, "every device of this run failed"))
+                return
+
+
+def _strike_out(
+    todo: dict[int, Task], strikes: dict[int, int], ended: dict[int, bool], finished: set[Path], out_dir: Path,
+) -> Iterator[tuple[Job, Record]]:
+    """After a pool broke: a strike for each task it was running; those that ended, or were running when a
+    pool broke twice, leave `todo` (the latter's unfinished jobs fail)."""
+    for index, over in ended.items():
+        strikes[index] += not over
+        if over or strikes[index] == 2:
+            task = todo.pop(index)
+            for job in task_jobs(task) if not over else ():
+                if job.output not in finished:
+                    error = f"{job.content}: worker process died while running it, twice (killed, crashed or out of memory)"
+                    yield job, Record(**_base(job, relative_output(job, out_dir)), state="failed", error=error)
+
+
+def _in_process(
+    config: Config, tasks: list[Task], done: frozenset[Path], out_dir: Path, device: str, live: Live | None,
+) -> Iterator[tuple[Job, Record]]:
+    """The tasks run here, on the one device; after a device fault the rest fail without running."""
+    renderer = _renderer(config, device)
+    if live is not None:
+        renderer.on_progress = Ticker(live, device, out_dir)
+    for i, task in enumerate(tasks):
+        try:
+            yield from _run_task(renderer, config, task, done, out_dir)
+        except DeviceFault as fault:
+            yield fault.job, fault.record
+            yield from _not_run(tasks[i:], done | {fault.job.output}, out_dir, f"device {device} failed on {fault.job.content}")
+            return
+
+
+def _not_run(tasks: list[Task], done: frozenset[Path] | set[Path], out_dir: Path, why: str) -> Iterator[tuple[Job, Record]]:
+    """A failed record, saying `why`, for each job of `tasks` not in `done`."""
+    for task in tasks:
+        for job in task_jobs(task):
+            if job.output not in done:
+                error = f"{job.content}: not run: {why}"
+                yield job, Record(**_base(job, relative_output(job, out_dir)), state="failed", error=error)
 
 
 def _executor(

@@ -23,6 +23,9 @@ def keep_freed_memory(module: str) -> None:
 
 
 def main() -> None:
+    # CUDA: the allocator grows its segments instead of keeping one per odd shape (tiles, original sizes), so
+    # freed blocks of one shape serve the next; workers inherit it. A value the user set is left alone.
+    os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
     keep_freed_memory("pipeline")
     from pipeline.cli import main as cli_main
 

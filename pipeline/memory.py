@@ -25,6 +25,10 @@ MIN_HISTORY = 5
 WHOLE_PER_PIXEL = 256  # a tiled level's whole-image tensors: image, gradient, L-BFGS vectors, content and its features
 HEADROOM = 0.8  # of the free memory, what a tiled job plans on
 MIN_TILE = 256  # smaller tiles leave too little halo for an exact gradient (see pipeline.tiles)
+# On CUDA the CPU figures above are kept and the free memory divided by this margin: cuDNN's workspaces and
+# the caching allocator's fragmentation are not in them (the Winograd scratch they count is not used there).
+# A conservative guess until a GPU measures its own figures (bench/gpu_check.py).
+CUDA_FACTOR = 1.5
 
 
 def needed_bytes(shape: tuple[int, int], optimizer: str, images: int = 1, precision: str = "fp32") -> int:

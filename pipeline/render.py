@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import time
 from dataclasses import dataclass, replace
 from functools import partial
@@ -13,7 +14,7 @@ from PIL import Image
 
 from pipeline.cache import StyleCache
 from pipeline.images import depth_note, read_alpha, read_image, working_shape, write_image
-from pipeline.memory import available_bytes, check_fits, tile_plan
+from pipeline.memory import CUDA_FACTOR, available_bytes, check_fits, tile_plan
 from pipeline.keys import file_digest
 from pipeline.losses import target_names
 from pipeline.model import VGGFeatures, resolve_weights
@@ -85,17 +86,46 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     if device.type == "cpu":
         caps = torch.cpu.get_capabilities()
         return "bf16" if caps.get("avx512_bf16") or caps.get("amx_bf16") else "fp32"
-    if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported(including_emulation=False) else "fp32"
+    if device.type == "cuda":  # this device's own capability (not the current one's): bf16 from Ampere (8.x) on
+        return "bf16" if torch.cuda.get_device_capability(device)[0] >= 8 else "fp32"
     return "fp32"
 
 
-def _tune_cuda() -> None:
-    """cuDNN searches once per input shape for its fastest conv (a job's few scales and a video's
-    frames reuse the choice) and runs convs in TF32; matmuls, hence the Grams, stay full float32."""
-    torch.backends.cudnn.benchmark = True
+def _tune_cuda(device: torch.device) -> None:
+    """Make `device` this process's current CUDA device, and run convs in TF32; matmuls, hence the Grams,
+    stay full float32. (cuDNN's search for its fastest conv is set per job, see `_search_convs`.)"""
+    torch.cuda.set_device(device)
     torch.backends.cudnn.allow_tf32 = True
     torch.backends.cuda.matmul.allow_tf32 = False
+
+
+def _search_convs(device: torch.device, repeats: bool) -> None:
+    """cuDNN searches once per input shape for its fastest conv: worth it where the shapes repeat (a job's
+    few scales, a video's frames), not for tiled levels, whose edge crops change shape at every evaluation,
+    nor for `output.size: original`, whose shapes are each image's own."""
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = repeats
+
+
+def out_of_memory(exc: BaseException) -> bool:
+    """Whether `exc` is the device or the host running out of memory."""
+    return isinstance(exc, (MemoryError, torch.OutOfMemoryError)) or "out of memory" in str(exc).lower()
+
+
+def device_fault(exc: BaseException) -> bool:
+    """Whether `exc` is a device error other than running out of memory: CUDA's illegal addresses, ECC and
+    launch failures, a GPU fallen off the bus; after one, every later kernel of the process fails."""
+    text = str(exc)
+    return not out_of_memory(exc) and any(sign in text for sign in ("CUDA error", "CUBLAS_STATUS", "CUDNN_STATUS",
+                                                                      "cudaError", "device-side assert"))
+
+
+def release_memory(device: torch.device) -> None:
+    """Give what a failed attempt held back to the device (call it outside the handler that caught the
+    failure: the traceback keeps the attempt's tensors alive)."""
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
 
 
 class Renderer:
@@ -104,17 +134,17 @@ class Renderer:
     def __init__(
         self, settings: Settings, device: str = "cpu", weights: str = "bundled", pooling: str = "max", arch: str = "vgg19",
         init_path: Path | None = None, cache: StyleCache | None = None, keep_alpha: bool = True,
-        full_size: bool = False, tile: int | str = "auto", precision: str = "auto",
+        full_size: bool = False, tile: int | str = "auto", precision: str = "auto", memory_share: float = 1.0,
     ) -> None:
         self.settings = settings
         self.cache = cache or StyleCache(None)
         self.device = torch.device(device)
+        if self.device.type == "cuda":
+            _tune_cuda(self.device)
         self.precision = resolve_precision(precision, self.device)
         resolved = resolve_weights(weights, arch)
         # cuDNN picks its own algorithms (Winograd among them) on GPUs; our Winograd layers are float32 only.
         winograd = self.device.type == "cpu" and self.precision == "fp32"
-        if self.device.type == "cuda":
-            _tune_cuda()
         self.model = VGGFeatures(
             resolved, settings.layers, pooling=pooling, winograd=winograd, dtype=PRECISIONS[self.precision],
         ).to(self.device)
@@ -122,13 +152,15 @@ class Renderer:
         self.keep_alpha = keep_alpha  # an input's transparency goes into its output (see images.write_image)
         self.full_size = full_size  # output.size: original: content is read, and its result written, at its own size
         self.tile = tile  # auto | off | a tile side in px (optimize.tile)
+        self.memory_share = memory_share  # of the device's free memory, this worker's (workers that share it split it)
         self._styles: dict[Path, torch.Tensor] = {}
         self._digests: dict[Path, str] = {}
         self.on_progress: Callable[[Path, Progress], None] | None = None  # each render's progress (with its output) when it has no callback
 
     def _style_image(self, path: Path) -> torch.Tensor:
+        """A style image at its full size, kept on the CPU (each level takes a rescaled copy to the device)."""
         if path not in self._styles:
-            self._styles[path] = read_image(path).to(self.device)
+            self._styles[path] = read_image(path)
         return self._styles[path]
 
     def _digest(self, path: Path) -> str:
@@ -153,7 +185,7 @@ class Renderer:
             )
 
             def compute(area: int = area) -> StyleTargets:
-                styles = [(self._style_image(p), wt) for p, wt in blend]
+                styles = [(self._style_image(p).to(self.device), wt) for p, wt in blend]
                 return style_targets(self.model, styles, area, layers, s.preserve_colors, tile, s.style_loss)
 
             out.append(self.cache.get(key, target_names(layers, s.style_loss), self.device, compute))
@@ -175,11 +207,14 @@ class Renderer:
         return read_image(path, self.read_size).to(self.device)
 
     def _free_bytes(self) -> int | None:
-        """Memory free for a job on this device now: CUDA's free memory plus what its allocator holds unused."""
+        """Memory a job of this worker may plan on now: its share of the device's free memory (CUDA's free
+        memory plus what its allocator holds unused, less CUDA_FACTOR's margin; the host's on the CPU)."""
         if self.device.type == "cuda":
             free, _ = torch.cuda.mem_get_info(self.device)
-            return free + torch.cuda.memory_reserved(self.device) - torch.cuda.memory_allocated(self.device)
-        return available_bytes()
+            held = torch.cuda.memory_reserved(self.device) - torch.cuda.memory_allocated(self.device)
+            return int((free + held) / CUDA_FACTOR * self.memory_share)
+        free = available_bytes()
+        return None if free is None else int(free * self.memory_share)
 
     def _tiled(self, s: Settings, shape: tuple[int, int], images: int = 1) -> Settings:
         """`s` with this job's tile side and L-BFGS history: optimize.tile, or with auto, from the memory free now."""
@@ -197,8 +232,27 @@ class Renderer:
         """Stylise `content_path` with the blended styles, `style_scale` times the output's size, and write
         `output` atomically.
 
-        `content` is the image already read by `read_content`, when the caller has it.
+        `content` is the image already read by `read_content`, when the caller has it. With `tile: auto`, a
+        job that runs out of memory (other processes took it meanwhile, or the estimate fell short) is tried
+        once more, planned on half the memory, before it fails.
         """
+        args = (content_path, blend, output, callback, follow, content, style_scale)
+        try:
+            return self._render(*args)
+        except Exception as exc:  # noqa: BLE001  re-raised unless it is the one failure a retry can mend
+            if self.tile != "auto" or not out_of_memory(exc):
+                raise
+        release_memory(self.device)  # out here, the failed attempt's tensors are free
+        share, self.memory_share = self.memory_share, self.memory_share / 2
+        try:
+            return self._render(*args)
+        finally:
+            self.memory_share = share
+
+    def _render(
+        self, content_path: Path, blend: Sequence[tuple[Path, float]], output: Path, callback: Callback | None,
+        follow: Follow | None, content: torch.Tensor | None, style_scale: float,
+    ) -> Rendered:
         start = time.perf_counter()
         s = self.settings
         if content is None:
@@ -211,6 +265,7 @@ class Renderer:
         else:
             init = self._init([blend], shape)
         s = self._tiled(s, shape)
+        _search_convs(self.device, repeats=not s.tile and not self.full_size)
         targets, *counts = self._counted(blend, [lv.shape for lv in levels(shape, s)], s.tile, style_scale)
         held = follow.held if follow is not None else ()
         if callback is None and self.on_progress is not None:
@@ -234,6 +289,7 @@ class Renderer:
             raise ValueError(f"a batch needs images of one size, got {sorted({tuple(i.shape[-2:]) for i in images})}")
         init = self._init(blends, shape)
         s = self._tiled(s, shape, len(images))
+        _search_convs(self.device, repeats=not s.tile and not self.full_size)
         shapes = [lv.shape for lv in levels(shape, s)]
         counted = [self._counted(b, shapes, s.tile, sc) for b, sc in zip(blends, style_scales or [1.0] * len(blends))]
         callback = None

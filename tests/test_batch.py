@@ -151,7 +151,7 @@ def test_every_gpu_gets_a_worker(shared, tmp_path):
     result = runner.invoke(app, ["run", str(config)])
     assert result.exit_code == 0, result.output
     devices = {r["device"] for r in _manifest(tmp_path / "out")}
-    assert devices <= {f"cuda:{i}" for i in range(torch.cuda.device_count())} and "cpu" not in devices
+    assert devices == {f"cuda:{i}" for i in range(torch.cuda.device_count())}, "every GPU, and only GPUs"
 
 
 def test_running_out_of_memory_names_the_size_that_failed():

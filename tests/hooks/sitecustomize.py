@@ -5,7 +5,9 @@ PYTHONPATH=tests/hooks:
   `precision: auto` and every tolerance are tried as CI's other machines take them. KIND: avx2 (no bf16
   units), avx512_bf16 (AVX-512 BF16, no AMX) or amx.
 - `STYLIZE_TEST_RECYCLE=1`: loky replaces each worker process after every task but its first, as it does
-  with a worker whose memory grew by more than 300 MB (tests/test_batch.py)."""
+  with a worker whose memory grew by more than 300 MB (tests/test_batch.py).
+- `STYLIZE_TEST_FAULT=NAME[,NAME…]`: rendering content NAME raises the error a GPU gives after an illegal memory
+  access (tests/test_gpu_paths.py)."""
 
 import os
 
@@ -27,3 +29,14 @@ if os.environ.get("STYLIZE_TEST_RECYCLE") == "1":
 
     process_executor._MEMORY_LEAK_CHECK_DELAY = 0.0  # check after every task
     process_executor._MAX_MEMORY_LEAK_SIZE = -1  # and call any size a leak
+if fault := os.environ.get("STYLIZE_TEST_FAULT"):
+    from pipeline.render import Renderer
+
+    real_render = Renderer.render
+
+    def render(self, content_path, *args, **kwargs):
+        if content_path.name in fault.split(","):
+            raise RuntimeError("CUDA error: an illegal memory access was encountered")
+        return real_render(self, content_path, *args, **kwargs)
+
+    Renderer.render = render
