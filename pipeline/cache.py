@@ -8,6 +8,7 @@ before they are trusted; a corrupt entry is recomputed.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from pathlib import Path
 from typing import Callable
 
@@ -24,11 +25,15 @@ _SMALLEST = 512  # bytes: torch.save's zip of even one small tensor is larger
 
 
 class StyleCache:
-    """Memory first, then `cache_dir` (when given), then compute."""
+    """Memory first (the `MEMORY` most recently used target sets, on the device), then `cache_dir` (when
+    given), then compute. The bound keeps a worker that meets many sizes (`output.size: original`, mixed
+    aspect ratios) from filling its GPU with targets it will not use again."""
+
+    MEMORY = 48  # target sets: a video or a folder at one size uses one per level and style
 
     def __init__(self, cache_dir: Path | None) -> None:
         self.dir = cache_dir
-        self.memory: dict[str, StyleTargets] = {}
+        self.memory: OrderedDict[str, StyleTargets] = OrderedDict()
         self.hits = 0
         self.misses = 0
 
@@ -56,6 +61,7 @@ class StyleCache:
         when no valid copy exists."""
         if key in self.memory:
             self.hits += 1
+            self.memory.move_to_end(key)
             return self.memory[key]
         path = self._path(key)
         targets = self._read(path, names, device) if path is not None and path.is_file() else None
@@ -68,6 +74,8 @@ class StyleCache:
         else:
             self.hits += 1
         self.memory[key] = targets
+        while len(self.memory) > self.MEMORY:
+            self.memory.popitem(last=False)
         return targets
 
 

@@ -7,6 +7,7 @@ device: everything runs where the tensors and the model already are.
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass, field
 from typing import Callable, Mapping, Sequence
 
@@ -374,6 +375,9 @@ class TiledObjective(_Objective):
         return _combine(s, content, style.detach(), tv.detach(), tm.detach())[1]
 
 
+READ_EVERY = 0.1  # seconds between reads of the losses from the device (each a sync; on the CPU, every iteration)
+
+
 def converged(losses: Sequence[float], tolerance: float, window: int) -> bool:
     """Whether the last of `losses` is within `tolerance` (a fraction) of the one `window` iterations before."""
     if tolerance <= 0 or len(losses) <= window:
@@ -387,13 +391,23 @@ def _run_scale(
 ) -> torch.Tensor:
     """Optimise one level for `iterations`, or until its loss has `converged` (settings.tolerance)."""
     image = image.detach().clone(memory_format=torch.contiguous_format).requires_grad_(True)
-    losses: list[float] = []  # the batch's total per iteration
+    losses: list[float] = []  # the batch's total per iteration, as read back
+    pending: list[torch.Tensor] = []  # iterations' loss parts not read back yet
+    last_read = [time.monotonic()]
+
+    def read() -> None:
+        """Read the pending losses back in one sync, and report each iteration's."""
+        for values in torch.stack(pending).tolist() if pending else ():
+            losses.append(sum(values[0]))
+            report(len(losses), values)
+        pending.clear()
+        last_read[0] = time.monotonic()
 
     def evaluate() -> torch.Tensor:
         parts = objective.backward(image)
-        values = parts.tolist()  # L-BFGS reads the loss anyway: one sync per iteration
-        losses.append(sum(values[0]))
-        report(len(losses), values)
+        pending.append(parts.detach())
+        if settings.tolerance > 0 or time.monotonic() - last_read[0] >= READ_EVERY:
+            read()  # a device sync: at most READ_EVERY apart unless the early stop needs every value
         return parts[0].sum()
 
     def stop() -> bool:
@@ -405,6 +419,7 @@ def _run_scale(
         adam(image, evaluate, iterations, settings.learning_rate, stop=stop)
     else:
         raise ValueError(f"unknown optimizer {settings.optimizer!r}; use lbfgs or adam")
+    read()
     return image.detach()
 
 

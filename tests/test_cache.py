@@ -82,3 +82,21 @@ def test_the_renderers_style_targets_at_a_style_scale_are_those_of_the_scaled_ar
     expected = style_targets(renderer.model, [(read_image(style), 1.0)], 64 * 96, ["relu1_1"])
     assert torch.allclose(scaled["relu1_1"], expected["relu1_1"], rtol=1e-5)
     assert not torch.allclose(scaled["relu1_1"], plain["relu1_1"], rtol=1e-2)
+
+
+def test_the_memory_cache_keeps_only_the_most_recently_used_target_sets(tmp_path):
+    from pipeline.cache import StyleCache
+
+    cache = StyleCache(None)
+    cache.MEMORY = 3
+    made = []
+
+    def targets(n):
+        made.append(n)
+        return {"relu1_1": torch.full((3, 3), float(n))}
+
+    for n in (1, 2, 3, 1, 4):  # 1 is used again before 4 arrives: 2 is the one to go
+        cache.get(str(n), ["relu1_1"], torch.device("cpu"), lambda n=n: targets(n))
+    assert list(cache.memory) == ["3", "1", "4"] and made == [1, 2, 3, 4]
+    cache.get("2", ["relu1_1"], torch.device("cpu"), lambda: targets(2))
+    assert made == [1, 2, 3, 4, 2], "an evicted set is computed (or read from disk) again"

@@ -1,6 +1,7 @@
 """The one-image optimiser on real inputs at tiny sizes."""
 
 import dataclasses
+import math
 
 import pytest
 import torch
@@ -333,3 +334,24 @@ def test_auto_precision_is_bf16_only_on_cpus_with_bf16_units(monkeypatch, caps, 
     assert resolve_precision("fp32", torch.device("cpu")) == "fp32"  # an explicit choice stands
     with pytest.raises(ValueError, match="unknown precision 'fp8'"):
         resolve_precision("fp8", torch.device("cpu"))
+
+
+def test_losses_read_back_in_bursts_still_reach_the_callback_every_iteration(shared, model, monkeypatch):
+    """On a GPU the losses are read back at most every READ_EVERY s (each read is a sync): however late they
+    arrive, the callback and the trace get every iteration, in order."""
+    import pipeline.optimize as optimize
+
+    content, style = _inputs(shared, 64)
+    settings = Settings(size=64, scales=2, iterations=5, style_layers={"relu1_1": 1.0, "relu3_1": 1.0})
+    targets = _targets(model, content, style, settings)
+    def run() -> tuple[list, list]:
+        seen: list = []
+        result = stylize(model, content, targets, settings, callback=lambda p: seen.append((p.scale, p.iteration, p.loss)))
+        return seen, [(p.scale, p.iteration, p.loss) for p in result.trace]
+
+    monkeypatch.setattr(optimize, "READ_EVERY", 0.0)  # every iteration
+    each, each_trace = run()
+    monkeypatch.setattr(optimize, "READ_EVERY", 1e9)  # once per level
+    burst, burst_trace = run()
+    assert burst == each == each_trace == burst_trace and len(each) >= 5
+    assert all(math.isfinite(loss) for _, _, loss in each)
