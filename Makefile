@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 CONFIG ?= configs/example.yaml
 STAMP := $(VENV)/.installed
 
-.PHONY: stylize test test-cpu bench bench-video bench-tiling bench-precision bench-quality bench-faults install clean
+.PHONY: stylize test test-cpu bench bench-video bench-tiling bench-precision bench-quality bench-faults bench-gpu install clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -51,6 +51,10 @@ bench-quality: $(VENV)/.bench
 # The faults of issue 17 as cron meets them, each in its own folder (about 5 minutes on 2 cores): bench/faults.md.
 bench-faults: $(STAMP)
 	$(BIN)/python -m bench.faults
+
+# The checks that need a CUDA device, in one short run (bench/gpu_check.md); run it where a GPU is lent.
+bench-gpu: $(VENV)/.bench
+	$(BIN)/python -m bench.gpu_check
 
 clean:
 	rm -rf out bench/out .pytest_cache
