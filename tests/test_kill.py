@@ -71,3 +71,45 @@ def test_kill_9_six_times_then_rerun(shared, tmp_path):
             im.load()  # decodes completely
             assert im.size == (64, 43)
     assert not list(out.rglob("*.part*"))
+
+
+def _group(pgid: int) -> list[int]:
+    """The live processes of process group `pgid` (from /proc: pgrep may not be installed)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            found.append(int(stat.parent.name))
+    return found
+
+
+@pytest.mark.slow
+def test_ctrl_c_with_two_workers_says_interrupted_and_loses_nothing(shared, tmp_path):
+    """Ctrl-C reaches the whole process group, as a terminal sends it: one `interrupted` line, exit 130,
+    no thread's traceback, no worker left running, and a rerun finishes the rest."""
+    inputs = photo_crops(shared / "content/astronaut.png", tmp_path / "in", 4)
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump({
+        "inputs": [str(inputs)], "styles": [{"name": "wave", "images": [str(shared / "style/wave.jpg")]}],
+        "output": {"dir": "out"}, "optimize": {"size": 64, "iterations": 300, "scales": 1},
+        "devices": "cpu", "workers_per_device": 2, "cache_dir": str(tmp_path / "cache"),
+    }))
+    cmd = [sys.executable, "-m", "pipeline", "run", str(config)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    deadline = time.monotonic() + 120
+    while not list((tmp_path / "cache" / "styles").glob("*.pt")) and time.monotonic() < deadline:
+        time.sleep(0.2)  # a worker is rendering: it has encoded the style
+    os.killpg(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert err.count("stylize: error: interrupted: the jobs in hand were abandoned") == 1
+    assert "Exception in thread" not in err and "KeyboardInterrupt" not in err
+    time.sleep(1)
+    assert not _group(proc.pid), "every worker ended with the run"
+    config.write_text(config.read_text().replace("iterations: 300", "iterations: 2"))
+    rerun = subprocess.run(cmd, capture_output=True, text=True)
+    assert rerun.returncode == 0 and len(_done(tmp_path / "out")) == 4, rerun.stderr
