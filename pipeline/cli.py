@@ -225,9 +225,6 @@ def image(
     from pydantic import ValidationError
 
     from pipeline.execute import DeviceError, pick_device
-    from pipeline.manifest import reason
-    from pipeline.progress import progress_callback
-    from pipeline.render import Renderer
 
     try:
         opts = OptimizeConfig(
@@ -251,6 +248,16 @@ def image(
         device = pick_device(device)
     except DeviceError as exc:
         _fail(f"--device: {exc}")
+    _render_one(opts, style, content, output, device, weights, original_size)
+
+
+def _render_one(opts: OptimizeConfig, style: StyleConfig, content: Path, output: Path, device: str, weights: str,
+                original_size: bool) -> None:
+    """`stylize image`'s work, once its options are valid: render, then one line (or one error line, exit 1)."""
+    from pipeline.manifest import reason
+    from pipeline.progress import progress_callback
+    from pipeline.render import Renderer
+
     try:
         renderer = Renderer(opts.settings(), device=device, weights=weights, init_path=opts.init_path, tile=opts.tile,
                             full_size=original_size, precision=opts.precision)

@@ -564,10 +564,9 @@ def _adopt(manifest: Manifest, plan: Plan, out_dir: Path, report: Report) -> Non
 
 
 def execute(config: Config, plan: Plan, report: Report, live: Live | None = None) -> list[Outcome]:
-    """Run every pending job, skipping done ones, saving the manifest after each; then cross-fade
-    segment seams, measure each clip's warp error and reassemble each video and animated image whose
-    frames are all done (also frames done by earlier runs). With `live`, the workers (local or Dask) send it
-    where they are in their current job (see pipeline.progress.Ticker).
+    """Run every pending job, skipping done ones, saving the manifest after each; then the steps that need
+    finished frames (see `_finish_clips`). With `live`, the workers (local or Dask) send it where they are
+    in their current job (see pipeline.progress.Ticker).
 
     Raises DeviceError before any work when the configured device does not exist (with executor dask,
     when no worker offers a device the config allows; see pipeline.cluster for its other errors).
@@ -607,6 +606,14 @@ def execute(config: Config, plan: Plan, report: Report, live: Live | None = None
                     report.log(f"warning: {record.warning}", always=True)
         finally:
             manifest.save()
+
+    return outcomes + _finish_clips(config, plan, manifest, rendered, report)
+
+
+def _finish_clips(config: Config, plan: Plan, manifest: Manifest, rendered: set[Path], report: Report) -> list[Outcome]:
+    """The steps that need finished frames: cross-fade the seams, measure each clip's warp error and
+    reassemble each video and animated image whose frames are all done (also by earlier runs)."""
+    out_dir, outcomes = config.output.dir, []
 
     def frames_done(jobs) -> bool:
         return all(is_done(j, manifest, out_dir) for j in jobs)
