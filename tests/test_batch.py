@@ -57,7 +57,10 @@ def test_stale_lock_from_a_killed_run_does_not_block(shared, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     killed = subprocess.Popen([sys.executable, "-c", f"import time, pipeline.lock as l\nwith l.run_lock(__import__('pathlib').Path({str(out)!r})): time.sleep(60)"])
-    time.sleep(1.5)
+    deadline = time.monotonic() + 60  # its start-up takes seconds on a loaded machine (torch, under make test-cpu)
+    while not (out / LOCK_NAME).exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    time.sleep(0.5)  # the lock is taken once the file exists
     killed.kill()
     killed.wait()
     assert (out / LOCK_NAME).exists()
