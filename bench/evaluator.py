@@ -36,10 +36,12 @@ class Scores:
     gram: float
     swd: float
 
-    def dominates(self, other: "Scores", slack: float = 0.0) -> bool:
+    def dominates(self, other: Scores, slack: float = 0.0) -> bool:
         """True when this is no worse than `other` on all three figures (within `slack`, a fraction)."""
-        return all(mine <= theirs * (1 + slack) for mine, theirs in
-                   ((self.content, other.content), (self.gram, other.gram), (self.swd, other.swd)))
+        return all(
+            mine <= theirs * (1 + slack)
+            for mine, theirs in ((self.content, other.content), (self.gram, other.gram), (self.swd, other.swd))
+        )
 
 
 def _directions(channels: int, layer: int) -> torch.Tensor:

@@ -18,10 +18,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from fractions import Fraction
 from pathlib import Path
-from typing import Callable
 
 import av
 import numpy as np
@@ -51,9 +51,15 @@ class Case:
 
 
 def _config(root: Path, inputs: list[Path], out: Path | None = None, **extra) -> Path:
-    data = {"inputs": [str(i) for i in inputs], "styles": [{"name": "wave", "images": [str(STYLE)]}],
-            "output": {"dir": str(out or root / "out")}, "optimize": {"size": 40, "iterations": 2, "scales": 1},
-            "devices": "cpu", "cache_dir": str(root / "cache"), **extra}
+    data = {
+        "inputs": [str(i) for i in inputs],
+        "styles": [{"name": "wave", "images": [str(STYLE)]}],
+        "output": {"dir": str(out or root / "out")},
+        "optimize": {"size": 40, "iterations": 2, "scales": 1},
+        "devices": "cpu",
+        "cache_dir": str(root / "cache"),
+        **extra,
+    }
     path = root / "config.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path
@@ -61,9 +67,14 @@ def _config(root: Path, inputs: list[Path], out: Path | None = None, **extra) ->
 
 def _run(config: Path, interrupt_after: float | None = None) -> tuple[int, str]:
     """`stylize run CONFIG` in its own process group: exit code and everything it printed."""
-    proc = subprocess.Popen([sys.executable, "-m", "pipeline", "run", str(config)], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pipeline", "run", str(config)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     if interrupt_after is not None:
         time.sleep(interrupt_after)
         os.killpg(proc.pid, signal.SIGINT)
@@ -107,16 +118,20 @@ def _video(path: Path, frames: int = 3, durations: list[int] | None = None, audi
 
 
 def _hashes(folder: Path) -> dict[str, str]:
-    return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file() and p.suffix in {".png", ".jpg", ".mp4", ".gif", ".webp"}
-            and p.name not in RUN_FILES}
+    return {
+        p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and p.suffix in {".png", ".jpg", ".mp4", ".gif", ".webp"} and p.name not in RUN_FILES
+    }
 
 
 def _lost(before: dict[str, str], after: dict[str, str]) -> int:
     return sum(after.get(name) != digest for name, digest in before.items())
 
 
-def _check(case: Case, code: int, log: str, want: int, says: list[str], absent: tuple[str, ...] = ("Traceback",)) -> None:
+def _check(
+    case: Case, code: int, log: str, want: int, says: list[str], absent: tuple[str, ...] = ("Traceback",)
+) -> None:
     case.got = f"exit {code}"
     missing = [s for s in says if s not in log]
     present = [s for s in absent if s in log]
@@ -137,8 +152,11 @@ def stems(root: Path) -> Case:
 
 
 def sibling(root: Path) -> Case:
-    case = Case("2. b.jpg, then b.jpg.png, beside a finished b.png", 3,
-                "exit 0, then exit 1 naming b.jpg; b.png's output keeps its name and bytes")
+    case = Case(
+        "2. b.jpg, then b.jpg.png, beside a finished b.png",
+        3,
+        "exit 0, then exit 1 naming b.jpg; b.png's output keeps its name and bytes",
+    )
     _photo(root / "in" / "b.png")
     config = _config(root, [root / "in"])
     first = _run(config)
@@ -157,8 +175,11 @@ def sibling(root: Path) -> Case:
 
 
 def nothing(root: Path) -> Case:
-    case = Case("3. output.dir = the input folder; only unsupported files; some unsupported", 7,
-                "exit 2, exit 2 naming the types, exit 0 with one warning line")
+    case = Case(
+        "3. output.dir = the input folder; only unsupported files; some unsupported",
+        7,
+        "exit 2, exit 2 naming the types, exit 0 with one warning line",
+    )
     _photo(root / "a" / "a.png")
     code1, log1 = _run(_config(root, [root / "a"], out=root / "a"))
     (root / "b").mkdir()
@@ -179,8 +200,11 @@ def nothing(root: Path) -> Case:
 
 
 def gap(root: Path) -> Case:
-    case = Case("4. a sequence with frames 4 and 7-8 missing, and an unrelated image", 7,
-                "exit 0; one sequence under its frame names, a warning naming 4, 7-8")
+    case = Case(
+        "4. a sequence with frames 4 and 7-8 missing, and an unrelated image",
+        7,
+        "exit 0; one sequence under its frame names, a warning naming 4, 7-8",
+    )
     numbers = (1, 2, 3, 5, 6, 9)
     for n in numbers:
         _photo(root / "in" / "shot" / f"frame_{n:04d}.png", size=(60, 40))
@@ -188,13 +212,18 @@ def gap(root: Path) -> Case:
     code, log = _run(_config(root, [root / "in"]))
     _check(case, code, log, 0, ["frames 4, 7-8 missing from frame_####.png"])
     frames = sorted(p.name for p in (root / "out" / "shot.wave").glob("*.png"))
-    case.ok &= frames == [f"frame_{n:04d}.png" for n in numbers] and (root / "out" / "shot" / "reference.wave.png").is_file()
+    case.ok &= (
+        frames == [f"frame_{n:04d}.png" for n in numbers] and (root / "out" / "shot" / "reference.wave.png").is_file()
+    )
     return case
 
 
 def read_only_cache(root: Path) -> Case:
-    case = Case("5. cache_dir not writable, with a video (a file where its folder should be)", 1,
-                "exit 2 naming cache_dir, no traceback")
+    case = Case(
+        "5. cache_dir not writable, with a video (a file where its folder should be)",
+        1,
+        "exit 2 naming cache_dir, no traceback",
+    )
     config = _config(root, [_video(root / "in" / "clip.mp4")])
     (root / "blocker").write_text("x")
     data = yaml.safe_load(config.read_text())
@@ -236,8 +265,11 @@ def strip(root: Path) -> Case:
 
 
 def animated(root: Path) -> Case:
-    case = Case("9. an animated GIF (3 frames, 100/200/150 ms, loop 2) and an animated WebP", 2,
-                "exit 0; each comes back animated in its own format, durations and loop kept")
+    case = Case(
+        "9. an animated GIF (3 frames, 100/200/150 ms, loop 2) and an animated WebP",
+        2,
+        "exit 0; each comes back animated in its own format, durations and loop kept",
+    )
     base = Image.open(SHARED / "content" / "chelsea.png").convert("RGB").resize((48, 32))
     frames = [base.rotate(10 * i) for i in range(3)]
     (root / "in").mkdir(parents=True)
@@ -255,8 +287,11 @@ def animated(root: Path) -> Case:
 
 
 def streams(root: Path) -> Case:
-    case = Case("10. two audio tracks (eng, fra) and a variable frame rate", 1,
-                "exit 0; both tracks with their languages; the duration within a frame")
+    case = Case(
+        "10. two audio tracks (eng, fra) and a variable frame rate",
+        1,
+        "exit 0; both tracks with their languages; the duration within a frame",
+    )
     clip = _video(root / "in" / "clip.mp4", frames=8, durations=[3, 9], audio=["eng", "fra"])
     code, log = _run(_config(root, [clip], video={"temporal": False}))
     _check(case, code, log, 0, [])
@@ -273,17 +308,31 @@ def streams(root: Path) -> Case:
 
 
 def smaller(root: Path) -> Case:
-    case = Case("11. float TIFF, 16-bit PNG, old outputs among the inputs, a corrupt style, a pattern matching nothing", 7,
-                "exit 0 with two depth warnings and the old outputs passed over; exit 2 naming the style; exit 2 naming the config")
+    case = Case(
+        "11. float TIFF, 16-bit PNG, old outputs among the inputs, a corrupt style, a pattern matching nothing",
+        7,
+        "exit 0 with two depth warnings and the old outputs passed over; exit 2 naming the style; exit 2 naming the config",
+    )
     _photo(root / "in" / "a.png")
     pixels = np.asarray(Image.open(SHARED / "content" / "coffee.png").convert("RGB").resize((60, 40)))
     import cv2  # noqa: PLC0415  the deep files are written the way a compositor would
+
     cv2.imwrite(str(root / "in" / "float.tif"), (pixels[..., ::-1] / 255).astype(np.float32))
     cv2.imwrite(str(root / "in" / "deep.png"), pixels[..., ::-1].astype(np.uint16) * 257)
     _run(_config(root, [root / "in" / "a.png"], out=root / "in" / "old"))  # an earlier run wrote into the input folder
     code, log = _run(_config(root, [root / "in"]))
-    _check(case, code, log, 0, ["16-bit input written as 8-bit", "float input written as 8-bit",
-                                "an earlier stylize run wrote", "finished: 3 jobs: 3 run"])
+    _check(
+        case,
+        code,
+        log,
+        0,
+        [
+            "16-bit input written as 8-bit",
+            "float input written as 8-bit",
+            "an earlier stylize run wrote",
+            "finished: 3 jobs: 3 run",
+        ],
+    )
     ok = case.ok
     bad = root / "bad.jpg"
     bad.write_bytes(b"\xff\xd8\xff not a jpeg")
@@ -316,8 +365,20 @@ def interrupt(root: Path) -> Case:
     return case
 
 
-CASES: list[Callable[[Path], Case]] = [stems, sibling, nothing, gap, read_only_cache, duplicate_key, long_names, strip,
-                                       animated, streams, smaller, interrupt]
+CASES: list[Callable[[Path], Case]] = [
+    stems,
+    sibling,
+    nothing,
+    gap,
+    read_only_cache,
+    duplicate_key,
+    long_names,
+    strip,
+    animated,
+    streams,
+    smaller,
+    interrupt,
+]
 
 
 def main() -> None:
@@ -326,14 +387,25 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as folder:
             start = time.perf_counter()
             case = make(Path(folder))
-            print(f"{'ok  ' if case.ok else 'FAIL'} {case.name}: {case.got} ({time.perf_counter() - start:.0f} s) {case.notes}", flush=True)
+            print(
+                f"{'ok  ' if case.ok else 'FAIL'} {case.name}: {case.got} ({time.perf_counter() - start:.0f} s) {case.notes}",
+                flush=True,
+            )
             results.append(case)
-    rows = [f"| {c.name} | {c.inputs} | {c.expected} | {c.got} | {'yes' if c.ok else 'NO'} | {c.lost} |" for c in results]
-    table = "\n".join(["| case | inputs | must | did | held | outputs lost or overwritten |", "|---|---|---|---|---|---|", *rows])
-    summary = (f"{len(results)} faults, {sum(c.inputs for c in results)} distinct inputs, {sum(c.ok for c in results)} held, "
-               f"{sum(c.lost for c in results)} outputs lost or overwritten; {machine()}")
+    rows = [
+        f"| {c.name} | {c.inputs} | {c.expected} | {c.got} | {'yes' if c.ok else 'NO'} | {c.lost} |" for c in results
+    ]
+    table = "\n".join(
+        ["| case | inputs | must | did | held | outputs lost or overwritten |", "|---|---|---|---|---|---|", *rows]
+    )
+    summary = (
+        f"{len(results)} faults, {sum(c.inputs for c in results)} distinct inputs, {sum(c.ok for c in results)} held, "
+        f"{sum(c.lost for c in results)} outputs lost or overwritten; {machine()}"
+    )
     (HERE / "faults.md").write_text(f"{table}\n\n{summary}\n")
-    (HERE / "faults.json").write_text(json.dumps({"machine": machine(), "cases": [asdict(c) for c in results]}, indent=1))
+    (HERE / "faults.json").write_text(
+        json.dumps({"machine": machine(), "cases": [asdict(c) for c in results]}, indent=1)
+    )
     print(summary)
 
 

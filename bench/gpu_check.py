@@ -16,8 +16,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 import yaml
@@ -27,7 +27,9 @@ REPO = HERE.parent
 SHARED = REPO.parent / "shared" / "data"
 CONTENT, STYLE = SHARED / "content" / "chelsea.png", SHARED / "style" / "starry_night.jpg"
 LAYERS = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu4_2", "relu5_1")
-DEVICE = os.environ.get("STYLIZE_GPU_CHECK_DEVICE", "cuda:0")  # "cpu": a dry run of the steps, to check the script itself
+DEVICE = os.environ.get(
+    "STYLIZE_GPU_CHECK_DEVICE", "cuda:0"
+)  # "cpu": a dry run of the steps, to check the script itself
 
 
 def _command(cmd: list[str], limit: float) -> tuple[float, str, int]:
@@ -38,19 +40,43 @@ def _command(cmd: list[str], limit: float) -> tuple[float, str, int]:
 
 def gpu_tests() -> dict:
     """The suite's tests that need CUDA (they skip elsewhere)."""
-    seconds, tail, code = _command([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-k",
-                                    "gpu or cuda", "tests"], 400)
+    seconds, tail, code = _command(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-k", "gpu or cuda", "tests"], 400
+    )
     return {"seconds": round(seconds, 1), "exit": code, "tail": tail.splitlines()[-3:]}
 
 
 def image_seconds(size: int, iterations: int, *extra: str) -> dict:
     """`stylize image` at one scale, wall time from the shell (start-up, style encoding and write included)."""
     out = Path(tempfile.mkdtemp()) / "out.png"
-    cmd = [sys.executable, "-m", "pipeline", "image", str(CONTENT), str(STYLE), "-o", str(out), "--size", str(size),
-           "--iterations", str(iterations), "--scales", "1", "--device", DEVICE, *extra]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pipeline",
+        "image",
+        str(CONTENT),
+        str(STYLE),
+        "-o",
+        str(out),
+        "--size",
+        str(size),
+        "--iterations",
+        str(iterations),
+        "--scales",
+        "1",
+        "--device",
+        DEVICE,
+        *extra,
+    ]
     seconds, tail, code = _command(cmd, 300)
-    return {"size": size, "iterations": iterations, "extra": list(extra), "seconds": round(seconds, 2), "exit": code,
-            "said": tail.strip().splitlines()[-1] if tail.strip() else ""}
+    return {
+        "size": size,
+        "iterations": iterations,
+        "extra": list(extra),
+        "seconds": round(seconds, 2),
+        "exit": code,
+        "said": tail.strip().splitlines()[-1] if tail.strip() else "",
+    }
 
 
 def floor_ratio(size: int = 512, iterations: int = 20) -> dict:
@@ -72,13 +98,21 @@ def floor_ratio(size: int = 512, iterations: int = 20) -> dict:
                 probe = image.clone().requires_grad_(True)
                 sum(f.float().pow(2).mean() for f in model(probe).values()).backward()
 
-            passes[f"{dtype}".removeprefix("torch.") + ("/channels_last" if fmt is torch.channels_last else "/nchw")] = _cuda_median(bare)
+            passes[
+                f"{dtype}".removeprefix("torch.") + ("/channels_last" if fmt is torch.channels_last else "/nchw")
+            ] = _cuda_median(bare)
     precision = resolve_precision("auto", device)
     ours = VGGFeatures(weights, LAYERS, dtype=PRECISIONS[precision]).to(device)
     iteration = _iteration(ours, size, iterations)
     fastest = min(passes, key=passes.get)
-    return {"size": size, "passes_s": {k: round(v, 5) for k, v in passes.items()}, "fastest": fastest,
-            "precision": precision, "iteration_s": round(iteration, 5), "ratio": round(iteration / passes[fastest], 3)}
+    return {
+        "size": size,
+        "passes_s": {k: round(v, 5) for k, v in passes.items()},
+        "fastest": fastest,
+        "precision": precision,
+        "iteration_s": round(iteration, 5),
+        "ratio": round(iteration / passes[fastest], 3),
+    }
 
 
 def _iteration(model: torch.nn.Module, size: int, iterations: int) -> float:
@@ -128,14 +162,32 @@ def two_workers() -> dict:
     work = Path(tempfile.mkdtemp())
     inputs = photo_crops(CONTENT, work / "in", 8)
     config = work / "config.yaml"
-    config.write_text(yaml.safe_dump({
-        "inputs": [str(inputs)], "styles": [{"name": "starry", "images": [str(STYLE)]}],
-        "output": {"dir": str(work / "out")}, "optimize": {"size": 256, "iterations": 100},
-        "devices": [DEVICE], "workers_per_device": 2, "cache_dir": str(work / "cache")}))
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "inputs": [str(inputs)],
+                "styles": [{"name": "starry", "images": [str(STYLE)]}],
+                "output": {"dir": str(work / "out")},
+                "optimize": {"size": 256, "iterations": 100},
+                "devices": [DEVICE],
+                "workers_per_device": 2,
+                "cache_dir": str(work / "cache"),
+            }
+        )
+    )
     seconds, tail, code = _command([sys.executable, "-m", "pipeline", "run", str(config)], 300)
-    records = json.loads((work / "out" / "manifest.json").read_text())["jobs"] if (work / "out" / "manifest.json").is_file() else {}
-    return {"seconds": round(seconds, 1), "exit": code, "done": sum(r["state"] == "done" for r in records.values()),
-            "workers": len({r["pid"] for r in records.values()}), "said": tail.strip().splitlines()[-1:]}
+    records = (
+        json.loads((work / "out" / "manifest.json").read_text())["jobs"]
+        if (work / "out" / "manifest.json").is_file()
+        else {}
+    )
+    return {
+        "seconds": round(seconds, 1),
+        "exit": code,
+        "done": sum(r["state"] == "done" for r in records.values()),
+        "workers": len({r["pid"] for r in records.values()}),
+        "said": tail.strip().splitlines()[-1:],
+    }
 
 
 def peak_memory(sizes: tuple[int, ...] = (512, 1024, 2048)) -> list[dict]:
@@ -152,9 +204,15 @@ def peak_memory(sizes: tuple[int, ...] = (512, 1024, 2048)) -> list[dict]:
         start = time.perf_counter()
         renderer.render(CONTENT, [(STYLE, 1.0)], Path(tempfile.mkdtemp()) / "out.png")
         shape = tuple(renderer.read_content(CONTENT).shape[-2:])
-        rows.append({"size": size, "seconds": round(time.perf_counter() - start, 2), "precision": renderer.precision,
-                     "peak_gib": round(torch.cuda.max_memory_allocated() / 2**30, 3) if DEVICE.startswith("cuda") else None,
-                     "estimate_gib": round(needed_bytes(shape, "lbfgs", 1, renderer.precision) / 2**30, 3)})
+        rows.append(
+            {
+                "size": size,
+                "seconds": round(time.perf_counter() - start, 2),
+                "precision": renderer.precision,
+                "peak_gib": round(torch.cuda.max_memory_allocated() / 2**30, 3) if DEVICE.startswith("cuda") else None,
+                "estimate_gib": round(needed_bytes(shape, "lbfgs", 1, renderer.precision) / 2**30, 3),
+            }
+        )
         del renderer
         if DEVICE.startswith("cuda"):
             torch.cuda.empty_cache()
@@ -168,8 +226,27 @@ def precision_scores(size: int = 512, iterations: int = 200) -> dict:
     evaluator, scores = Evaluator(), {}
     for precision in ("bf16", "fp32"):
         out = Path(tempfile.mkdtemp()) / f"{precision}.png"
-        _command([sys.executable, "-m", "pipeline", "image", str(CONTENT), str(STYLE), "-o", str(out), "--size", str(size),
-                  "--iterations", str(iterations), "--device", DEVICE, "--precision", precision], 300)
+        _command(
+            [
+                sys.executable,
+                "-m",
+                "pipeline",
+                "image",
+                str(CONTENT),
+                str(STYLE),
+                "-o",
+                str(out),
+                "--size",
+                str(size),
+                "--iterations",
+                str(iterations),
+                "--device",
+                DEVICE,
+                "--precision",
+                precision,
+            ],
+            300,
+        )
         scores[precision] = vars(evaluator.score(out, CONTENT, STYLE)) if out.is_file() else None
     return scores
 

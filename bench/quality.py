@@ -49,13 +49,28 @@ def skimage_image(name: str) -> Path:
 def pairs() -> list[tuple[str, Path, str, Path]]:
     """(content name, path, style name, path): six photos, each with two of the four paintings, every painting thrice."""
     content = {n: SHARED / "data" / "content" / f"{n}.png" for n in ("astronaut", "chelsea", "coffee")}
-    content |= {"rocket": skimage_image("rocket.jpg"), "motorcycle": skimage_image("motorcycle_left.png"),
-                "hubble": skimage_image("hubble_deep_field.jpg")}
-    style = {n: SHARED / "data" / "style" / f"{n}.jpg" for n in ("starry_night", "the_scream", "wave", "composition_vii")}
-    chosen = [("astronaut", "starry_night"), ("motorcycle", "the_scream"), ("rocket", "starry_night"),
-              ("chelsea", "wave"), ("coffee", "composition_vii"), ("motorcycle", "wave"),
-              ("rocket", "composition_vii"), ("chelsea", "the_scream"), ("coffee", "starry_night"),
-              ("hubble", "wave"), ("astronaut", "composition_vii"), ("hubble", "the_scream")]
+    content |= {
+        "rocket": skimage_image("rocket.jpg"),
+        "motorcycle": skimage_image("motorcycle_left.png"),
+        "hubble": skimage_image("hubble_deep_field.jpg"),
+    }
+    style = {
+        n: SHARED / "data" / "style" / f"{n}.jpg" for n in ("starry_night", "the_scream", "wave", "composition_vii")
+    }
+    chosen = [
+        ("astronaut", "starry_night"),
+        ("motorcycle", "the_scream"),
+        ("rocket", "starry_night"),
+        ("chelsea", "wave"),
+        ("coffee", "composition_vii"),
+        ("motorcycle", "wave"),
+        ("rocket", "composition_vii"),
+        ("chelsea", "the_scream"),
+        ("coffee", "starry_night"),
+        ("hubble", "wave"),
+        ("astronaut", "composition_vii"),
+        ("hubble", "the_scream"),
+    ]
     return [(c, content[c], s, style[s]) for c, s in chosen]
 
 
@@ -71,21 +86,73 @@ class Point:
 
 
 def _stylize(content: Path, style: Path, out: Path, weight: float, size: int, iterations: int) -> list[str]:
-    return [str(BIN / "stylize"), "image", str(content), str(style), "-o", str(out), "--size", str(size),
-            "--iterations", str(iterations), "--style-weight", str(weight), "--seed", "0"]
+    return [
+        str(BIN / "stylize"),
+        "image",
+        str(content),
+        str(style),
+        "-o",
+        str(out),
+        "--size",
+        str(size),
+        "--iterations",
+        str(iterations),
+        "--style-weight",
+        str(weight),
+        "--seed",
+        "0",
+    ]
 
 
 def _neural_style(content: Path, style: Path, out: Path, weight: float, size: int, iterations: int) -> list[str]:
-    return [sys.executable, str(SHARED / "peers" / "run_neural_style.py"), "-content_image", str(content),
-            "-style_image", str(style), "-image_size", str(size), "-num_iterations", str(iterations), "-gpu", "c",
-            "-model_file", str(PEERS / "vgg19-d01eb7cb.pth"), "-disable_check", "-print_iter", "0",
-            "-save_iter", "0", "-seed", "0", "-style_weight", str(weight), "-output_image", str(out)]
+    return [
+        sys.executable,
+        str(SHARED / "peers" / "run_neural_style.py"),
+        "-content_image",
+        str(content),
+        "-style_image",
+        str(style),
+        "-image_size",
+        str(size),
+        "-num_iterations",
+        str(iterations),
+        "-gpu",
+        "c",
+        "-model_file",
+        str(PEERS / "vgg19-d01eb7cb.pth"),
+        "-disable_check",
+        "-print_iter",
+        "0",
+        "-save_iter",
+        "0",
+        "-seed",
+        "0",
+        "-style_weight",
+        str(weight),
+        "-output_image",
+        str(out),
+    ]
 
 
 def _pastiche(content: Path, style: Path, out: Path, weight: float, size: int, iterations: int) -> list[str]:
-    return [str(BIN / "pastiche"), "--seed", "0", "--num-steps", str(iterations), "--size", str(size),
-            "--content", str(content), "--styles", str(style), "--style-weights", str(weight),
-            "--output", str(out), "--no-verbose"]
+    return [
+        str(BIN / "pastiche"),
+        "--seed",
+        "0",
+        "--num-steps",
+        str(iterations),
+        "--size",
+        str(size),
+        "--content",
+        str(content),
+        "--styles",
+        str(style),
+        "--style-weights",
+        str(weight),
+        "--output",
+        str(out),
+        "--no-verbose",
+    ]
 
 
 _OURS = OptimizeConfig().style_weight
@@ -96,8 +163,9 @@ TOOLS = {  # name: (command, swept style weights, default weight)
 }
 
 
-def _run(tool: str, content: Path, style: Path, out: Path, weight: float, size: int, iterations: int,
-         reuse: bool) -> float:
+def _run(
+    tool: str, content: Path, style: Path, out: Path, weight: float, size: int, iterations: int, reuse: bool
+) -> float:
     """Make one output (or reuse it) and return its wall time in seconds."""
     record = out.with_suffix(".json")
     if reuse and out.is_file() and record.is_file():
@@ -126,15 +194,21 @@ def sweep(chosen: list, tools: list[str], size: int, iterations: int, reuse_peer
                 seconds = _run(tool, content, style, out, weight, size, iterations, reuse_peers and tool != "stylize")
                 scores = evaluator.score(out, content, style)
                 points.append(Point(pair, tool, weight, weight == default, round(seconds, 1), scores, str(out)))
-                print(f"{pair:32} {tool:16} {weight:8g} {seconds:6.1f} s  content {scores.content:.4g}"
-                      f"  gram {scores.gram:.4g}  swd {scores.swd:.4g}", flush=True)
+                print(
+                    f"{pair:32} {tool:16} {weight:8g} {seconds:6.1f} s  content {scores.content:.4g}"
+                    f"  gram {scores.gram:.4g}  swd {scores.swd:.4g}",
+                    flush=True,
+                )
     return points
 
 
 def beaten_by(peer: Point, points: list[Point]) -> Point | None:
     """The fastest stylize point of `peer`'s pair that matches or beats it on all three figures in no more time."""
-    ours = [p for p in points if p.pair == peer.pair and p.tool == "stylize"
-            and p.seconds <= peer.seconds and p.scores.dominates(peer.scores)]
+    ours = [
+        p
+        for p in points
+        if p.pair == peer.pair and p.tool == "stylize" and p.seconds <= peer.seconds and p.scores.dominates(peer.scores)
+    ]
     return min(ours, key=lambda p: p.seconds, default=None)
 
 
@@ -151,28 +225,49 @@ def verdicts(points: list[Point]) -> dict:
         if peer.scores.dominates(ours.scores) and peer.scores != ours.scores:
             dominated.append(f"{pair}: by {tool}")
         ratios.setdefault(tool, []).append(ours.seconds / peer.seconds)
-    return {"beaten": sum(b is not None for _, b in rows), "peer_points": len(rows),
-            "missed": [f"{p.pair}: {p.tool} {p.weight:g}" for p, b in rows if b is None],
-            "default_dominated": dominated,
-            "default_time_ratio": {t: [round(min(r), 2), round(max(r), 2)] for t, r in ratios.items()}}
+    return {
+        "beaten": sum(b is not None for _, b in rows),
+        "peer_points": len(rows),
+        "missed": [f"{p.pair}: {p.tool} {p.weight:g}" for p, b in rows if b is None],
+        "default_dominated": dominated,
+        "default_time_ratio": {t: [round(min(r), 2), round(max(r), 2)] for t, r in ratios.items()},
+    }
 
 
 def markdown(points: list[Point], verdict: dict, size: int, iterations: int) -> str:
-    lines = [f"# Quality fronts ({size} px, {iterations} iterations, seed 0; {machine()}, {os.cpu_count()} cores)", "",
-             f"Peer points matched or beaten on content, Gram and SWD in no more wall time: "
-             f"**{verdict['beaten']} of {verdict['peer_points']}**.", ""]
+    lines = [
+        f"# Quality fronts ({size} px, {iterations} iterations, seed 0; {machine()}, {os.cpu_count()} cores)",
+        "",
+        f"Peer points matched or beaten on content, Gram and SWD in no more wall time: "
+        f"**{verdict['beaten']} of {verdict['peer_points']}**.",
+        "",
+    ]
     if verdict["missed"]:
         lines += ["Not matched: " + "; ".join(verdict["missed"]) + ".", ""]
-    lines += ["Our default dominated by a peer's default: " + ("; ".join(verdict["default_dominated"]) or "never") + ".",
-              "", "Default wall time ÷ each peer's default (min–max over pairs): " + ", ".join(
-                  f"{t} {lo}–{hi}×" for t, (lo, hi) in verdict["default_time_ratio"].items()) + ".", ""]
+    lines += [
+        "Our default dominated by a peer's default: " + ("; ".join(verdict["default_dominated"]) or "never") + ".",
+        "",
+        "Default wall time ÷ each peer's default (min–max over pairs): "
+        + ", ".join(f"{t} {lo}–{hi}×" for t, (lo, hi) in verdict["default_time_ratio"].items())
+        + ".",
+        "",
+    ]
     for pair in dict.fromkeys(p.pair for p in points):
-        lines += [f"## {pair}", "", "| tool | style weight | content | Gram | SWD | wall | beaten by |", "|---|---|---|---|---|---|---|"]
+        lines += [
+            f"## {pair}",
+            "",
+            "| tool | style weight | content | Gram | SWD | wall | beaten by |",
+            "|---|---|---|---|---|---|---|",
+        ]
         for p in (q for q in points if q.pair == pair):
             mark = " (default)" if p.default else ""
-            win = "" if p.tool == "stylize" else ((f"stylize {b.weight:g}" if (b := beaten_by(p, points)) else "**none**"))
-            lines.append(f"| {p.tool} | {p.weight:g}{mark} | {p.scores.content:.3g} | {p.scores.gram:.3g} | "
-                         f"{p.scores.swd:.4g} | {p.seconds:.1f} s | {win} |")
+            win = (
+                "" if p.tool == "stylize" else (f"stylize {b.weight:g}" if (b := beaten_by(p, points)) else "**none**")
+            )
+            lines.append(
+                f"| {p.tool} | {p.weight:g}{mark} | {p.scores.content:.3g} | {p.scores.gram:.3g} | "
+                f"{p.scores.swd:.4g} | {p.seconds:.1f} s | {win} |"
+            )
         lines.append("")
     return "\n".join(lines)
 
@@ -195,11 +290,22 @@ def scatter(points: list[Point], path: Path) -> None:
             for tool, colour in COLOURS.items():
                 mine = sorted((p for p in points if p.pair == pair and p.tool == tool), key=lambda p: p.weight)
                 if mine:
-                    ax.plot([p.scores.content for p in mine], [getattr(p.scores, figure) for p in mine], "o-",
-                            color=colour, ms=3, lw=1, label=tool)
-                    ax.scatter([p.scores.content for p in mine if p.default],
-                               [getattr(p.scores, figure) for p in mine if p.default], s=60, facecolors="none",
-                               edgecolors=colour)
+                    ax.plot(
+                        [p.scores.content for p in mine],
+                        [getattr(p.scores, figure) for p in mine],
+                        "o-",
+                        color=colour,
+                        ms=3,
+                        lw=1,
+                        label=tool,
+                    )
+                    ax.scatter(
+                        [p.scores.content for p in mine if p.default],
+                        [getattr(p.scores, figure) for p in mine if p.default],
+                        s=60,
+                        facecolors="none",
+                        edgecolors=colour,
+                    )
             ax.set_xscale("log"), ax.set_yscale("log")
             ax.tick_params(labelsize=6)
             ax.set_title(pair if row == 0 else "", fontsize=7)
@@ -225,7 +331,10 @@ def grid(points: list[Point], chosen: list, path: Path, side: int = 200) -> None
         pair = f"{cname} × {sname}"
         top = head + row * (side + head)
         draw.text((4, top + 2), pair.replace("×", "x"), fill="black")  # the default bitmap font has no ×
-        cells = [content, *(next((p.path for p in points if p.pair == pair and p.tool == t and p.default), None) for t in tools)]
+        cells = [
+            content,
+            *(next((p.path for p in points if p.pair == pair and p.tool == t and p.default), None) for t in tools),
+        ]
         for col, cell in enumerate(cells):
             if cell is not None:
                 image = Image.open(cell).convert("RGB")
@@ -246,8 +355,17 @@ def main() -> None:
     chosen = pairs()[: args.pairs]
     points = sweep(chosen, args.tools.split(","), args.size, args.iterations, args.reuse_peers)
     verdict = verdicts(points)
-    (HERE / "quality.json").write_text(json.dumps({"size": args.size, "iterations": args.iterations, "verdict": verdict,
-                                                   "points": [asdict(p) for p in points]}, indent=1))
+    (HERE / "quality.json").write_text(
+        json.dumps(
+            {
+                "size": args.size,
+                "iterations": args.iterations,
+                "verdict": verdict,
+                "points": [asdict(p) for p in points],
+            },
+            indent=1,
+        )
+    )
     (HERE / "quality.md").write_text(markdown(points, verdict, args.size, args.iterations))
     scatter(points, HERE / "quality_front.png")
     grid(points, chosen, REPO / "docs" / "quality_grid.jpg")

@@ -10,11 +10,11 @@ their durations summed, by the encoders.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Iterator, Sequence
 
 from PIL import Image
 
@@ -163,7 +163,8 @@ def assemble(frames: Sequence[Path], out: Path, durations: Sequence[int], loop: 
         options["loop"] = loop
     try:
         with atomic_path(out) as tmp:
-            images[0].save(tmp, format=fmt, save_all=True, append_images=images[1:], duration=list(durations),
-                           **options)
+            images[0].save(
+                tmp, format=fmt, save_all=True, append_images=images[1:], duration=list(durations), **options
+            )
     except (OSError, ValueError) as exc:
         raise _error(out, f"cannot write animated image ({exc})") from None

@@ -9,8 +9,8 @@ before they are trusted; a corrupt entry is recomputed.
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 

@@ -12,9 +12,9 @@ frames ahead of the optimiser, and cached on disk.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Callable, Iterator
 
 import torch
 
@@ -41,7 +41,9 @@ class FrameResult:
 class _Flows:
     """Back/forward flows between frames of the segment at the working shape, fetched ahead on a thread."""
 
-    def __init__(self, segment: Segment, cache: FlowCache, method: str, offsets: tuple[int, ...], pool: ThreadPoolExecutor) -> None:
+    def __init__(
+        self, segment: Segment, cache: FlowCache, method: str, offsets: tuple[int, ...], pool: ThreadPoolExecutor
+    ) -> None:
         self.frames = segment.frames
         self.cache, self.method, self.offsets, self.pool = cache, method, offsets, pool
         self.futures: dict[tuple[int, int], Future] = {}
@@ -68,7 +70,11 @@ class _Flows:
 
 
 def run_segment(
-    renderer: Renderer, segment: Segment, video: VideoConfig, flows: FlowCache, done: Callable[[ChainFrame], bool],
+    renderer: Renderer,
+    segment: Segment,
+    video: VideoConfig,
+    flows: FlowCache,
+    done: Callable[[ChainFrame], bool],
 ) -> Iterator[FrameResult]:
     """Render the segment's frames that are not `done`, in order; done frames are read back when a later one needs them."""
     frames = segment.frames
@@ -104,9 +110,17 @@ def run_segment(
                 else:
                     follow = None
                     if i > shot:
-                        follow = _follow(fetch, stylised, i, shot, offsets, (back, mask), iterations, video.temporal_weight)
-                    rendered = renderer.render(frame.job.content, frame.job.style.blend, frame.path,
-                                               follow=follow, content=content, style_scale=frame.job.style.scale)
+                        follow = _follow(
+                            fetch, stylised, i, shot, offsets, (back, mask), iterations, video.temporal_weight
+                        )
+                    rendered = renderer.render(
+                        frame.job.content,
+                        frame.job.style.blend,
+                        frame.path,
+                        follow=follow,
+                        content=content,
+                        style_scale=frame.job.style.scale,
+                    )
                     stylised[i] = rendered.image
                     yield FrameResult(frame, rendered)
             except Exception as exc:  # this frame fails; the next one starts a new shot
@@ -122,8 +136,14 @@ def run_segment(
 
 
 def _follow(
-    fetch: _Flows, stylised: dict[int, torch.Tensor], i: int, shot: int, offsets: tuple[int, ...],
-    nearest: tuple[torch.Tensor, torch.Tensor], iterations: int, weight: float,
+    fetch: _Flows,
+    stylised: dict[int, torch.Tensor],
+    i: int,
+    shot: int,
+    offsets: tuple[int, ...],
+    nearest: tuple[torch.Tensor, torch.Tensor],
+    iterations: int,
+    weight: float,
 ) -> Follow:
     """Warped init and held frames for frame i: t-1 always, longer offsets within the shot."""
     back, mask = nearest
@@ -136,4 +156,3 @@ def _follow(
             masks.append(reliability(back_j, fwd_j))
     held = list(zip(warped, long_term_masks(masks)))
     return Follow(init=warped[0], held=held, iterations=iterations, temporal_weight=weight)
-

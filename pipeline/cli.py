@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import signal
 import sys
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator, List, Optional
 
 import typer
 
@@ -23,7 +23,9 @@ EXIT_INTERRUPTED = 128 + signal.SIGINT  # and for one that Ctrl-C ended
 
 _DEFAULTS = OptimizeConfig()
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="Batch neural style transfer (Gatys et al., VGG-19).")
+app = typer.Typer(
+    add_completion=False, no_args_is_help=True, help="Batch neural style transfer (Gatys et al., VGG-19)."
+)
 
 
 def _log(message: str) -> None:
@@ -43,6 +45,7 @@ class Terminated(BaseException):
 def _sigterm_raises() -> Iterator[None]:
     """SIGTERM raises Terminated in the main thread while inside: the job in hand is abandoned (its atomic
     write leaves nothing), the manifest is saved and the lock released on the way out."""
+
     def terminate(signum: int, frame: object) -> None:
         raise Terminated()
 
@@ -79,11 +82,13 @@ def _summary(outcomes: list, plan, out_dir: Path) -> tuple[str, list[tuple[str, 
     encoded = sum(o.record.style_misses or 0 for o in jobs if not o.skipped)
     cached = sum(o.record.style_hits or 0 for o in jobs if not o.skipped)
     videos = sum(o.record.state == "done" for o in last.values() if isinstance(o.job, VideoOut))
-    line = (f"finished: {len(plan.jobs)} jobs: {ran} run, {sum(o.skipped for o in jobs)} already done, "
-            f"{sum(o.record.state == 'failed' for o in jobs)} failed"
-            + (f", {len(plan.rejected)} inputs refused" if plan.rejected else "")
-            + (f"; {videos} of {len(plan.videos)} videos assembled" if plan.videos else "")
-            + f"; style targets: {encoded} encoded, {cached} from cache; manifest in {out_dir}")
+    line = (
+        f"finished: {len(plan.jobs)} jobs: {ran} run, {sum(o.skipped for o in jobs)} already done, "
+        f"{sum(o.record.state == 'failed' for o in jobs)} failed"
+        + (f", {len(plan.rejected)} inputs refused" if plan.rejected else "")
+        + (f"; {videos} of {len(plan.videos)} videos assembled" if plan.videos else "")
+        + f"; style targets: {encoded} encoded, {cached} from cache; manifest in {out_dir}"
+    )
     return line, failed
 
 
@@ -91,8 +96,12 @@ def _summary(outcomes: list, plan, out_dir: Path) -> tuple[str, list[tuple[str, 
 def run(
     config_path: Path = typer.Argument(..., metavar="CONFIG", help="YAML config"),
     dry_run: bool = typer.Option(False, "--dry-run", help="list what would run, run nothing"),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="show only failures, warnings and the summary (the log file still gets every line)"),
-    verbose: bool = typer.Option(False, "--verbose", "-v", help="also log each worker's iterations (about ten lines a second per worker at most)"),
+    quiet: bool = typer.Option(
+        False, "--quiet", "-q", help="show only failures, warnings and the summary (the log file still gets every line)"
+    ),
+    verbose: bool = typer.Option(
+        False, "--verbose", "-v", help="also log each worker's iterations (about ten lines a second per worker at most)"
+    ),
 ) -> None:
     """Run the batch described by CONFIG, then write its report. Exit 0: all done; 1: some jobs failed (or the Dask scheduler is gone); 2: bad config; 75: locked; 143: stopped by SIGTERM."""
     from pipeline.cluster import ClusterError, StorageError
@@ -113,7 +122,11 @@ def run(
         _fail(str(exc))
     verbosity = "quiet" if quiet else "verbose" if verbose else "normal"
     try:
-        with _sigterm_raises(), run_lock(config.output.dir), RunReport(config.output.dir / LOG_NAME, sys.stderr.isatty(), verbosity) as report:
+        with (
+            _sigterm_raises(),
+            run_lock(config.output.dir),
+            RunReport(config.output.dir / LOG_NAME, sys.stderr.isatty(), verbosity) as report,
+        ):
             for note in notes:
                 report.log(f"warning: {note}", always=True)
             report.log(f"{len(plan.jobs)} jobs from {config_path}")
@@ -126,11 +139,15 @@ def run(
     except LockHeld as exc:
         _fail(str(exc), EXIT_LOCKED)
     except Terminated:
-        _fail(f"terminated: the job in hand was abandoned; what finished is in {config.output.dir / 'manifest.json'}",
-              EXIT_TERMINATED)
+        _fail(
+            f"terminated: the job in hand was abandoned; what finished is in {config.output.dir / 'manifest.json'}",
+            EXIT_TERMINATED,
+        )
     except KeyboardInterrupt:
-        _fail(f"interrupted: the jobs in hand were abandoned; what finished is in {config.output.dir / 'manifest.json'}",
-              EXIT_INTERRUPTED)
+        _fail(
+            f"interrupted: the jobs in hand were abandoned; what finished is in {config.output.dir / 'manifest.json'}",
+            EXIT_INTERRUPTED,
+        )
     except DeviceError as exc:
         _fail(f"{config_path}: devices: {exc}")
     except StorageError as exc:
@@ -198,28 +215,38 @@ def plan_cmd(config_path: Path = typer.Argument(..., metavar="CONFIG", help="YAM
 
 @app.command()
 def image(
-    content: Path = typer.Argument(..., help="content image"),
-    styles: List[Path] = typer.Argument(..., metavar="STYLE...", help="style image(s), blended equally"),
+    content: Path = typer.Argument(..., metavar="CONTENT", help="content image"),
+    styles: list[Path] = typer.Argument(..., metavar="STYLE", help="style image(s), blended equally"),
     output: Path = typer.Option(..., "-o", "--output", help="output image (.png, .jpg, .webp)"),
     size: int = typer.Option(_DEFAULTS.size, help="longest side of the output, px"),
     iterations: int = typer.Option(_DEFAULTS.iterations, help="iterations at the finest scale"),
-    tolerance: float = typer.Option(_DEFAULTS.tolerance, help=f"end a level once its loss changes by less than this fraction in {_DEFAULTS.tolerance_window} iterations (0: off)"),
+    tolerance: float = typer.Option(
+        _DEFAULTS.tolerance,
+        help=f"end a level once its loss changes by less than this fraction in {_DEFAULTS.tolerance_window} iterations (0: off)",
+    ),
     scales: int = typer.Option(_DEFAULTS.scales, help="coarse-to-fine levels"),
     style_weight: float = typer.Option(_DEFAULTS.style_weight, help="style loss weight"),
     content_weight: float = typer.Option(_DEFAULTS.content_weight, help="content loss weight"),
     tv_weight: float = typer.Option(_DEFAULTS.tv_weight, help="total variation weight"),
     style_loss: str = typer.Option(_DEFAULTS.style_loss, help="gram | wasserstein (Gaussian fits of the features)"),
-    style_balance: str = typer.Option(_DEFAULTS.style_balance, help="total (neural-style's layer balance) | layer (every layer alike)"),
+    style_balance: str = typer.Option(
+        _DEFAULTS.style_balance, help="total (neural-style's layer balance) | layer (every layer alike)"
+    ),
     style_scale: float = typer.Option(1.0, help="the style images' size relative to the output's (0.1 to 4)"),
     optimizer: str = typer.Option(_DEFAULTS.optimizer, help="lbfgs | adam"),
-    precision: str = typer.Option(_DEFAULTS.precision, help="auto | fp32 | bf16 | fp16: the VGG layers' precision (auto: bf16 where the device has fast bf16)"),
+    precision: str = typer.Option(
+        _DEFAULTS.precision,
+        help="auto | fp32 | bf16 | fp16: the VGG layers' precision (auto: bf16 where the device has fast bf16)",
+    ),
     init: str = typer.Option(_DEFAULTS.init, help="content | noise | style | PATH"),
     preserve_colors: bool = typer.Option(False, "--preserve-colors", help="keep the content's colours"),
     seed: int = typer.Option(_DEFAULTS.seed, help="random seed"),
     device: str = typer.Option("auto", help="auto | cpu | cuda:N"),
     weights: str = typer.Option("bundled", help="bundled | torchvision | PATH to a .pth"),
     tile: str = typer.Option("auto", help="auto (tiles only when the image does not fit the free memory) | off | N px"),
-    original_size: bool = typer.Option(False, "--original-size", help="write the output at the content's own resolution, refined above --size"),
+    original_size: bool = typer.Option(
+        False, "--original-size", help="write the output at the content's own resolution, refined above --size"
+    ),
 ) -> None:
     """Stylise one image with one or more style images."""
     from pydantic import ValidationError
@@ -228,10 +255,20 @@ def image(
 
     try:
         opts = OptimizeConfig(
-            size=size, iterations=iterations, tolerance=tolerance, scales=scales, style_weight=style_weight,
-            content_weight=content_weight, tv_weight=tv_weight, style_loss=style_loss, style_balance=style_balance,
+            size=size,
+            iterations=iterations,
+            tolerance=tolerance,
+            scales=scales,
+            style_weight=style_weight,
+            content_weight=content_weight,
+            tv_weight=tv_weight,
+            style_loss=style_loss,
+            style_balance=style_balance,
             optimizer=optimizer,
-            precision=precision, init=init, preserve_colors=preserve_colors, seed=seed,
+            precision=precision,
+            init=init,
+            preserve_colors=preserve_colors,
+            seed=seed,
             tile=int(tile) if tile.isdigit() else tile,
         )
     except ValidationError as exc:
@@ -251,23 +288,39 @@ def image(
     _render_one(opts, style, content, output, device, weights, original_size)
 
 
-def _render_one(opts: OptimizeConfig, style: StyleConfig, content: Path, output: Path, device: str, weights: str,
-                original_size: bool) -> None:
+def _render_one(
+    opts: OptimizeConfig,
+    style: StyleConfig,
+    content: Path,
+    output: Path,
+    device: str,
+    weights: str,
+    original_size: bool,
+) -> None:
     """`stylize image`'s work, once its options are valid: render, then one line (or one error line, exit 1)."""
     from pipeline.manifest import reason
     from pipeline.progress import progress_callback
     from pipeline.render import Renderer
 
     try:
-        renderer = Renderer(opts.settings(), device=device, weights=weights, init_path=opts.init_path, tile=opts.tile,
-                            full_size=original_size, precision=opts.precision)
+        renderer = Renderer(
+            opts.settings(),
+            device=device,
+            weights=weights,
+            init_path=opts.init_path,
+            tile=opts.tile,
+            full_size=original_size,
+            precision=opts.precision,
+        )
         with progress_callback(sys.stderr.isatty()) as callback:
             result = renderer.render(content, style.blend, output, callback=callback, style_scale=style.scale)
     except (ImageError, WeightsError) as exc:
         _fail(str(exc), EXIT_FAILED)
     except (OSError, RuntimeError, ValueError, MemoryError) as exc:  # torch's on an odd input, a full disk: one line
-        _fail(reason(exc, Path(exc.filename) if isinstance(exc, OSError) and exc.filename else content, opts.size),
-              EXIT_FAILED)
+        _fail(
+            reason(exc, Path(exc.filename) if isinstance(exc, OSError) and exc.filename else content, opts.size),
+            EXIT_FAILED,
+        )
     if result.note:
         _log(f"warning: {result.note}")
     tiled = f" in {result.tile} px tiles" if result.tile else ""
@@ -279,4 +332,4 @@ def _render_one(opts: OptimizeConfig, style: StyleConfig, content: Path, output:
 
 def main() -> None:
     """Entry point: typer's own usage errors exit 2 already."""
-    app()
+    app(prog_name="stylize")

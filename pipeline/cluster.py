@@ -28,18 +28,30 @@ import logging
 import os
 import tempfile
 import uuid
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, astuple
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterator
+from typing import TYPE_CHECKING
 
 import torch
 
 from pipeline.config import Config
 from pipeline.execute import (
-    DeviceError, DeviceFault, Live, Records, Report, Task, _base, _renderer, _run_task, relative_output, resolve_devices,
-    task_jobs, worker_threads,
+    DeviceError,
+    DeviceFault,
+    Live,
+    Records,
+    Report,
+    Task,
+    _base,
+    _renderer,
+    _run_task,
+    relative_output,
+    resolve_devices,
+    task_jobs,
+    worker_threads,
 )
 from pipeline.images import atomic_path
 from pipeline.keys import value_digest
@@ -107,19 +119,31 @@ def _client(config: Config) -> Iterator[Client]:
             try:
                 client.wait_for_workers(1, timeout=CONNECT_TIMEOUT)
             except TimeoutError:
-                raise ClusterError(f"scheduler {config.scheduler}: no workers after {CONNECT_TIMEOUT:.0f} s "
-                                   f"(start them with: dask worker {config.scheduler})") from None
+                raise ClusterError(
+                    f"scheduler {config.scheduler}: no workers after {CONNECT_TIMEOUT:.0f} s "
+                    f"(start them with: dask worker {config.scheduler})"
+                ) from None
             yield client
         return
     slots = _local_slots(config)
     threads = worker_threads(slots, "cpu" if "cpu" in slots else slots[0])
-    environ = {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "GLIBC_TUNABLES": TUNABLES,
-               "MALLOC_TRIM_THRESHOLD_": None}  # keep freed memory in the heap, like `stylize` itself
+    environ = {
+        "OMP_NUM_THREADS": threads,
+        "MKL_NUM_THREADS": threads,
+        "GLIBC_TUNABLES": TUNABLES,
+        "MALLOC_TRIM_THRESHOLD_": None,
+    }  # keep freed memory in the heap, like `stylize` itself
     saved = {k: os.environ.get(k) for k in environ}  # the nannies set these in this process too
     try:
         with dask.config.set({f"distributed.nanny.pre-spawn-environ.{k}": v for k, v in environ.items()}):
-            cluster = LocalCluster(n_workers=len(slots), threads_per_worker=1, processes=True, dashboard_address=None,
-                                   resources={"GPU": 1} if "cpu" not in slots else None, silence_logs=logging.CRITICAL)
+            cluster = LocalCluster(
+                n_workers=len(slots),
+                threads_per_worker=1,
+                processes=True,
+                dashboard_address=None,
+                resources={"GPU": 1} if "cpu" not in slots else None,
+                silence_logs=logging.CRITICAL,
+            )
         with cluster, Client(cluster) as client:
             yield client
     finally:
@@ -151,7 +175,9 @@ def _resources(config: Config, workers: dict[str, dict]) -> dict[str, float] | N
     cpu = _allows(config)[1]
     offered = any(w.get("resources", {}).get("GPU") for w in workers.values())
     if not cpu and not offered:
-        raise DeviceError("no worker of the cluster offers a GPU (start one per GPU with: dask worker ADDRESS --resources GPU=1)")
+        raise DeviceError(
+            "no worker of the cluster offers a GPU (start one per GPU with: dask worker ADDRESS --resources GPU=1)"
+        )
     return {"GPU": 1} if offered and (not cpu or config.devices == "auto") else None
 
 
@@ -191,8 +217,13 @@ def _probe(dirs: dict[str, Path], token: str) -> str | None:
 
 
 def _records(
-    client: Client, config: Config, resources: dict[str, float] | None, live: bool,
-    tasks: list[Task], done: frozenset[Path], out_dir: Path,
+    client: Client,
+    config: Config,
+    resources: dict[str, float] | None,
+    live: bool,
+    tasks: list[Task],
+    done: frozenset[Path],
+    out_dir: Path,
 ) -> Iterator[tuple[Job, Record]]:
     """(job, record) as the cluster finishes tasks, in the order they finish.
 
@@ -212,8 +243,10 @@ def _records(
             exc = future.exception() if future.status == "error" else None
             results = [] if exc is not None else future.result()
         except Exception:  # noqa: BLE001  cancelled, or the connection broke while fetching: the scheduler is gone
-            raise ClusterError(f"scheduler {client.scheduler.address}: lost the connection after {finished} of "
-                               f"{finished + 1 + len(futures)} tasks; a rerun resumes") from None
+            raise ClusterError(
+                f"scheduler {client.scheduler.address}: lost the connection after {finished} of "
+                f"{finished + 1 + len(futures)} tasks; a rerun resumes"
+            ) from None
         if exc is not None:  # the task itself failed: its workers kept dying, or no device there
             results = _failed(task, done, out_dir, _why(exc))
         finished += 1
@@ -238,15 +271,19 @@ def _why(exc: BaseException) -> Callable[[Job], str]:
 
 def _failed(task: Task, done: frozenset[Path], out_dir: Path, error: Callable[[Job], str]) -> list[tuple[Job, Record]]:
     """A failed record for each job of a task that did not come back."""
-    return [(job, Record(**_base(job, relative_output(job, out_dir)), state="failed", error=error(job)))
-            for job in task_jobs(task, done)]
+    return [
+        (job, Record(**_base(job, relative_output(job, out_dir)), state="failed", error=error(job)))
+        for job in task_jobs(task, done)
+    ]
 
 
 # Per worker process: one Renderer, for the config it last ran (the model loads once per process and config).
 _WORKER: dict[str, Renderer] = {}
 
 
-def run_task(config: Config, task: Task, done: frozenset[Path], out_dir: Path, live: bool = False) -> list[tuple[Job, Record]]:
+def run_task(
+    config: Config, task: Task, done: frozenset[Path], out_dir: Path, live: bool = False
+) -> list[tuple[Job, Record]]:
     """On a worker: run one task and return its records. Jobs an earlier, killed attempt finished
     (output and stamp in place) are not rendered again: their stamped records come back instead.
     With `live`, the running job's Ticks are published to TOPIC."""
@@ -304,8 +341,10 @@ def claim_gpu(count: int, folder: Path = Path(tempfile.gettempdir())) -> str:
             continue
         _CLAIMS.update(device=index, fd=fd)
         return f"cuda:{index}"
-    raise DeviceError(f"all {count} GPUs of this host are held by other stylize workers; start at most one worker "
-                      "per GPU, or pin each its own (CUDA_VISIBLE_DEVICES=N dask worker …, or dask-cuda)")
+    raise DeviceError(
+        f"all {count} GPUs of this host are held by other stylize workers; start at most one worker "
+        "per GPU, or pin each its own (CUDA_VISIBLE_DEVICES=N dask worker …, or dask-cuda)"
+    )
 
 
 def _visible(index: int) -> str:
@@ -333,8 +372,10 @@ def check_gpus(reports: dict[str, tuple[str, str]]) -> None:
         if gpu.startswith("error: "):
             raise DeviceError(f"worker {worker}: {gpu.removeprefix('error: ')}")
         if gpu != "cpu" and (host, gpu) in seen:
-            raise DeviceError(f"workers {seen[(host, gpu)]} and {worker} would both use GPU {gpu} of {host}; "
-                              "pin one GPU per worker (CUDA_VISIBLE_DEVICES, or dask-cuda's dask cuda worker)")
+            raise DeviceError(
+                f"workers {seen[(host, gpu)]} and {worker} would both use GPU {gpu} of {host}; "
+                "pin one GPU per worker (CUDA_VISIBLE_DEVICES, or dask-cuda's dask cuda worker)"
+            )
         seen[(host, gpu)] = worker
 
 
@@ -372,4 +413,6 @@ def _read_stamp(job: Job) -> Record | None:
 def _write_stamp(job: Job, record: Record) -> None:
     stat = job.output.stat()
     with atomic_path(_stamp(job.output)) as tmp:
-        tmp.write_text(json.dumps({"record": asdict(record), "output": [stat.st_size, stat.st_mtime_ns]}), encoding="utf-8")
+        tmp.write_text(
+            json.dumps({"record": asdict(record), "output": [stat.st_size, stat.st_mtime_ns]}), encoding="utf-8"
+        )

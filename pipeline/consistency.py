@@ -12,8 +12,8 @@ across a scene cut are left out.
 from __future__ import annotations
 
 import statistics
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import torch
 
@@ -24,7 +24,10 @@ from pipeline.temporal import flow_tensor, is_cut, reliability, warp_errors
 
 
 def measure(
-    contents: Sequence[Path], outputs: Sequence[Path], flows: FlowCache, method: str = "dis",
+    contents: Sequence[Path],
+    outputs: Sequence[Path],
+    flows: FlowCache,
+    method: str = "dis",
     seams: Sequence[int] = (),
 ) -> dict[str, float]:
     """Warp errors of a clip given its content frames and stylised frames, in order.
@@ -42,7 +45,9 @@ def measure(
         out = read_image(output_path)
         content = resize(read_image(content_path), tuple(out.shape[-2:]))
         if previous is not None:
-            back, fwd = (flow_tensor(f) for f in flows.get(contents[i - 1], content_path, tuple(out.shape[-2:]), method))
+            back, fwd = (
+                flow_tensor(f) for f in flows.get(contents[i - 1], content_path, tuple(out.shape[-2:]), method)
+            )
             mask = reliability(back, fwd)
             if is_cut(previous[0], content, back, mask):
                 cuts += 1
@@ -52,8 +57,10 @@ def measure(
                 at_seam.append(i - 1 in seam_pairs)
         previous = (content, out)
     metrics = {
-        "warp_error": _mean(styled), "warp_error_content": _mean(floor),
-        "pairs": float(len(styled)), "cuts": float(cuts),
+        "warp_error": _mean(styled),
+        "warp_error_content": _mean(floor),
+        "pairs": float(len(styled)),
+        "cuts": float(cuts),
     }
     if seam_pairs:
         metrics["warp_error_seams"] = _mean([e for e, s in zip(styled, at_seam) if s])

@@ -19,7 +19,7 @@ iteration is the caller's own loss read.
 from __future__ import annotations
 
 from collections import deque
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
@@ -88,8 +88,13 @@ def _two_loop(grad: torch.Tensor, pairs: deque, gamma: torch.Tensor) -> torch.Te
 
 @torch.no_grad()
 def adam(
-    x: torch.Tensor, evaluate: Evaluate, iterations: int, lr: float,
-    betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8, stop: Stop | None = None,
+    x: torch.Tensor,
+    evaluate: Evaluate,
+    iterations: int,
+    lr: float,
+    betas: tuple[float, float] = (0.9, 0.999),
+    eps: float = 1e-8,
+    stop: Stop | None = None,
 ) -> None:
     """Run `iterations` Adam steps (Kingma & Ba, 2015) on the leaf tensor `x`, in place (fewer when `stop()` turns True)."""
     m = torch.zeros_like(x)

@@ -7,9 +7,9 @@ import math
 import os
 import re
 from collections import Counter, defaultdict
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator
 
 from pipeline.animation import ANIMATION_SUFFIXES, frame_count
 from pipeline.images import IMAGE_SUFFIXES
@@ -63,9 +63,7 @@ def _walk(folder: Path, exclude: Path) -> Iterator[Path]:
     """Files under `folder`, sorted, skipping hidden entries and `exclude`."""
     for dirpath, dirnames, filenames in os.walk(folder):
         here = Path(dirpath)
-        dirnames[:] = sorted(
-            d for d in dirnames if not d.startswith(".") and not _is_within(_real(here / d), exclude)
-        )
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and not _is_within(_real(here / d), exclude))
         for name in sorted(filenames):
             if not name.startswith("."):
                 yield here / name
@@ -121,8 +119,9 @@ def _sequence(folder: Path, members: list[Path]) -> tuple[tuple[Path, ...], tupl
     warning = None
     if missing:
         pattern = f"{prefix}{'#' * len(_NUMBERED.match(numbered[0][1].name)['number'])}{suffix}"
-        warning = (f"{folder}: frames {_ranges(missing)} missing from {pattern}; "
-                   f"the temporal chain restarts after each gap")
+        warning = (
+            f"{folder}: frames {_ranges(missing)} missing from {pattern}; the temporal chain restarts after each gap"
+        )
     return tuple(f for _, f in numbered), gaps, warning
 
 
@@ -189,8 +188,10 @@ def _candidates(i: int, entry: str, exclude: Path) -> list[tuple[Path, Path]]:
         candidates = [(m, m.parent) for m in matches if m.is_file() and not m.name.startswith(".")]
     elif path.is_dir():
         if _is_within(exclude, _real(path)):
-            raise InputError(f"inputs[{i}]: {path}: the output dir {exclude} is this folder or lies inside it; "
-                             "write the outputs somewhere else")
+            raise InputError(
+                f"inputs[{i}]: {path}: the output dir {exclude} is this folder or lies inside it; "
+                "write the outputs somewhere else"
+            )
         candidates = [(f, path) for f in _walk(path, exclude)]
     elif path.is_file():
         if _kind(path) is None:

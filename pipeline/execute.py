@@ -8,6 +8,7 @@ import threading
 import time
 import uuid
 import warnings
+from collections.abc import Callable, Iterator
 from concurrent.futures.process import BrokenProcessPool
 from contextlib import AbstractContextManager, contextmanager, nullcontext, suppress
 from dataclasses import dataclass, replace
@@ -16,7 +17,7 @@ from multiprocessing import Manager
 from multiprocessing.managers import SyncManager
 from pathlib import Path
 from queue import Queue
-from typing import Callable, Iterator, Protocol, Union
+from typing import Protocol
 
 import torch
 from joblib import Parallel, delayed
@@ -42,14 +43,16 @@ class Batch:
     jobs: tuple[Job, ...]
 
 
-Task = Union[Job, Segment, Batch]  # what a worker runs: one job, a segment's frames in order, or a batch
-Records = Callable[[list[Task], frozenset[Path], Path], Iterator[tuple[Job, Record]]]  # (tasks, done, out dir) -> records as jobs finish
+Task = Job | Segment | Batch  # what a worker runs: one job, a segment's frames in order, or a batch
+Records = Callable[
+    [list[Task], frozenset[Path], Path], Iterator[tuple[Job, Record]]
+]  # (tasks, done, out dir) -> records as jobs finish
 Live = Callable[[Tick], None]  # where workers' live progress goes
 
 
 @dataclass(frozen=True)
 class Outcome:
-    job: Union[Job, VideoOut, Clip]
+    job: Job | VideoOut | Clip
     record: Record
     skipped: bool  # done by an earlier run with the same key
 
@@ -87,11 +90,11 @@ def pick_device(devices: str | list[str]) -> str:
     return resolve_devices(devices)[0]
 
 
-def relative_output(job: Union[Job, VideoOut, Clip], out_dir: Path) -> str:
+def relative_output(job: Job | VideoOut | Clip, out_dir: Path) -> str:
     return job.output.relative_to(out_dir).as_posix()
 
 
-def is_done(job: Union[Job, VideoOut, Clip], manifest: Manifest, out_dir: Path) -> bool:
+def is_done(job: Job | VideoOut | Clip, manifest: Manifest, out_dir: Path) -> bool:
     """Done when the output exists and its manifest record has the same key."""
     return manifest.is_done(relative_output(job, out_dir), job.key, job.output.exists())
 
@@ -105,12 +108,24 @@ def _record(job: Job, rel: str, r: Rendered) -> Record:
     losses = {"loss": r.loss, "content": r.content, "style": r.style, "tv": r.tv}
     if r.temporal:
         losses["temporal"] = r.temporal
-    trace = [list(row) for row in r.trace] if job.source.kind == "image" else None  # a clip's frames: a curve across frames
+    trace = (
+        [list(row) for row in r.trace] if job.source.kind == "image" else None
+    )  # a clip's frames: a curve across frames
     return Record(
-        **_base(job, rel), state="done", losses=losses, iterations=r.iterations, device=r.device, pid=os.getpid(),
+        **_base(job, rel),
+        state="done",
+        losses=losses,
+        iterations=r.iterations,
+        device=r.device,
+        pid=os.getpid(),
         seconds=round(r.seconds, 3),
-        style_hits=r.style_hits, style_misses=r.style_misses, style_seconds=round(r.style_seconds, 3), trace=trace,
-        tile=r.tile or None, precision=r.precision, warning=r.note,
+        style_hits=r.style_hits,
+        style_misses=r.style_misses,
+        style_seconds=round(r.style_seconds, 3),
+        trace=trace,
+        tile=r.tile or None,
+        precision=r.precision,
+        warning=r.note,
     )
 
 
@@ -133,16 +148,25 @@ def _run_one(renderer: Renderer, job: Job, rel: str) -> Record:
         error = reason(exc, job.content, renderer.settings.size)
         if not device_fault(exc):
             return Record(**_base(job, rel), state="failed", error=error)
-        fault = Record(**_base(job, rel), state="failed", device=str(renderer.device),
-                       error=f"{error} (device {renderer.device} failed: its worker ended, the other jobs run elsewhere)")
+        fault = Record(
+            **_base(job, rel),
+            state="failed",
+            device=str(renderer.device),
+            error=f"{error} (device {renderer.device} failed: its worker ended, the other jobs run elsewhere)",
+        )
         raise DeviceFault(job, fault) from None
     return _record(job, rel, r)
 
 
 def _segment_records(
-    renderer: Renderer, config: Config, segment: Segment, done: frozenset[Path], out_dir: Path,
+    renderer: Renderer,
+    config: Config,
+    segment: Segment,
+    done: frozenset[Path],
+    out_dir: Path,
 ) -> Iterator[tuple[Job, Record]]:
     """Run a segment; a record for each of its own frames it rendered (cross-faded versions get none)."""
+
     def is_rendered(frame: ChainFrame) -> bool:
         return frame.path in done if frame.own else frame.path.is_file()
 
@@ -162,8 +186,12 @@ def _batch_records(renderer: Renderer, jobs: list[Job], out_dir: Path) -> Iterat
     """Run jobs as one batch; if the batch fails (a bad file, out of memory), each job alone, so it fails alone."""
     rels = [relative_output(j, out_dir) for j in jobs]
     try:
-        rendered = renderer.render_batch([j.content for j in jobs], [j.style.blend for j in jobs], [j.output for j in jobs],
-                                         [j.style.scale for j in jobs])
+        rendered = renderer.render_batch(
+            [j.content for j in jobs],
+            [j.style.blend for j in jobs],
+            [j.output for j in jobs],
+            [j.style.scale for j in jobs],
+        )
     except Exception:  # noqa: BLE001 - retried one by one below, where each job gets its own reason
         rendered = None
     if rendered is None:  # out of the handler: the failed batch's tensors are freed before the retries
@@ -175,7 +203,9 @@ def _batch_records(renderer: Renderer, jobs: list[Job], out_dir: Path) -> Iterat
         yield job, _record(job, rel, r)
 
 
-def _run_task(renderer: Renderer, config: Config, task: Task, done: frozenset[Path], out_dir: Path) -> Iterator[tuple[Job, Record]]:
+def _run_task(
+    renderer: Renderer, config: Config, task: Task, done: frozenset[Path], out_dir: Path
+) -> Iterator[tuple[Job, Record]]:
     if isinstance(task, Segment):
         yield from _segment_records(renderer, config, task, done, out_dir)
     elif isinstance(task, Batch):
@@ -186,10 +216,18 @@ def _run_task(renderer: Renderer, config: Config, task: Task, done: frozenset[Pa
 
 def _renderer(config: Config, device: str) -> Renderer:
     return Renderer(
-        config.optimize.settings(), device=device, weights=config.model.weights,
-        pooling=config.model.pooling, arch=config.model.arch, init_path=config.optimize.init_path, cache=StyleCache(config.cache_dir),
-        keep_alpha=config.output.alpha == "keep", full_size=config.output.size == "original", tile=config.optimize.tile,
-        precision=config.optimize.precision, memory_share=1 / config.workers_per_device,
+        config.optimize.settings(),
+        device=device,
+        weights=config.model.weights,
+        pooling=config.model.pooling,
+        arch=config.model.arch,
+        init_path=config.optimize.init_path,
+        cache=StyleCache(config.cache_dir),
+        keep_alpha=config.output.alpha == "keep",
+        full_size=config.output.size == "original",
+        tile=config.optimize.tile,
+        precision=config.optimize.precision,
+        memory_share=1 / config.workers_per_device,
     )
 
 
@@ -263,8 +301,15 @@ class _Mark:
 
 
 def _worker_task(
-    run_id: str, config: Config, slots: Slots, results: Queue, index: int, task: Task, done: frozenset[Path],
-    out_dir: Path, live: bool,
+    run_id: str,
+    config: Config,
+    slots: Slots,
+    results: Queue,
+    index: int,
+    task: Task,
+    done: frozenset[Path],
+    out_dir: Path,
+    live: bool,
 ) -> None:
     """Run one task in a pool process, claiming a device slot for life on its first task of a run.
 
@@ -308,8 +353,15 @@ def _sigint_blocked() -> Iterator[None]:
 
 
 def _pool(
-    config: Config, tasks: dict[int, Task], done: set[Path], out_dir: Path, slots: list[str], manager: SyncManager,
-    live: Live | None, ended: dict[int, bool], faulted: set[int],
+    config: Config,
+    tasks: dict[int, Task],
+    done: set[Path],
+    out_dir: Path,
+    slots: list[str],
+    manager: SyncManager,
+    live: Live | None,
+    ended: dict[int, bool],
+    faulted: set[int],
 ) -> Iterator[tuple[Job, Record]]:
     """One pool of processes over `tasks`, skipping the jobs in `done`: records as jobs finish (their
     outputs added to `done`), workers' Ticks to `live`, and in `ended` each task a worker started (True
@@ -317,12 +369,15 @@ def _pool(
     slot_table = Slots([(d, worker_threads(slots, d)) for d in slots], manager)
     results = manager.Queue()
     run_id = uuid.uuid4().hex  # workers of an earlier, broken pool claim a slot anew
-    pool = Parallel(n_jobs=len(slots), backend="loky", return_as="generator_unordered", batch_size=1,
-                    max_nbytes=None)  # tasks are small: nothing to memory-map
+    pool = Parallel(
+        n_jobs=len(slots), backend="loky", return_as="generator_unordered", batch_size=1, max_nbytes=None
+    )  # tasks are small: nothing to memory-map
     skip = frozenset(done)
     with _sigint_blocked():  # the pool's helper processes start here
-        calls = pool(delayed(_worker_task)(run_id, config, slot_table, results, i, t, skip, out_dir, live is not None)
-                     for i, t in tasks.items())
+        calls = pool(
+            delayed(_worker_task)(run_id, config, slot_table, results, i, t, skip, out_dir, live is not None)
+            for i, t in tasks.items()
+        )
     failure: list[BaseException] = []
 
     def drive() -> None:  # runs the pool; a worker's crash is returned below, from this thread
@@ -353,7 +408,12 @@ def _pool(
 
 
 def _records(
-    config: Config, tasks: list[Task], done: frozenset[Path], out_dir: Path, slots: list[str], live: Live | None = None,
+    config: Config,
+    tasks: list[Task],
+    done: frozenset[Path],
+    out_dir: Path,
+    slots: list[str],
+    live: Live | None = None,
 ) -> Iterator[tuple[Job, Record]]:
     """(job, record) as jobs finish: in this process for one slot, else on a pool of processes
     that pull tasks as they free up, so a slow task never leaves another worker idle. Workers'
@@ -382,13 +442,20 @@ def _records(
             slots = [d for i, d in enumerate(slots) if i not in faulted]
             if len(slots) < 2 and todo:  # joblib would run one slot's "pool" in this very process
                 rest = list(todo.values())
-                yield from (_in_process(config, rest, frozenset(finished), out_dir, slots[0], live) if slots
-                            else _not_run(rest, finished, out_dir, "every device of this run failed"))
+                yield from (
+                    _in_process(config, rest, frozenset(finished), out_dir, slots[0], live)
+                    if slots
+                    else _not_run(rest, finished, out_dir, "every device of this run failed")
+                )
                 return
 
 
 def _strike_out(
-    todo: dict[int, Task], strikes: dict[int, int], ended: dict[int, bool], finished: set[Path], out_dir: Path,
+    todo: dict[int, Task],
+    strikes: dict[int, int],
+    ended: dict[int, bool],
+    finished: set[Path],
+    out_dir: Path,
 ) -> Iterator[tuple[Job, Record]]:
     """After a pool broke: a strike for each task it was running; those that ended, or were running when a
     pool broke twice, leave `todo` (the latter's unfinished jobs fail)."""
@@ -398,12 +465,19 @@ def _strike_out(
             task = todo.pop(index)
             for job in task_jobs(task) if not over else ():
                 if job.output not in finished:
-                    error = f"{job.content}: worker process died while running it, twice (killed, crashed or out of memory)"
+                    error = (
+                        f"{job.content}: worker process died while running it, twice (killed, crashed or out of memory)"
+                    )
                     yield job, Record(**_base(job, relative_output(job, out_dir)), state="failed", error=error)
 
 
 def _in_process(
-    config: Config, tasks: list[Task], done: frozenset[Path], out_dir: Path, device: str, live: Live | None,
+    config: Config,
+    tasks: list[Task],
+    done: frozenset[Path],
+    out_dir: Path,
+    device: str,
+    live: Live | None,
 ) -> Iterator[tuple[Job, Record]]:
     """The tasks run here, on the one device; after a device fault the rest fail without running."""
     renderer = _renderer(config, device)
@@ -414,11 +488,15 @@ def _in_process(
             yield from _run_task(renderer, config, task, done, out_dir)
         except DeviceFault as fault:
             yield fault.job, fault.record
-            yield from _not_run(tasks[i:], done | {fault.job.output}, out_dir, f"device {device} failed on {fault.job.content}")
+            yield from _not_run(
+                tasks[i:], done | {fault.job.output}, out_dir, f"device {device} failed on {fault.job.content}"
+            )
             return
 
 
-def _not_run(tasks: list[Task], done: frozenset[Path] | set[Path], out_dir: Path, why: str) -> Iterator[tuple[Job, Record]]:
+def _not_run(
+    tasks: list[Task], done: frozenset[Path] | set[Path], out_dir: Path, why: str
+) -> Iterator[tuple[Job, Record]]:
     """A failed record, saying `why`, for each job of `tasks` not in `done`."""
     for task in tasks:
         for job in task_jobs(task):
@@ -428,7 +506,11 @@ def _not_run(tasks: list[Task], done: frozenset[Path] | set[Path], out_dir: Path
 
 
 def _executor(
-    config: Config, slots: list[str], report: Report, needed: bool, live: Live | None,
+    config: Config,
+    slots: list[str],
+    report: Report,
+    needed: bool,
+    live: Live | None,
 ) -> AbstractContextManager[Records]:
     """What runs the tasks: processes here, or with executor dask the cluster, connected (and its
     workers checked) only when there is work; either sends its workers' Ticks to `live`."""
@@ -477,7 +559,11 @@ def _stitch(seam: Seam, rel: str) -> Record:
         earlier, later = read_image(seam.earlier), read_image(seam.later)
         write_image(torch.lerp(earlier, later, seam.weight), seam.job.output)
     except Exception as exc:
-        return Record(**base, state="failed", error=f"{seam.job.output}: cannot cross-fade its segments ({reason(exc, seam.earlier)})")
+        return Record(
+            **base,
+            state="failed",
+            error=f"{seam.job.output}: cannot cross-fade its segments ({reason(exc, seam.earlier)})",
+        )
     return Record(**base, state="done", iterations=0, seconds=round(time.perf_counter() - start, 3))
 
 
@@ -485,8 +571,13 @@ def _measure(clip: Clip, config: Config, rel: str, seams: list[int]) -> Record:
     base = _base(clip.frames[0], rel, clip.key)
     start = time.perf_counter()
     try:
-        metrics = measure([j.content for j in clip.frames], [j.output for j in clip.frames],
-                          FlowCache(config.cache_dir / "flow"), config.video.flow, seams)
+        metrics = measure(
+            [j.content for j in clip.frames],
+            [j.output for j in clip.frames],
+            FlowCache(config.cache_dir / "flow"),
+            config.video.flow,
+            seams,
+        )
     except Exception as exc:
         return Record(**base, state="failed", error=f"{clip.output}: cannot measure the warp error ({exc})")
     return Record(**base, state="done", metrics=metrics, seconds=round(time.perf_counter() - start, 3))
@@ -527,12 +618,21 @@ def _reassemble(video: VideoOut, rel: str) -> Record:
     except (VideoError, animation.AnimationError) as exc:
         return Record(**base, state="failed", error=str(exc))
     warning = "; ".join(str(w.message) for w in caught if issubclass(w.category, VideoWarning)) or None
-    return Record(**base, state="done", iterations=len(video.clip.frames), seconds=round(time.perf_counter() - start, 3),
-                  warning=warning)
+    return Record(
+        **base,
+        state="done",
+        iterations=len(video.clip.frames),
+        seconds=round(time.perf_counter() - start, 3),
+        warning=warning,
+    )
 
 
 def _finish(
-    item: Union[Seam, Clip, VideoOut], manifest: Manifest, out_dir: Path, rerun: bool, make: Callable[[str], Record],
+    item: Seam | Clip | VideoOut,
+    manifest: Manifest,
+    out_dir: Path,
+    rerun: bool,
+    make: Callable[[str], Record],
 ) -> Outcome:
     """Run a step that needs finished frames (cross-fade, measurement, reassembly) unless done already."""
     job = item.job if isinstance(item, Seam) else item
@@ -548,11 +648,13 @@ def _finish(
 def _adopt(manifest: Manifest, plan: Plan, out_dir: Path, report: Report) -> None:
     """Give outputs made under the naming rule of an earlier version their names now (see Manifest.adopt),
     and remove the folders that this leaves empty."""
-    def source(item: Union[Job, Clip, VideoOut]) -> str:
+
+    def source(item: Job | Clip | VideoOut) -> str:
         return str((item.clip.source if isinstance(item, VideoOut) else item.source).path)
 
-    moved = manifest.adopt(out_dir, [(relative_output(j, out_dir), source(j), j.key)
-                                     for j in [*plan.jobs, *plan.clips, *plan.videos]])
+    moved = manifest.adopt(
+        out_dir, [(relative_output(j, out_dir), source(j), j.key) for j in [*plan.jobs, *plan.clips, *plan.videos]]
+    )
     if not moved:
         return
     manifest.save()
@@ -560,7 +662,9 @@ def _adopt(manifest: Manifest, plan: Plan, out_dir: Path, report: Report) -> Non
         while folder != out_dir and folder.is_dir() and not any(folder.iterdir()):
             folder.rmdir()
             folder = folder.parent
-    report.log(f"renamed {len(moved)} outputs to the names this version gives them (see 'Output names' in the README)")
+    report.log(
+        f"renamed {len(moved)} outputs to the names this version gives them (see 'Output names' in docs/batch.md)"
+    )
 
 
 def execute(config: Config, plan: Plan, report: Report, live: Live | None = None) -> list[Outcome]:
@@ -571,7 +675,11 @@ def execute(config: Config, plan: Plan, report: Report, live: Live | None = None
     Raises DeviceError before any work when the configured device does not exist (with executor dask,
     when no worker offers a device the config allows; see pipeline.cluster for its other errors).
     """
-    slots = [d for d in resolve_devices(config.devices) for _ in range(config.workers_per_device)] if config.executor == "local" else []
+    slots = (
+        [d for d in resolve_devices(config.devices) for _ in range(config.workers_per_device)]
+        if config.executor == "local"
+        else []
+    )
     out_dir = config.output.dir
     out_dir.mkdir(parents=True, exist_ok=True)
     for stale in out_dir.rglob(".*.part*"):  # temporaries of a killed run (we hold the lock)
@@ -580,7 +688,9 @@ def execute(config: Config, plan: Plan, report: Report, live: Live | None = None
     _adopt(manifest, plan, out_dir, report)
     done = [is_done(j, manifest, out_dir) for j in plan.jobs]
     pending = [j for j, d in zip(plan.jobs, done) if not d]
-    outcomes = [Outcome(j, manifest.records[relative_output(j, out_dir)], skipped=True) for j, d in zip(plan.jobs, done) if d]
+    outcomes = [
+        Outcome(j, manifest.records[relative_output(j, out_dir)], skipped=True) for j, d in zip(plan.jobs, done) if d
+    ]
     if outcomes:
         report.log(f"{len(outcomes)} of {len(plan.jobs)} jobs already done")
     if pending and len(slots) > 1:
@@ -629,8 +739,13 @@ def _finish_clips(config: Config, plan: Plan, manifest: Manifest, rendered: set[
     for clip in plan.clips:
         if frames_done(clip.frames):
             seams = [i for i, j in enumerate(clip.frames) if j.output in seam_frames]
-            outcome = _finish(clip, manifest, out_dir, bool(rendered & {j.output for j in clip.frames}),
-                              lambda rel, c=clip, s=seams: _measure(c, config, rel, s))
+            outcome = _finish(
+                clip,
+                manifest,
+                out_dir,
+                bool(rendered & {j.output for j in clip.frames}),
+                lambda rel, c=clip, s=seams: _measure(c, config, rel, s),
+            )
             outcomes.append(outcome)
             if not outcome.skipped:
                 report.log(_metrics_line(clip, outcome.record))
@@ -640,7 +755,9 @@ def _finish_clips(config: Config, plan: Plan, manifest: Manifest, rendered: set[
             outcomes.append(outcome)
             if not outcome.skipped:
                 r = outcome.record
-                report.log(f"{r.state} {video.name} -> {r.output} ({r.error or f'{len(video.clip.frames)} frames at {video.fps} fps'})")
+                report.log(
+                    f"{r.state} {video.name} -> {r.output} ({r.error or f'{len(video.clip.frames)} frames at {video.fps} fps'})"
+                )
                 if r.warning:
                     report.log(f"warning: {r.warning}", always=True)
     return outcomes
@@ -650,6 +767,10 @@ def _metrics_line(clip: Clip, record: Record) -> str:
     if record.state != "done" or not record.metrics:
         return f"{record.state} {clip.name}: {record.error}"
     m = record.metrics
-    seams = f", at seams {m['warp_error_seams']:.3g} (inside {m['warp_error_inside']:.3g})" if "warp_error_seams" in m else ""
+    seams = (
+        f", at seams {m['warp_error_seams']:.3g} (inside {m['warp_error_inside']:.3g})"
+        if "warp_error_seams" in m
+        else ""
+    )
     cuts = f", {int(m['cuts'])} cuts" if m["cuts"] else ""
     return f"{clip.name}: warp error {m['warp_error']:.3g} (content {m['warp_error_content']:.3g}){seams}{cuts}"

@@ -5,9 +5,9 @@ from __future__ import annotations
 import os
 import tempfile
 import warnings
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 import cv2
 import numpy as np
@@ -18,7 +18,15 @@ IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".
 _UMASK = os.umask(0o022)  # read once, at import (os.umask can only be read by setting it)
 os.umask(_UMASK)
 _ALPHA_FORMATS = frozenset({"PNG", "WEBP", "TIFF"})
-_SAVE_FORMATS = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".webp": "WEBP", ".bmp": "BMP", ".tif": "TIFF", ".tiff": "TIFF"}
+_SAVE_FORMATS = {
+    ".jpg": "JPEG",
+    ".jpeg": "JPEG",
+    ".png": "PNG",
+    ".webp": "WEBP",
+    ".bmp": "BMP",
+    ".tif": "TIFF",
+    ".tiff": "TIFF",
+}
 WRITABLE = frozenset(_SAVE_FORMATS)  # the suffixes an output image may have (a still GIF's output is PNG)
 
 
@@ -38,8 +46,13 @@ def fit_longest(shape: tuple[int, int], size: int) -> tuple[int, int]:
 
 _SWAPS_AXES = frozenset({5, 6, 7, 8})  # EXIF orientations that turn the image by 90°
 _TRANSPOSE = {  # EXIF orientation: what turns it upright (as ImageOps.exif_transpose)
-    2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
-    5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE, 8: Image.Transpose.ROTATE_90,
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
 }
 
 
@@ -71,7 +84,9 @@ def _stored(path: Path) -> tuple[int, int, int | None]:
             raise UnidentifiedImageError(f"cannot identify image file {str(path)!r}") from None
     h, w = _largest(tags.get(257, 0)), _largest(tags.get(256, 0))
     if h * w > Image.MAX_IMAGE_PIXELS:
-        raise Image.DecompressionBombError(f"Image size ({h * w} pixels) exceeds limit of {Image.MAX_IMAGE_PIXELS} pixels")
+        raise Image.DecompressionBombError(
+            f"Image size ({h * w} pixels) exceeds limit of {Image.MAX_IMAGE_PIXELS} pixels"
+        )
     orientation = tags.get(274)
     return h, w, _largest(orientation) if orientation is not None else None
 
@@ -129,7 +144,9 @@ def _one_line(path: Path) -> Iterator[None]:
     except ImageError:
         raise
     except OSError as exc:
-        raise ImageError(f"{path}: " + (f"cannot read file ({exc.strerror})" if exc.errno else f"cannot decode image ({exc})")) from None
+        raise ImageError(
+            f"{path}: " + (f"cannot read file ({exc.strerror})" if exc.errno else f"cannot decode image ({exc})")
+        ) from None
     except (SyntaxError, ValueError) as exc:
         raise ImageError(f"{path}: cannot decode image ({exc})") from None
 
@@ -249,7 +266,9 @@ def atomic_path(path: Path) -> Iterator[Path]:
     path.parent.mkdir(parents=True, exist_ok=True)
     suffix = f".part{path.suffix}"
     room = NAME_MAX - len(f"..XXXXXXXX{suffix}".encode())  # whenever the name fits, its temporary does too
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name.encode()[:room].decode(errors='ignore')}.", suffix=suffix, dir=path.parent)
+    fd, tmp = tempfile.mkstemp(
+        prefix=f".{path.name.encode()[:room].decode(errors='ignore')}.", suffix=suffix, dir=path.parent
+    )
     os.close(fd)
     tmp_path = Path(tmp)
     try:

@@ -32,7 +32,7 @@ term in float64.
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 
@@ -175,7 +175,9 @@ def gram_loss(
     if balance == "layer":
         return sum(layer_weights[k] / total * (e / (n + _EPS)) for k, (e, n) in errors.items())
     scale = {k: layer_weights[k] / total / grams[k].shape[-1] ** 4 for k in errors}  # neural-style's MSE of G/C
-    return sum(scale[k] * e for k, (e, _) in errors.items()) / (sum(scale[k] * n for k, (_, n) in errors.items()) + _EPS)
+    return sum(scale[k] * e for k, (e, _) in errors.items()) / (
+        sum(scale[k] * n for k, (_, n) in errors.items()) + _EPS
+    )
 
 
 def wasserstein_loss(
@@ -194,7 +196,11 @@ def wasserstein_loss(
 
 
 def wasserstein(
-    mean: torch.Tensor, second: torch.Tensor, t_mean: torch.Tensor, t_second: torch.Tensor, t_sqrt: torch.Tensor,
+    mean: torch.Tensor,
+    second: torch.Tensor,
+    t_mean: torch.Tensor,
+    t_second: torch.Tensor,
+    t_sqrt: torch.Tensor,
 ) -> torch.Tensor:
     """W₂² between the Gaussian fits N(μ, Σ) and N(μₛ, Σₛ), relative to the target's ‖μₛ‖² + tr Σₛ; shape (N,).
 
@@ -210,8 +216,12 @@ def wasserstein(
         t_second, t_sqrt = (t.double().expand(n, c, c) for t in (t_second, t_sqrt))
         cov, t_cov = _covariance(mean, second), _covariance(t_mean, t_second)
         cross = t_sqrt @ cov @ t_sqrt
-        distance = ((mean - t_mean).pow(2).sum(1) + _trace(cov) + _trace(t_cov)
-                    - 2 * _TraceSqrtm.apply((cross + cross.transpose(1, 2)) / 2))
+        distance = (
+            (mean - t_mean).pow(2).sum(1)
+            + _trace(cov)
+            + _trace(t_cov)
+            - 2 * _TraceSqrtm.apply((cross + cross.transpose(1, 2)) / 2)
+        )
         return (distance / (_trace(t_second) + _EPS)).to(dtype)
 
 

@@ -39,15 +39,20 @@ class Record:
     style_seconds: float | None = None
     metrics: dict[str, float] | None = None  # a clip's warp errors (see pipeline.consistency)
     tile: int | None = None  # the tile side its largest levels were encoded in, when they did not fit whole
-    trace: list[list[float]] | None = None  # an image's loss curve: [scale, iteration, loss, content, style] rows (see render.compact_trace)
-    warning: str | None = None  # what the job did not do as asked, in one line (an input over 8 bits per sample written as 8-bit)
+    trace: list[list[float]] | None = (
+        None  # an image's loss curve: [scale, iteration, loss, content, style] rows (see render.compact_trace)
+    )
+    warning: str | None = (
+        None  # what the job did not do as asked, in one line (an input over 8 bits per sample written as 8-bit)
+    )
 
 
 def reason(exc: BaseException, path: Path, size: int | None = None) -> str:
     """A failed job's one-line error, naming its file (and, when it ran out of memory, the size that did)."""
     message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    if size is not None and (isinstance(exc, MemoryError) or "out of memory" in message.lower()
-                             or "can't allocate memory" in message):
+    if size is not None and (
+        isinstance(exc, MemoryError) or "out of memory" in message.lower() or "can't allocate memory" in message
+    ):
         return f"{path}: out of {'device ' if 'CUDA' in message else ''}memory at size {size} ({message})"
     return message if str(path) in message else f"{path}: {message}"
 

@@ -16,7 +16,11 @@ from os import sysconf
 from pathlib import Path
 
 GIB = 2**30
-PER_PIXEL = {"fp32": 4100, "bf16": 2000, "fp16": 2000}  # bytes per pixel of the finest scale by the layers' precision (fp32, bf16 measured; fp16 is bf16's size)
+PER_PIXEL = {
+    "fp32": 4100,
+    "bf16": 2000,
+    "fp16": 2000,
+}  # bytes per pixel of the finest scale by the layers' precision (fp32, bf16 measured; fp16 is bf16's size)
 BASE = int(1.5 * GIB)  # what a worker holds for itself: torch, the model (not reusable for images)
 HISTORY = 50  # L-BFGS (s, y) pairs kept by default
 PAIR_PER_PIXEL = 2 * 3 * 4  # one pair of 3-channel float32 images
@@ -60,12 +64,20 @@ def check_fits(shape: tuple[int, int], optimizer: str, images: int = 1, precisio
     need = needed_bytes(shape, optimizer, images, precision)
     if available is not None and need > available:
         batch = f" x {images} images" if images > 1 else ""
-        raise MemoryError(f"{shape[1]}x{shape[0]} px{batch} needs about {need / GIB:.1f} GiB on the CPU, "
-                          f"{available / GIB:.1f} GiB available (use a smaller optimize.size)")
+        raise MemoryError(
+            f"{shape[1]}x{shape[0]} px{batch} needs about {need / GIB:.1f} GiB on the CPU, "
+            f"{available / GIB:.1f} GiB available (use a smaller optimize.size)"
+        )
 
 
-def tile_plan(free: int | None, shape: tuple[int, int], optimizer: str, images: int = 1,
-              tile: int | None = None, precision: str = "fp32") -> tuple[int, int]:
+def tile_plan(
+    free: int | None,
+    shape: tuple[int, int],
+    optimizer: str,
+    images: int = 1,
+    tile: int | None = None,
+    precision: str = "fp32",
+) -> tuple[int, int]:
     """(tile side, L-BFGS history pairs) for optimising `images` images of `shape` in `free` bytes,
     with VGG layers in `precision`.
 

@@ -7,11 +7,11 @@ is part of the model, so callers never see it.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache, lru_cache
 from importlib import resources
 from pathlib import Path
-from typing import Iterable
 
 import torch
 import torch.nn.functional as F
@@ -25,7 +25,7 @@ BLOCKS = {"vgg19": (2, 2, 4, 4, 4), "vgg16": (2, 2, 3, 3, 3)}
 TITLES = {"vgg19": "VGG-19", "vgg16": "VGG-16"}
 
 
-@lru_cache(maxsize=None)
+@cache
 def layer_names(arch: str = "vgg19") -> tuple[str, ...]:
     """`conv1_1`, `relu1_1`, …, `pool5` of `arch`, in `features` order."""
     return tuple(
@@ -134,14 +134,16 @@ def _load_state_file(path: Path) -> dict[str, torch.Tensor]:
 def _normalise_user_state(state: dict[str, torch.Tensor], path: Path, arch: str = "vgg19") -> dict[str, torch.Tensor]:
     """Accept a full VGG state dict of `arch` (`features.N.weight`) or a features-only one (`N.weight`)."""
     if any(k.startswith("features.") for k in state):
-        state = {k[len("features."):]: v for k, v in state.items() if k.startswith("features.")}
+        state = {k[len("features.") :]: v for k, v in state.items() if k.startswith("features.")}
     shapes = {k: v.shape for k, v in _features(len(layer_names(arch)), arch).state_dict().items()}
     missing = sorted(shapes.keys() - state.keys(), key=lambda k: int(k.split(".")[0]))
     if missing:
         raise WeightsError(f"{path}: not a {TITLES[arch]} state dict (missing {missing[0]})")
     wrong = [k for k, shape in shapes.items() if state[k].shape != shape]
     if wrong:
-        raise WeightsError(f"{path}: not a {TITLES[arch]} state dict ({wrong[0]} has shape {tuple(state[wrong[0]].shape)})")
+        raise WeightsError(
+            f"{path}: not a {TITLES[arch]} state dict ({wrong[0]} has shape {tuple(state[wrong[0]].shape)})"
+        )
     return {k: state[k].float() for k in shapes}
 
 
@@ -150,8 +152,10 @@ def weights_identity(source: str, arch: str = "vgg19") -> str:
     net = "" if arch == "vgg19" else f"{arch}:"
     if source == "bundled":
         if arch != "vgg19":
-            raise WeightsError(f"the bundled weights are VGG-19 only; with model.arch: {arch} use "
-                               "model.weights: torchvision or a path to a .pth state dict")
+            raise WeightsError(
+                f"the bundled weights are VGG-19 only; with model.arch: {arch} use "
+                "model.weights: torchvision or a path to a .pth state dict"
+            )
         return f"bundled:{file_digest(_bundled_path())}"
     if source == "torchvision":
         return f"torchvision:{net}IMAGENET1K_V1"
@@ -186,7 +190,9 @@ def resolve_weights(source: str = "bundled", arch: str = "vgg19") -> Weights:
                 f"({type(exc).__name__}); copy {Path(weights.url).name} into "
                 f"{Path(torch.hub.get_dir()) / 'checkpoints'} or {alternative}"
             ) from None
-        return Weights(_normalise_user_state(full, Path("torchvision"), arch), caffe=False, identity=identity, arch=arch)
+        return Weights(
+            _normalise_user_state(full, Path("torchvision"), arch), caffe=False, identity=identity, arch=arch
+        )
     path = Path(source).expanduser()
     state = _normalise_user_state(_load_state_file(path), path, arch)
     return Weights(state, caffe="caffe" in path.name.lower(), identity=identity, arch=arch)
@@ -222,7 +228,11 @@ class VGGFeatures(nn.Module):
     """
 
     def __init__(
-        self, weights: Weights, layers: Iterable[str], pooling: str = "max", winograd: bool = False,
+        self,
+        weights: Weights,
+        layers: Iterable[str],
+        pooling: str = "max",
+        winograd: bool = False,
         dtype: torch.dtype = torch.float32,
     ) -> None:
         """`winograd` computes the wide 3x3 convs with Winograd F(4x4, 3x3): about 1.4x faster on CPUs (float32
@@ -250,7 +260,9 @@ class VGGFeatures(nn.Module):
         self.dtype = dtype
         self.layout = torch.contiguous_format if dtype == torch.float32 else torch.channels_last
         self.body = (use_winograd(body) if winograd else body).to(dtype=dtype, memory_format=self.layout)
-        self.identity = weights.identity if dtype == torch.float32 else f"{weights.identity}@{str(dtype).removeprefix('torch.')}"
+        self.identity = (
+            weights.identity if dtype == torch.float32 else f"{weights.identity}@{str(dtype).removeprefix('torch.')}"
+        )
         self.pooling = pooling_identity(pooling)
         self._taps = taps
         self.requires_grad_(False)

@@ -8,15 +8,22 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
 
 from pipeline.descent import adam, lbfgs
 from pipeline.losses import (
-    content_loss, layer_of, statistic_names, statistics_loss, style_loss, style_statistics, style_targets_of, tv_loss,
+    content_loss,
+    layer_of,
+    statistic_names,
+    statistics_loss,
+    style_loss,
+    style_statistics,
+    style_targets_of,
+    tv_loss,
 )
 from pipeline.temporal import temporal_loss
 from pipeline.tiles import grid, positions, stride, tiled_statistics
@@ -25,7 +32,9 @@ DEFAULT_CONTENT_LAYERS: tuple[str, ...] = ("relu4_2",)
 DEFAULT_STYLE_LAYERS: Mapping[str, float] = {f"relu{i}_1": 1.0 for i in range(1, 6)}
 MIN_SIDE = 64  # the coarsest scale never goes below this (relu5_1 sees 1/16 of it)
 
-_GOLDEN = (5**0.5 - 1) / 2  # tiled levels move their grid by this fraction of a piece per evaluation: never the same cuts twice
+_GOLDEN = (
+    5**0.5 - 1
+) / 2  # tiled levels move their grid by this fraction of a piece per evaluation: never the same cuts twice
 
 # ITU-R BT.601 luma weights, for luminance-only transfer.
 _LUMA = (0.299, 0.587, 0.114)
@@ -48,14 +57,18 @@ class Settings:
     style_weight: float = 10.0
     tv_weight: float = 1.0
     style_loss: str = "gram"  # gram | wasserstein (see losses)
-    style_balance: str = "total"  # how the Gram loss weighs its layers: total (neural-style's) | layer (see losses.gram_loss)
+    style_balance: str = (
+        "total"  # how the Gram loss weighs its layers: total (neural-style's) | layer (see losses.gram_loss)
+    )
     temporal_weight: float = 0.0  # weight of the temporal term, when held frames are given
     content_layers: tuple[str, ...] = DEFAULT_CONTENT_LAYERS
     style_layers: Mapping[str, float] = field(default_factory=lambda: dict(DEFAULT_STYLE_LAYERS))
     init: str = "content"  # content | noise | style | image (pass init_image)
     preserve_colors: bool = False
     seed: int = 0
-    tolerance: float = 0.0  # a level ends once its loss changes by less than this fraction in tolerance_window iterations; 0: off
+    tolerance: float = (
+        0.0  # a level ends once its loss changes by less than this fraction in tolerance_window iterations; 0: off
+    )
     tolerance_window: int = 20
 
     @property
@@ -267,14 +280,21 @@ def _initial_image(settings: Settings, content: torch.Tensor, init_image: torch.
     return resize(init_image.to(content.device, content.dtype), tuple(content.shape[-2:])).expand_as(content).clone()
 
 
-Report = Callable[[int, list[list[float]]], None]  # (iteration within the level, [total, content, style, tv, temporal] per image)
+Report = Callable[
+    [int, list[list[float]]], None
+]  # (iteration within the level, [total, content, style, tv, temporal] per image)
 
 
 class _Objective:
     """Weighted total loss of an image at one scale."""
 
     def __init__(
-        self, model: torch.nn.Module, settings: Settings, content: torch.Tensor, targets: StyleTargets, held: Held = (),
+        self,
+        model: torch.nn.Module,
+        settings: Settings,
+        content: torch.Tensor,
+        targets: StyleTargets,
+        held: Held = (),
     ) -> None:
         self.model = model
         self.settings = settings
@@ -293,9 +313,19 @@ class _Objective:
         feats = self.model(image)
         tv = tv_loss(image)
         tm = temporal_loss(image, self.held) if self.held else torch.zeros_like(tv)
-        return _combine(self.settings, content_loss(feats, self.content_targets),
-                        style_loss(feats, self.style_targets, self.settings.style_layers, self.settings.style_loss,
-                                   self.settings.style_balance), tv, tm)
+        return _combine(
+            self.settings,
+            content_loss(feats, self.content_targets),
+            style_loss(
+                feats,
+                self.style_targets,
+                self.settings.style_layers,
+                self.settings.style_loss,
+                self.settings.style_balance,
+            ),
+            tv,
+            tm,
+        )
 
     def backward(self, image: torch.Tensor) -> torch.Tensor:
         """The loss components at `image` (as `__call__`), with the gradient of the total left in `image.grad`."""
@@ -305,7 +335,11 @@ class _Objective:
 
 
 def _combine(
-    settings: Settings, content: torch.Tensor, style: torch.Tensor, tv: torch.Tensor, temporal: torch.Tensor,
+    settings: Settings,
+    content: torch.Tensor,
+    style: torch.Tensor,
+    tv: torch.Tensor,
+    temporal: torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(total, [total, content, style, tv, temporal] per image) from the (N,) components."""
     s = settings
@@ -387,7 +421,11 @@ def converged(losses: Sequence[float], tolerance: float, window: int) -> bool:
 
 
 def _run_scale(
-    objective: _Objective, image: torch.Tensor, iterations: int, settings: Settings, report: Report,
+    objective: _Objective,
+    image: torch.Tensor,
+    iterations: int,
+    settings: Settings,
+    report: Report,
 ) -> torch.Tensor:
     """Optimise one level for `iterations`, or until its loss has `converged` (settings.tolerance)."""
     image = image.detach().clone(memory_format=torch.contiguous_format).requires_grad_(True)
@@ -434,6 +472,7 @@ class _Recorder:
 
     def level(self, number: int, shape: tuple[int, int], iterations: int) -> Report:
         """The report function of one level."""
+
         def report(i: int, parts: list[list[float]]) -> None:
             for own, each in zip(self.traces, zip(*parts)):
                 own.append(Progress(number, self.scales, shape, i, iterations, *each))
@@ -446,8 +485,14 @@ class _Recorder:
 
 
 def _run_level(
-    model: torch.nn.Module, settings: Settings, level: Level, source: torch.Tensor, image: torch.Tensor,
-    targets: StyleTargets, held: Held, report: Report,
+    model: torch.nn.Module,
+    settings: Settings,
+    level: Level,
+    source: torch.Tensor,
+    image: torch.Tensor,
+    targets: StyleTargets,
+    held: Held,
+    report: Report,
 ) -> torch.Tensor:
     """`image` optimised at `level` against `source`, both resized to its shape. A side shorter than the
     layers need (see `min_side`) is padded, edge pixels repeated (earlier frames' masks with 0: the

@@ -197,7 +197,7 @@ def video_frames_dir(cache_dir: Path, video_digest: str) -> Path:
 
 def pixel_settings(config: Config) -> dict:
     """Every setting that changes an output's pixels (paths replaced by their bytes' digests)."""
-    # A batch's images equal their own runs; a tiled result is the same job as an untiled one (see tile in the README).
+    # A batch's images equal their own runs; a tiled result is the same job as an untiled one (see tile in docs/config.md).
     optimize = config.optimize.model_dump(mode="json", exclude={"batch", "tile"})
     # Settings added since keys were first made join them only where they change pixels: earlier jobs stay done.
     if optimize["style_loss"] == "gram":
@@ -230,7 +230,9 @@ def _digest_or_unreadable(path: Path) -> str:
         return "unreadable"
 
 
-def chain(frames: tuple[Job, ...], video: VideoConfig, cache_dir: Path) -> tuple[tuple[Job, ...], list[Segment], list[Seam]]:
+def chain(
+    frames: tuple[Job, ...], video: VideoConfig, cache_dir: Path
+) -> tuple[tuple[Job, ...], list[Segment], list[Seam]]:
     """Split a clip's frame jobs into segments of `video.segment_frames`, each starting `segment_overlap`
     frames early; those frames become Seams that cross-fade the two segments' versions.
 
@@ -263,8 +265,12 @@ def chain(frames: tuple[Job, ...], video: VideoConfig, cache_dir: Path) -> tuple
         final[i] = replace(frames[i], key=value_digest({"seam": keys, "weight": weight}))
         seams.append(Seam(final[i], seam_dir / f"{keys[0]}.png", seam_dir / f"{keys[1]}.png", weight))
     segments = [
-        Segment(tuple(ChainFrame(final[i], final[i].output if len(seam_parts[i]) == 1 else seam_dir / f"{key}.png", key)
-                      for i, key in seg))
+        Segment(
+            tuple(
+                ChainFrame(final[i], final[i].output if len(seam_parts[i]) == 1 else seam_dir / f"{key}.png", key)
+                for i, key in seg
+            )
+        )
         for seg in renders
     ]
     return tuple(final), segments, seams
@@ -325,8 +331,10 @@ class _Planner:
     def _unreadable(self, source: Source, error: str) -> list[Job]:
         """One failing job per style, at the assembled file's place, for a clip whose file cannot be read."""
         out = self.config.output.dir
-        return [Job(source, style, source.path, video_output(source, style.name, out), key="unreadable", error=error)
-                for style, _ in self.styles]
+        return [
+            Job(source, style, source.path, video_output(source, style.name, out), key="unreadable", error=error)
+            for style, _ in self.styles
+        ]
 
     def _frames(self, source: Source, style: StyleConfig, style_digest: list, digest: str, count: int) -> Clip:
         """The clip of a decoded video's or animation's `count` frames in one style (frames decoded to
@@ -336,8 +344,13 @@ class _Planner:
         frames_dir = video_frames_dir(cfg.cache_dir, digest)
         folder = frame_folder(source, style.name, cfg.output.dir)
         jobs = tuple(
-            Job(source, style, frames_dir / f"frame_{i:06d}.png", folder / f"frame_{i:06d}{suffix}",
-                self._key((digest, i), style_digest, suffix))
+            Job(
+                source,
+                style,
+                frames_dir / f"frame_{i:06d}.png",
+                folder / f"frame_{i:06d}{suffix}",
+                self._key((digest, i), style_digest, suffix),
+            )
             for i in range(1, count + 1)
         )
         return self._clip(source, jobs, folder)
@@ -359,8 +372,10 @@ class _Planner:
             jobs.extend(clip.frames)
             out = video_output(source, style.name, self.config.output.dir)
             if isinstance(info, VideoInfo) and info.claimed:  # the stream breaks: frames stylised, video failed
-                error = (f"{source.path}: the video stream breaks after frame {info.frames} of {info.claimed}; "
-                         f"those frames are stylised in {clip.output}, no video is assembled")
+                error = (
+                    f"{source.path}: the video stream breaks after frame {info.frames} of {info.claimed}; "
+                    f"those frames are stylised in {clip.output}, no video is assembled"
+                )
                 jobs.append(Job(source, style, source.path, out, key="broken", error=error))
             elif self.config.video.reassemble:
                 videos.append(_assembled(clip, out, info, digest))
@@ -408,8 +423,10 @@ def clashes(config: Config, sources: list[Source]) -> dict[Source, str]:
         keepers = [s for s in rivals if _keeps_name(config, s)]
         for source in rivals - set(keepers if len(keepers) == 1 else []):
             others = ", ".join(sorted(str(o.path) for o in rivals if o != source))
-            rejected[source] = (f"{source.path}: its output {path.relative_to(config.output.dir)} would also be "
-                                f"written for {others}; rename one of them")
+            rejected[source] = (
+                f"{source.path}: its output {path.relative_to(config.output.dir)} would also be "
+                f"written for {others}; rename one of them"
+            )
     return rejected
 
 

@@ -7,11 +7,11 @@ import os
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Callable, Iterator
 
 from pipeline.manifest import Record
 from pipeline.optimize import Callback, Progress
@@ -23,11 +23,17 @@ def progress_callback(tty: bool) -> Iterator[Callback | None]:
     if not tty:
         yield None
         return
-    from rich.progress import BarColumn, Progress as Bar, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from rich.progress import BarColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from rich.progress import Progress as Bar
 
     with Bar(
-        TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-        TextColumn("loss {task.fields[loss]:.4g}"), TimeElapsedColumn(), TimeRemainingColumn(), transient=False,
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TextColumn("loss {task.fields[loss]:.4g}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        transient=False,
     ) as bar:
         tasks: dict[int, int] = {}
 
@@ -109,7 +115,7 @@ class RunReport:
         self._lock = threading.RLock()
         self.failed = 0
 
-    def __enter__(self) -> "RunReport":
+    def __enter__(self) -> RunReport:
         if self.tty:
             from rich.console import Console
             from rich.progress import Progress as Bar
@@ -179,8 +185,13 @@ def _columns() -> tuple:
             left = _clock(elapsed / task.completed * (task.remaining or 0)) if task.completed else "-:--:--"
             return Text(f"{_clock(elapsed)} eta {left}")
 
-    return (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), Times(),
-            TextColumn("{task.fields[note]}"))
+    return (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        Times(),
+        TextColumn("{task.fields[note]}"),
+    )
 
 
 def _clock(seconds: float) -> str:

@@ -4,23 +4,34 @@ from __future__ import annotations
 
 import gc
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
-from typing import Callable, Sequence
 
 import torch
 from PIL import Image
 
 from pipeline.cache import StyleCache
 from pipeline.images import depth_note, read_alpha, read_image, working_shape, write_image
-from pipeline.memory import CUDA_FACTOR, available_bytes, check_fits, tile_plan
 from pipeline.keys import file_digest
 from pipeline.losses import target_names
+from pipeline.memory import CUDA_FACTOR, available_bytes, check_fits, tile_plan
 from pipeline.model import VGGFeatures, resolve_weights
 from pipeline.optimize import (
-    Callback, Held, Progress, Result, Settings, StyleTargets, levels, resize, stack_targets, style_area, style_targets,
-    stylize, tile_for,
+    Callback,
+    Held,
+    Progress,
+    Result,
+    Settings,
+    StyleTargets,
+    levels,
+    resize,
+    stack_targets,
+    style_area,
+    style_targets,
+    stylize,
+    tile_for,
 )
 
 TRACE_POINTS = 24  # per scale, in a job's loss curve (it lives in the manifest: keep it small)
@@ -56,11 +67,14 @@ class Rendered:
     tile: int = 0  # the tile side of its tiled levels (0: none was tiled)
     precision: str = "fp32"  # the VGG layers' precision (see resolve_precision)
     trace: tuple[TraceRow, ...] = ()  # the loss curve, at most TRACE_POINTS per scale (see compact_trace)
-    note: str | None = None  # a warning for the log and the manifest: an input with more than 8 bits per sample (see images.depth_note)
+    note: str | None = (
+        None  # a warning for the log and the manifest: an input with more than 8 bits per sample (see images.depth_note)
+    )
 
 
 def compact_trace(trace: Sequence[Progress]) -> tuple[TraceRow, ...]:
     """At most TRACE_POINTS evenly spaced rows per scale (its first and last kept), to 4 significant digits."""
+
     def fig(value: float) -> float:
         return float(f"{value:.4g}")
 
@@ -68,7 +82,9 @@ def compact_trace(trace: Sequence[Progress]) -> tuple[TraceRow, ...]:
     for scale in sorted({p.scale for p in trace}):
         points = [p for p in trace if p.scale == scale]
         picks = sorted({round(i * (len(points) - 1) / (TRACE_POINTS - 1)) for i in range(TRACE_POINTS)})
-        rows += [(p.scale, p.iteration, fig(p.loss), fig(p.content), fig(p.style)) for p in map(points.__getitem__, picks)]
+        rows += [
+            (p.scale, p.iteration, fig(p.loss), fig(p.content), fig(p.style)) for p in map(points.__getitem__, picks)
+        ]
     return tuple(rows)
 
 
@@ -116,8 +132,9 @@ def device_fault(exc: BaseException) -> bool:
     """Whether `exc` is a device error other than running out of memory: CUDA's illegal addresses, ECC and
     launch failures, a GPU fallen off the bus; after one, every later kernel of the process fails."""
     text = str(exc)
-    return not out_of_memory(exc) and any(sign in text for sign in ("CUDA error", "CUBLAS_STATUS", "CUDNN_STATUS",
-                                                                      "cudaError", "device-side assert"))
+    return not out_of_memory(exc) and any(
+        sign in text for sign in ("CUDA error", "CUBLAS_STATUS", "CUDNN_STATUS", "cudaError", "device-side assert")
+    )
 
 
 def release_memory(device: torch.device) -> None:
@@ -132,9 +149,19 @@ class Renderer:
     """A worker's state: the model on its device, loaded once, and warm style targets."""
 
     def __init__(
-        self, settings: Settings, device: str = "cpu", weights: str = "bundled", pooling: str = "max", arch: str = "vgg19",
-        init_path: Path | None = None, cache: StyleCache | None = None, keep_alpha: bool = True,
-        full_size: bool = False, tile: int | str = "auto", precision: str = "auto", memory_share: float = 1.0,
+        self,
+        settings: Settings,
+        device: str = "cpu",
+        weights: str = "bundled",
+        pooling: str = "max",
+        arch: str = "vgg19",
+        init_path: Path | None = None,
+        cache: StyleCache | None = None,
+        keep_alpha: bool = True,
+        full_size: bool = False,
+        tile: int | str = "auto",
+        precision: str = "auto",
+        memory_share: float = 1.0,
     ) -> None:
         self.settings = settings
         self.cache = cache or StyleCache(None)
@@ -146,7 +173,11 @@ class Renderer:
         # cuDNN picks its own algorithms (Winograd among them) on GPUs; our Winograd layers are float32 only.
         winograd = self.device.type == "cpu" and self.precision == "fp32"
         self.model = VGGFeatures(
-            resolved, settings.layers, pooling=pooling, winograd=winograd, dtype=PRECISIONS[self.precision],
+            resolved,
+            settings.layers,
+            pooling=pooling,
+            winograd=winograd,
+            dtype=PRECISIONS[self.precision],
         ).to(self.device)
         self.init_path = init_path
         self.keep_alpha = keep_alpha  # an input's transparency goes into its output (see images.write_image)
@@ -155,7 +186,9 @@ class Renderer:
         self.memory_share = memory_share  # of the device's free memory, this worker's (workers that share it split it)
         self._styles: dict[Path, torch.Tensor] = {}
         self._digests: dict[Path, str] = {}
-        self.on_progress: Callable[[Path, Progress], None] | None = None  # each render's progress (with its output) when it has no callback
+        self.on_progress: Callable[[Path, Progress], None] | None = (
+            None  # each render's progress (with its output) when it has no callback
+        )
 
     def _style_image(self, path: Path) -> torch.Tensor:
         """A style image at its full size, kept on the CPU (each level takes a rescaled copy to the device)."""
@@ -169,7 +202,10 @@ class Renderer:
         return self._digests[path]
 
     def targets(
-        self, blend: Sequence[tuple[Path, float]], shapes: Sequence[tuple[int, int]], tile: int = 0,
+        self,
+        blend: Sequence[tuple[Path, float]],
+        shapes: Sequence[tuple[int, int]],
+        tile: int = 0,
         style_scale: float = 1.0,
     ) -> list[StyleTargets]:
         """Style targets for each level shape, from the cache or computed once per (style blend, area, style loss):
@@ -180,8 +216,13 @@ class Renderer:
         out = []
         for area in (style_area(shape, style_scale) for shape in shapes):
             key = StyleCache.key(
-                styles=[(self._digest(p), wt) for p, wt in blend], area=area, layers=sorted(layers),
-                weights=self.model.identity, pooling=self.model.pooling, luminance=s.preserve_colors, loss=s.style_loss,
+                styles=[(self._digest(p), wt) for p, wt in blend],
+                area=area,
+                layers=sorted(layers),
+                weights=self.model.identity,
+                pooling=self.model.pooling,
+                luminance=s.preserve_colors,
+                loss=s.style_loss,
             )
 
             def compute(area: int = area) -> StyleTargets:
@@ -220,13 +261,24 @@ class Renderer:
         """`s` with this job's tile side and L-BFGS history: optimize.tile, or with auto, from the memory free now."""
         if self.tile == "off":
             return s
-        tile, history = tile_plan(self._free_bytes(), shape, s.optimizer, images, None if self.tile == "auto" else int(self.tile),
-                                  self.precision)
+        tile, history = tile_plan(
+            self._free_bytes(),
+            shape,
+            s.optimizer,
+            images,
+            None if self.tile == "auto" else int(self.tile),
+            self.precision,
+        )
         return replace(s, tile=tile, history=history)
 
     def render(
-        self, content_path: Path, blend: Sequence[tuple[Path, float]], output: Path,
-        callback: Callback | None = None, follow: Follow | None = None, content: torch.Tensor | None = None,
+        self,
+        content_path: Path,
+        blend: Sequence[tuple[Path, float]],
+        output: Path,
+        callback: Callback | None = None,
+        follow: Follow | None = None,
+        content: torch.Tensor | None = None,
         style_scale: float = 1.0,
     ) -> Rendered:
         """Stylise `content_path` with the blended styles, `style_scale` times the output's size, and write
@@ -250,8 +302,14 @@ class Renderer:
             self.memory_share = share
 
     def _render(
-        self, content_path: Path, blend: Sequence[tuple[Path, float]], output: Path, callback: Callback | None,
-        follow: Follow | None, content: torch.Tensor | None, style_scale: float,
+        self,
+        content_path: Path,
+        blend: Sequence[tuple[Path, float]],
+        output: Path,
+        callback: Callback | None,
+        follow: Follow | None,
+        content: torch.Tensor | None,
+        style_scale: float,
     ) -> Rendered:
         start = time.perf_counter()
         s = self.settings
@@ -259,8 +317,14 @@ class Renderer:
             content = self.read_content(content_path)
         shape = tuple(content.shape[-2:])
         if follow is not None:  # one level, at the frame's own size
-            s = replace(s, size=max(shape), scales=1, iterations=follow.iterations, init="image",
-                        temporal_weight=follow.temporal_weight)
+            s = replace(
+                s,
+                size=max(shape),
+                scales=1,
+                iterations=follow.iterations,
+                init="image",
+                temporal_weight=follow.temporal_weight,
+            )
             init = follow.init
         else:
             init = self._init([blend], shape)
@@ -272,10 +336,17 @@ class Renderer:
             callback = partial(self.on_progress, output)
         result = stylize(self.model, content, targets, s, init_image=init, callback=callback, held=held)
         write_image(result.image, output, self._alpha(content_path))
-        return self._rendered(result, 0, time.perf_counter() - start, *counts, tile_for(shape, s), depth_note(content_path))
+        return self._rendered(
+            result, 0, time.perf_counter() - start, *counts, tile_for(shape, s), depth_note(content_path)
+        )
 
-    def render_batch(self, contents: Sequence[Path], blends: Sequence[Sequence[tuple[Path, float]]],
-                     outputs: Sequence[Path], style_scales: Sequence[float] | None = None) -> list[Rendered]:
+    def render_batch(
+        self,
+        contents: Sequence[Path],
+        blends: Sequence[Sequence[tuple[Path, float]]],
+        outputs: Sequence[Path],
+        style_scales: Sequence[float] | None = None,
+    ) -> list[Rendered]:
         """Stylise same-size images together as one Adam batch, each with its own styles (and style scale,
         default 1), and write each output.
 
@@ -295,13 +366,16 @@ class Renderer:
         callback = None
         if self.on_progress is not None:  # the batch's progress (its summed loss), named by its first output
             callback = partial(self.on_progress, outputs[0].with_name(f"{outputs[0].name} +{len(outputs) - 1}"))
-        result = stylize(self.model, torch.cat(images), stack_targets([c[0] for c in counted]), s, init_image=init,
-                         callback=callback)
+        result = stylize(
+            self.model, torch.cat(images), stack_targets([c[0] for c in counted]), s, init_image=init, callback=callback
+        )
         for i, output in enumerate(outputs):
             write_image(result.image[i : i + 1], output, self._alpha(contents[i]))
         seconds = (time.perf_counter() - start) / len(images)
-        return [self._rendered(result, i, seconds, *c[1:], tile_for(shape, s), depth_note(contents[i]))
-                for i, c in enumerate(counted)]
+        return [
+            self._rendered(result, i, seconds, *c[1:], tile_for(shape, s), depth_note(contents[i]))
+            for i, c in enumerate(counted)
+        ]
 
     def _init(self, blends: Sequence[Sequence[tuple[Path, float]]], shape: tuple[int, int]) -> torch.Tensor | None:
         """The init image(s) `settings.init` asks for: each blend's first style image, or the init file."""
@@ -312,19 +386,44 @@ class Renderer:
         return None
 
     def _counted(
-        self, blend: Sequence[tuple[Path, float]], shapes: Sequence[tuple[int, int]], tile: int, style_scale: float,
+        self,
+        blend: Sequence[tuple[Path, float]],
+        shapes: Sequence[tuple[int, int]],
+        tile: int,
+        style_scale: float,
     ) -> tuple[list[StyleTargets], int, int, float]:
         """`targets(blend, shapes, tile, style_scale)`, with the cache hits and misses it took and its seconds."""
         hits, misses, start = self.cache.hits, self.cache.misses, time.perf_counter()
         targets = self.targets(blend, shapes, tile, style_scale)
         return targets, self.cache.hits - hits, self.cache.misses - misses, time.perf_counter() - start
 
-    def _rendered(self, result: Result, index: int, seconds: float, hits: int, misses: int,
-                  style_seconds: float, tile: int, note: str | None = None) -> Rendered:
+    def _rendered(
+        self,
+        result: Result,
+        index: int,
+        seconds: float,
+        hits: int,
+        misses: int,
+        style_seconds: float,
+        tile: int,
+        note: str | None = None,
+    ) -> Rendered:
         final = result.finals[index]
         return Rendered(
-            content=final.content, style=final.style, tv=final.tv, temporal=final.temporal, loss=final.loss,
-            iterations=len(result.trace), seconds=seconds, device=str(self.device), style_hits=hits,
-            style_misses=misses, style_seconds=style_seconds, image=result.image[index : index + 1],
-            trace=compact_trace(result.traces[index]), tile=tile, precision=self.precision, note=note,
+            content=final.content,
+            style=final.style,
+            tv=final.tv,
+            temporal=final.temporal,
+            loss=final.loss,
+            iterations=len(result.trace),
+            seconds=seconds,
+            device=str(self.device),
+            style_hits=hits,
+            style_misses=misses,
+            style_seconds=style_seconds,
+            image=result.image[index : index + 1],
+            trace=compact_trace(result.traces[index]),
+            tile=tile,
+            precision=self.precision,
+            note=note,
         )

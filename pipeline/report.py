@@ -14,10 +14,10 @@ import html
 import io
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Sequence
 
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
@@ -108,8 +108,18 @@ def _cells(config: Config, plan: Plan, manifest: Manifest) -> list[list[Cell]]:
             outputs, states, records = zip(*map(look_up, jobs))
             folder = frame_folder(jobs[0].source, style.name, out_dir)
             video = videos.get(folder)
-            row.append(Cell(jobs[0].source, jobs, outputs, states, records, clip=extra(clips.get(folder)),
-                            video=extra(video), fps=video.fps if video else SEQUENCE_FPS))
+            row.append(
+                Cell(
+                    jobs[0].source,
+                    jobs,
+                    outputs,
+                    states,
+                    records,
+                    clip=extra(clips.get(folder)),
+                    video=extra(video),
+                    fps=video.fps if video else SEQUENCE_FPS,
+                )
+            )
         rows.append(row)
     return rows
 
@@ -128,7 +138,9 @@ class _Thumbs:
         if path not in self._images:
             try:
                 with Image.open(path) as im:
-                    thumb = ImageOps.contain(ImageOps.exif_transpose(im).convert("RGB"), (THUMB, THUMB), Image.Resampling.LANCZOS)
+                    thumb = ImageOps.contain(
+                        ImageOps.exif_transpose(im).convert("RGB"), (THUMB, THUMB), Image.Resampling.LANCZOS
+                    )
             except (OSError, SyntaxError, ValueError):
                 thumb = None
             self._images[path] = thumb
@@ -152,8 +164,15 @@ class _Thumbs:
         if not images:
             return self.img(None, alt, "no frame done")
         buffer = io.BytesIO()
-        images[0].save(buffer, "WEBP", save_all=True, append_images=images[1:], loop=0, quality=75,
-                       duration=round(1000 * step / fps))
+        images[0].save(
+            buffer,
+            "WEBP",
+            save_all=True,
+            append_images=images[1:],
+            loop=0,
+            quality=75,
+            duration=round(1000 * step / fps),
+        )
         return _img(_uri(buffer.getvalue(), "webp"), alt, images[0].size)
 
 
@@ -165,8 +184,9 @@ def _img(uri: str, alt: str, size: tuple[int, int]) -> str:
     return f'<img src="{uri}" alt="{html.escape(alt)}" width="{size[0]}" height="{size[1]}">'
 
 
-def loss_svg(series: dict[str, list[tuple[float, float]]], breaks: Sequence[float] = (), width: int = 320,
-             height: int = 64) -> str:
+def loss_svg(
+    series: dict[str, list[tuple[float, float]]], breaks: Sequence[float] = (), width: int = 320, height: int = 64
+) -> str:
     """A small inline SVG: each series' positive values as a polyline on one log axis (x fitted to the
     width), dashed lines at `breaks` (where a scale starts), the axis' ends labelled in a left gutter."""
     points = [(x, math.log10(y)) for values in series.values() for x, y in values if y > 0]
@@ -186,8 +206,10 @@ def loss_svg(series: dict[str, list[tuple[float, float]]], breaks: Sequence[floa
     for name, values in series.items():
         line = " ".join(f"{fx(x):.1f},{fy(y):.1f}" for x, y in values if y > 0)
         parts.append(f'<polyline points="{line}" stroke="{CURVES[name]}"><title>{name}</title></polyline>')
-    labels = (f'<text x="{gutter - 5}" y="9" text-anchor="end">{10 ** y1:.2g}</text>'
-              f'<text x="{gutter - 5}" y="{height - 2}" text-anchor="end">{10 ** y0:.2g}</text>')
+    labels = (
+        f'<text x="{gutter - 5}" y="9" text-anchor="end">{10**y1:.2g}</text>'
+        f'<text x="{gutter - 5}" y="{height - 2}" text-anchor="end">{10**y0:.2g}</text>'
+    )
     return f'<svg class="curve" viewBox="0 0 {width} {height}" width="{width}" height="{height}">{labels}{"".join(parts)}</svg>'
 
 
@@ -219,7 +241,9 @@ def _facts(records: Sequence[Record]) -> str:
 
 def _image_card(cell: Cell, thumbs: _Thumbs) -> str:
     record = cell.records[0]
-    body = [f'<div class="pair">{thumbs.img(cell.content, "content")}{thumbs.img(cell.output, "output", cell.state)}</div>']
+    body = [
+        f'<div class="pair">{thumbs.img(cell.content, "content")}{thumbs.img(cell.output, "output", cell.state)}</div>'
+    ]
     if cell.state == "done" and record is not None:
         losses = [f"<p>{_losses(record.losses)}</p>"] if record.losses else []
         body += [*losses, f"<p>{_facts([record])}</p>", _trace_svg(record.trace or [])]
@@ -233,11 +257,15 @@ def _image_card(cell: Cell, thumbs: _Thumbs) -> str:
 def _clip_card(cell: Cell, thumbs: _Thumbs) -> str:
     done = [(j, r) for j, s, r in zip(cell.jobs, cell.states, cell.records) if s == "done" and r]
     preview = thumbs.preview([j.output for j, _ in done], cell.fps, "preview")
-    body = [f'<div class="pair">{thumbs.img(cell.content, "content")}{preview}</div>',
-            f"<p>{len(done)} of {len(cell.jobs)} frames done · {_facts([r for _, r in done])}</p>"]
+    body = [
+        f'<div class="pair">{thumbs.img(cell.content, "content")}{preview}</div>',
+        f"<p>{len(done)} of {len(cell.jobs)} frames done · {_facts([r for _, r in done])}</p>",
+    ]
     metrics = cell.clip.metrics if cell.clip and cell.clip.metrics else None
     if metrics:
-        body.append(f"<p>warp error {metrics['warp_error']:.3g} (content {metrics['warp_error_content']:.3g}: the floor)</p>")
+        body.append(
+            f"<p>warp error {metrics['warp_error']:.3g} (content {metrics['warp_error_content']:.3g}: the floor)</p>"
+        )
     if cell.video and cell.video.state == "done":
         body.append(f"<p>video {html.escape(cell.video.output)}</p>")
     body += [f'<p class="error">{html.escape(reason)}</p>' for _, reason in cell.failures[:3]]
@@ -267,21 +295,27 @@ def _page(config: Config, rows: list[list[Cell]], thumbs: _Thumbs) -> str:
     failed = "".join(f"<tr><td>{html.escape(o)}</td><td>{html.escape(r)}</td></tr>" for o, r in failures)
     sections = []
     for i, style in enumerate(config.styles):
-        images = "".join(f"<figure>{thumbs.img(p, p.name)}<figcaption>{html.escape(p.name)} × {w:g}</figcaption></figure>"
-                         for p, w in style.blend)
-        cards = "".join(_clip_card(c, thumbs) if c.is_clip else _image_card(c, thumbs) for c in (row[i] for row in rows))
-        sections.append(f'<section><h2>{html.escape(style.name)}</h2><div class="style">{images}</div>'
-                        f'<div class="grid">{cards}</div></section>')
+        images = "".join(
+            f"<figure>{thumbs.img(p, p.name)}<figcaption>{html.escape(p.name)} × {w:g}</figcaption></figure>"
+            for p, w in style.blend
+        )
+        cards = "".join(
+            _clip_card(c, thumbs) if c.is_clip else _image_card(c, thumbs) for c in (row[i] for row in rows)
+        )
+        sections.append(
+            f'<section><h2>{html.escape(style.name)}</h2><div class="style">{images}</div>'
+            f'<div class="grid">{cards}</div></section>'
+        )
     legend = " ".join(f'<span style="color:{c}">━ {n}</span>' for n, c in CURVES.items())
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>stylize report: {html.escape(str(config.output.dir))}</title>
 <style>{_CSS}</style></head><body>
 <h1>stylize report</h1>
 <p>{html.escape(str(config.output.dir))} · {len(states)} jobs: {counts} · {_facts(done)} ·
-written {time.strftime('%Y-%m-%d %H:%M:%S')}</p>
+written {time.strftime("%Y-%m-%d %H:%M:%S")}</p>
 <p class="legend">Loss curves: {legend} on a log axis; dashed: the next, finer scale; for clips, per frame.</p>
-{f'<section id="failed"><h2>Failed ({len(failures)})</h2><table>{failed}</table></section>' if failures else ''}
-{''.join(sections)}
+{f'<section id="failed"><h2>Failed ({len(failures)})</h2><table>{failed}</table></section>' if failures else ""}
+{"".join(sections)}
 </body></html>
 """
 
@@ -304,15 +338,20 @@ def _sheet(rows: list[list[Cell]], styles: list[StyleConfig], thumbs: _Thumbs) -
     LABEL for captions); images stand on the row's baseline over their caption, and a missing one is a
     box of the content's shape saying why."""
     Tile = tuple[Image.Image | None, str, str, tuple[int, int]]  # image, caption, why it is missing, its box then
-    grid: list[list[Tile | None]] = [[None, *((thumbs.image(s.images[0]), s.name, "unreadable", (THUMB, THUMB)) for s in styles)]]
+    grid: list[list[Tile | None]] = [
+        [None, *((thumbs.image(s.images[0]), s.name, "unreadable", (THUMB, THUMB)) for s in styles)]
+    ]
     for row in rows:
         content = thumbs.image(row[0].content)
         shape = content.size if content is not None else (THUMB, THUMB * 2 // 3)
         tiles: list[Tile | None] = [(content, str(row[0].source.relative), "unreadable", shape)]
         for cell in row:
             record = cell.records[0]
-            caption = f"{len(cell.done)}/{len(cell.jobs)} frames" if cell.is_clip else (
-                f"loss {record.losses['loss']:.3g}" if record and record.losses else cell.state)
+            caption = (
+                f"{len(cell.done)}/{len(cell.jobs)} frames"
+                if cell.is_clip
+                else (f"loss {record.losses['loss']:.3g}" if record and record.losses else cell.state)
+            )
             tiles.append((thumbs.image(cell.output), caption, cell.state, shape))
         grid.append(tiles)
     heights = [max(t[0].height if t[0] else t[3][1] for t in tiles if t) + 2 * PAD + LABEL for tiles in grid]

@@ -17,7 +17,7 @@ Losses return per-batch-element tensors of shape (N,); metrics return floats.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch

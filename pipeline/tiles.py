@@ -15,8 +15,8 @@ every evaluation, so that what error the halo leaves never stays on one line.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Callable, Mapping, Sequence
 
 import torch
 
@@ -104,7 +104,9 @@ def grid(shape: tuple[int, int], tile: int, phase: float = 0.0) -> list[Tile]:
 
 
 def tiled_statistics(
-    features: Callable[[torch.Tensor], Mapping[str, torch.Tensor]], image: torch.Tensor, names: Sequence[str],
+    features: Callable[[torch.Tensor], Mapping[str, torch.Tensor]],
+    image: torch.Tensor,
+    names: Sequence[str],
     tiles: Sequence[Tile],
 ) -> dict[str, torch.Tensor]:
     """The style statistics `names` of (N, 3, H, W) `image` (Grams F Fᵀ / positions, means; see

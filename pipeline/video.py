@@ -10,12 +10,12 @@ from __future__ import annotations
 import json
 import os
 import warnings
+from collections.abc import Iterator, Sequence
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, replace
 from fractions import Fraction
 from itertools import islice
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import av
 import cv2
@@ -146,8 +146,9 @@ def _finished(folder: Path, source: dict[str, int]) -> VideoInfo | None:
         data = json.loads((folder / _MARKER).read_text())
         if data["source"] != source:
             return None
-        info = VideoInfo(Fraction(data["fps"]), data["frames"], data["width"], data["height"], data["has_audio"],
-                         data.get("claimed"))
+        info = VideoInfo(
+            Fraction(data["fps"]), data["frames"], data["width"], data["height"], data["has_audio"], data.get("claimed")
+        )
     except (OSError, ValueError, KeyError, TypeError, ZeroDivisionError):
         return None  # no marker, or a foreign or damaged one: extract again
     frames_there = all((folder / _frame_name(i)).is_file() for i in range(1, info.frames + 1))
@@ -215,7 +216,7 @@ def extract_frames(path: Path, folder: Path) -> VideoInfo:
 
 
 def _warn(message: str) -> None:
-    warnings.warn(" ".join(message.splitlines()), VideoWarning)
+    warnings.warn(" ".join(message.splitlines()), VideoWarning, stacklevel=2)
 
 
 @dataclass(frozen=True)
@@ -259,8 +260,10 @@ def _timing(source: Path | None, count: int, fps: Fraction, out: Path) -> _Timin
         if len(pts) == count and None not in pts:
             pts.append(_last_end(stream, pts[-1], fps))
     if len(pts) <= count or None in pts or any(b <= a for a, b in zip(pts, pts[1:])):
-        _warn(f"{out}: {source} has no increasing timestamps for its first {count} frames; "
-              f"written at a constant {fps} fps")
+        _warn(
+            f"{out}: {source} has no increasing timestamps for its first {count} frames; "
+            f"written at a constant {fps} fps"
+        )
         return _constant(count, fps, start * base)
     durations = tuple(b - a for a, b in zip(pts, pts[1:]))
     return _Timing(base, tuple(p - pts[0] for p in pts[:count]), durations, pts[0] * base)
@@ -279,8 +282,9 @@ def _even(image: np.ndarray) -> np.ndarray:
     return np.pad(image, ((0, h % 2), (0, w % 2), (0, 0)), mode="edge") if h % 2 or w % 2 else image
 
 
-def _video_stream(container: av.container.OutputContainer, fps: Fraction, timing: _Timing,
-                  shape: tuple[int, ...]) -> av.VideoStream:
+def _video_stream(
+    container: av.container.OutputContainer, fps: Fraction, timing: _Timing, shape: tuple[int, ...]
+) -> av.VideoStream:
     stream = container.add_stream("libx264", rate=fps, options=_X264)
     stream.height, stream.width = shape[0] + shape[0] % 2, shape[1] + shape[1] % 2
     stream.pix_fmt = "yuv420p"
@@ -289,8 +293,9 @@ def _video_stream(container: av.container.OutputContainer, fps: Fraction, timing
     return stream
 
 
-def _flush(container: av.container.OutputContainer, stream: av.VideoStream, timing: _Timing,
-           first_dts: int | None) -> None:
+def _flush(
+    container: av.container.OutputContainer, stream: av.VideoStream, timing: _Timing, first_dts: int | None
+) -> None:
     """Mux the encoder's last packets. MP4 takes the track's length from the decode timestamps, which
     B-frames reorder: the last packet in decode order lasts until the last frame ends, so the length is exact."""
     packets = stream.encode(None)
@@ -301,8 +306,14 @@ def _flush(container: av.container.OutputContainer, stream: av.VideoStream, timi
     container.mux(packets)
 
 
-def _encode_frames(container: av.container.OutputContainer, stream: av.VideoStream, frames: Sequence[Path],
-                   first: np.ndarray, timing: _Timing, out: Path) -> None:
+def _encode_frames(
+    container: av.container.OutputContainer,
+    stream: av.VideoStream,
+    frames: Sequence[Path],
+    first: np.ndarray,
+    timing: _Timing,
+    out: Path,
+) -> None:
     first_dts = None
     for index, path in enumerate(frames):
         image = first if index == 0 else _read_image(path, out)
@@ -339,8 +350,9 @@ def _mov_text(container: av.container.OutputContainer, stream: av.SubtitleStream
     return out
 
 
-def _output_stream(container: av.container.OutputContainer, stream: av.stream.Stream,
-                   source: Path) -> av.stream.Stream | None:
+def _output_stream(
+    container: av.container.OutputContainer, stream: av.stream.Stream, source: Path
+) -> av.stream.Stream | None:
     """The output stream for the source's audio or subtitle `stream`, with its tags and disposition: a copy
     when MP4 holds its codec, else AAC or mov_text; None, with a warning, for subtitles that are no text."""
     if _copied(stream):
@@ -351,16 +363,19 @@ def _output_stream(container: av.container.OutputContainer, stream: av.stream.St
         out = _mov_text(container, stream)
     else:
         codec = stream.codec_context.name if stream.codec_context else "unknown codec"
-        _warn(f"{source}: subtitle stream #{stream.index} ({codec}, language {stream.language or 'unknown'}) "
-              "is left out: MP4 holds only text subtitles")
+        _warn(
+            f"{source}: subtitle stream #{stream.index} ({codec}, language {stream.language or 'unknown'}) "
+            "is left out: MP4 holds only text subtitles"
+        )
         return None
     out.metadata.update(_tags(stream))
     out.disposition = stream.disposition
     return out
 
 
-def _routes(container: av.container.OutputContainer, source: av.container.InputContainer,
-            path: Path) -> dict[int, tuple[av.stream.Stream, av.stream.Stream]]:
+def _routes(
+    container: av.container.OutputContainer, source: av.container.InputContainer, path: Path
+) -> dict[int, tuple[av.stream.Stream, av.stream.Stream]]:
     """Every audio and subtitle stream of the source that the output keeps, by index, with its output stream."""
     routes = {}
     for stream in source.streams:
@@ -381,8 +396,12 @@ def _as_mov_text(stream: av.SubtitleStream, out: av.SubtitleStream, packet: av.P
     return [converted]
 
 
-def _mux_streams(container: av.container.OutputContainer, source: av.container.InputContainer,
-                 routes: dict[int, tuple[av.stream.Stream, av.stream.Stream]], timing: _Timing) -> None:
+def _mux_streams(
+    container: av.container.OutputContainer,
+    source: av.container.InputContainer,
+    routes: dict[int, tuple[av.stream.Stream, av.stream.Stream]],
+    timing: _Timing,
+) -> None:
     """Mux the source's audio and subtitle packets, shifted to the video's time zero and cut at its end:
     copied unchanged where MP4 holds them, else re-encoded (audio as AAC, text subtitles as mov_text)."""
     for packet in source.demux(*(stream for stream, _ in routes.values())):

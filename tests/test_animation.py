@@ -89,7 +89,8 @@ def test_an_animation_in_a_folder_and_one_named_directly_are_stylised_as_clips(t
         assert _timing(result) == (count, durations, loop, (40, 27))
         assert Image.open(result).format == suffix[1:].upper()
         assert sorted(p.name for p in (out / f"{source.name}.wave").iterdir()) == [
-            f"frame_{i:06d}.png" for i in range(1, count + 1)]
+            f"frame_{i:06d}.png" for i in range(1, count + 1)
+        ]
     again = _run(config)
     assert "finished: 7 jobs: 0 run, 7 already done, 0 failed; 2 of 2 videos assembled" in again
 
@@ -114,8 +115,14 @@ def test_a_single_frame_gif_is_a_plain_image(tmp_path, shared):
     _frames(1)[0].save(folder / "still.gif")
     _animation(folder / "moving.gif")
     for fmt, name in (("png", "still.gif.wave.png"), ("jpg", "still.gif.wave.jpg"), ("same", "still.gif.wave.png")):
-        config = Config.model_validate({"inputs": [str(folder)], "styles": [{"name": "wave", "images": [str(shared / "style/wave.jpg")]}],
-                                        "output": {"dir": str(tmp_path / "out"), "format": fmt}, "cache_dir": str(tmp_path / "cache")})
+        config = Config.model_validate(
+            {
+                "inputs": [str(folder)],
+                "styles": [{"name": "wave", "images": [str(shared / "style/wave.jpg")]}],
+                "output": {"dir": str(tmp_path / "out"), "format": fmt},
+                "cache_dir": str(tmp_path / "cache"),
+            }
+        )
         sources = {s.path.name: s for s in discover(config.inputs, exclude=config.output.dir).sources}
         assert sources["still.gif"].kind == "image" and sources["moving.gif"].kind == "animation"
         result = plan(config, list(sources.values()))

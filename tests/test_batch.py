@@ -11,10 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from conftest import gpu, photo_crops
 from PIL import Image
 from typer.testing import CliRunner
 
-from conftest import gpu, photo_crops
 from pipeline.cli import app
 from pipeline.lock import LOCK_NAME, run_lock
 
@@ -23,14 +23,18 @@ runner = CliRunner()
 
 def _config(tmp_path: Path, inputs: Path, out: str, style: Path) -> Path:
     path = tmp_path / f"{out}.yaml"
-    path.write_text(yaml.safe_dump({
-        "inputs": [str(inputs)],
-        "styles": [{"name": "wave", "images": [str(style)]}],
-        "output": {"dir": out},
-        "optimize": {"size": 48, "iterations": 2, "scales": 1},
-        "devices": "cpu",
-        "cache_dir": str(tmp_path / "cache"),
-    }))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "inputs": [str(inputs)],
+                "styles": [{"name": "wave", "images": [str(style)]}],
+                "output": {"dir": out},
+                "optimize": {"size": 48, "iterations": 2, "scales": 1},
+                "devices": "cpu",
+                "cache_dir": str(tmp_path / "cache"),
+            }
+        )
+    )
     return path
 
 
@@ -56,7 +60,13 @@ def test_stale_lock_from_a_killed_run_does_not_block(shared, tmp_path):
     config = _config(tmp_path, inputs, "out", shared / "style/wave.jpg")
     out = tmp_path / "out"
     out.mkdir()
-    killed = subprocess.Popen([sys.executable, "-c", f"import time, pipeline.lock as l\nwith l.run_lock(__import__('pathlib').Path({str(out)!r})): time.sleep(60)"])
+    killed = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            f"import time, pipeline.lock as l\nwith l.run_lock(__import__('pathlib').Path({str(out)!r})): time.sleep(60)",
+        ]
+    )
     deadline = time.monotonic() + 60  # its start-up takes seconds on a loaded machine (torch, under make test-cpu)
     while not (out / LOCK_NAME).exists() and time.monotonic() < deadline:
         time.sleep(0.1)
@@ -122,9 +132,14 @@ def test_a_worker_that_loky_replaces_hands_its_slot_to_its_replacement(shared, t
     data["optimize"].update(size=32, iterations=2)
     config.write_text(yaml.safe_dump(data))
     hooks = str(Path(__file__).parent / "hooks")
-    env = {**os.environ, "STYLIZE_TEST_RECYCLE": "1", "PYTHONPATH": os.pathsep.join(filter(None, [hooks, os.environ.get("PYTHONPATH")]))}
-    result = subprocess.run([sys.executable, "-m", "pipeline", "run", str(config)], capture_output=True, text=True,
-                            env=env, timeout=300)
+    env = {
+        **os.environ,
+        "STYLIZE_TEST_RECYCLE": "1",
+        "PYTHONPATH": os.pathsep.join(filter(None, [hooks, os.environ.get("PYTHONPATH")])),
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "pipeline", "run", str(config)], capture_output=True, text=True, env=env, timeout=300
+    )
     assert result.returncode == 0, result.stderr
     records = _manifest(tmp_path / "out")
     assert len(records) == 5 and all(r["state"] == "done" for r in records)
@@ -162,7 +177,9 @@ def test_running_out_of_memory_names_the_size_that_failed():
 
     cuda = reason(RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB\nstack"), Path("/in/a.png"), 2048)
     assert cuda.startswith("/in/a.png: out of device memory at size 2048 (") and "\n" not in cuda
-    cpu = RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory: you tried to allocate 9 bytes")
+    cpu = RuntimeError(
+        "[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory: you tried to allocate 9 bytes"
+    )
     assert reason(cpu, Path("/in/a.png"), 4096).startswith("/in/a.png: out of memory at size 4096 (")
     assert reason(MemoryError(), Path("/in/a.png"), 512).startswith("/in/a.png: out of memory at size 512")
     assert reason(ValueError("/in/a.png: truncated file"), Path("/in/a.png"), 64) == "/in/a.png: truncated file"
@@ -184,7 +201,9 @@ def test_batched_jobs_equal_their_single_runs_and_a_bad_file_fails_alone(shared,
         result = runner.invoke(app, ["run", str(config), "--verbose"])
         assert result.exit_code == 1, result.output  # the broken file
         outs[batch] = {r["output"]: r for r in _manifest(tmp_path / f"out{batch}")}
-    assert re.search(r"cpu pid \d+: photo_a\.wave\.png \+2 scale 1/1 iteration \d/4 loss", result.output), result.output  # live: one Tick names the batch
+    assert re.search(r"cpu pid \d+: photo_a\.wave\.png \+2 scale 1/1 iteration \d/4 loss", result.output), (
+        result.output
+    )  # live: one Tick names the batch
     assert outs[1].keys() == outs[3].keys() and len(outs[1]) == 5
     for name, record in outs[3].items():
         assert record["key"] == outs[1][name]["key"]

@@ -10,8 +10,11 @@ CPU = torch.device("cpu")
 
 def _w2_targets() -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(0)
-    return {"relu1_1": torch.rand(4, 4, generator=g), "relu1_1.mean": torch.rand(4, generator=g),
-            "relu1_1.sqrt": torch.rand(4, 4, generator=g)}
+    return {
+        "relu1_1": torch.rand(4, 4, generator=g),
+        "relu1_1.mean": torch.rand(4, generator=g),
+        "relu1_1.sqrt": torch.rand(4, 4, generator=g),
+    }
 
 
 def test_wasserstein_targets_round_trip_through_the_disk(tmp_path):
@@ -59,12 +62,16 @@ def test_the_renderers_style_targets_are_keyed_by_the_style_loss(shared, tmp_pat
     layers = {"relu1_1": 1.0, "relu2_1": 1.0}
     shapes = [(32, 48)]
     for loss in ("gram", "wasserstein"):
-        renderer = Renderer(Settings(size=48, scales=1, style_layers=layers, style_loss=loss), cache=StyleCache(tmp_path))
+        renderer = Renderer(
+            Settings(size=48, scales=1, style_layers=layers, style_loss=loss), cache=StyleCache(tmp_path)
+        )
         (targets,) = renderer.targets(style, shapes)
         assert sorted(targets) == sorted(target_names(list(layers), loss))
         assert renderer.cache.misses == 1  # the gram entry on disk is not the wasserstein one
     assert len(list((tmp_path / "styles").glob("*.pt"))) == 2
-    again = Renderer(Settings(size=48, scales=1, style_layers=layers, style_loss="wasserstein"), cache=StyleCache(tmp_path))
+    again = Renderer(
+        Settings(size=48, scales=1, style_layers=layers, style_loss="wasserstein"), cache=StyleCache(tmp_path)
+    )
     again.targets(style, shapes)
     assert (again.cache.hits, again.cache.misses) == (1, 0)
 

@@ -2,6 +2,7 @@
 
 import hashlib
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -18,7 +19,11 @@ FAST = ["--size", "64", "--iterations", "4", "--scales", "1"]
 
 
 def _tree_hashes(folder: Path) -> dict[str, str]:
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 def _write_config(tmp_path: Path, inputs, styles, **optimize) -> Path:
@@ -38,7 +43,9 @@ def _write_config(tmp_path: Path, inputs, styles, **optimize) -> Path:
 @pytest.mark.slow
 def test_image_keeps_aspect_and_longest_side(shared, tmp_path):
     out = tmp_path / "cat.png"
-    result = runner.invoke(app, ["image", str(shared / "content/chelsea.png"), str(shared / "style/wave.jpg"), "-o", str(out), *FAST])
+    result = runner.invoke(
+        app, ["image", str(shared / "content/chelsea.png"), str(shared / "style/wave.jpg"), "-o", str(out), *FAST]
+    )
     assert result.exit_code == 0, result.output
     assert Image.open(out).size == (64, 43)  # 451x300 source
 
@@ -47,8 +54,9 @@ def test_image_keeps_aspect_and_longest_side(shared, tmp_path):
 def test_image_original_size_writes_the_contents_own_resolution(shared, tmp_path):
     source, out = tmp_path / "small.png", tmp_path / "out.png"
     Image.open(shared / "content/chelsea.png").convert("RGB").crop((0, 0, 150, 100)).save(source)
-    result = runner.invoke(app, ["image", str(source), str(shared / "style/wave.jpg"), "-o", str(out), *FAST,
-                                 "--original-size"])
+    result = runner.invoke(
+        app, ["image", str(source), str(shared / "style/wave.jpg"), "-o", str(out), *FAST, "--original-size"]
+    )
     assert result.exit_code == 0, result.output
     assert Image.open(out).size == (150, 100)
 
@@ -69,7 +77,12 @@ def test_image_respects_exif_orientation(shared, tmp_path):
 @pytest.mark.slow
 def test_image_blends_several_styles(shared, tmp_path):
     out = tmp_path / "blend.jpg"
-    args = ["image", str(shared / "content/astronaut.png"), str(shared / "style/wave.jpg"), str(shared / "style/the_scream.jpg")]
+    args = [
+        "image",
+        str(shared / "content/astronaut.png"),
+        str(shared / "style/wave.jpg"),
+        str(shared / "style/the_scream.jpg"),
+    ]
     result = runner.invoke(app, [*args, "-o", str(out), *FAST])
     assert result.exit_code == 0, result.output
     assert Image.open(out).format == "JPEG" and Image.open(out).size == (64, 64)
@@ -78,14 +91,27 @@ def test_image_blends_several_styles(shared, tmp_path):
 @pytest.mark.slow
 def test_image_with_the_wasserstein_style_loss(shared, tmp_path):
     out = tmp_path / "w2.png"
-    result = runner.invoke(app, ["image", str(shared / "content/coffee.png"), str(shared / "style/wave.jpg"), "-o", str(out),
-                                 *FAST, "--style-loss", "wasserstein"])
+    result = runner.invoke(
+        app,
+        [
+            "image",
+            str(shared / "content/coffee.png"),
+            str(shared / "style/wave.jpg"),
+            "-o",
+            str(out),
+            *FAST,
+            "--style-loss",
+            "wasserstein",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert Image.open(out).size == (64, 43)
 
 
 def test_image_missing_file_is_usage_error(tmp_path):
-    result = runner.invoke(app, ["image", str(tmp_path / "nope.png"), str(tmp_path / "x.jpg"), "-o", str(tmp_path / "o.png")])
+    result = runner.invoke(
+        app, ["image", str(tmp_path / "nope.png"), str(tmp_path / "x.jpg"), "-o", str(tmp_path / "o.png")]
+    )
     assert result.exit_code == 2
     assert "nope.png: file not found" in result.output
 
@@ -126,8 +152,14 @@ def test_run_mirrors_tree_isolates_bad_file_and_resumes(shared, tmp_path):
 @pytest.mark.slow
 def test_early_stop_is_recorded_in_the_manifest(shared, tmp_path):
     """A loose tolerance ends the job before its iterations; the manifest records the iterations run."""
-    config = _write_config(tmp_path, [shared / "content" / "coffee.png"], [("wave", shared / "style/wave.jpg")],
-                           iterations=40, tolerance=0.3, tolerance_window=3)
+    config = _write_config(
+        tmp_path,
+        [shared / "content" / "coffee.png"],
+        [("wave", shared / "style/wave.jpg")],
+        iterations=40,
+        tolerance=0.3,
+        tolerance_window=3,
+    )
     result = runner.invoke(app, ["run", str(config)])
     assert result.exit_code == 0, result.output
     record = json.loads((tmp_path / "out" / "manifest.json").read_text())["jobs"]["coffee.wave.png"]
@@ -157,10 +189,19 @@ def test_bad_config_exits_2_with_suggestion(shared, tmp_path):
         ({"output": {"size": "huge"}}, "output.size: Input should be 'optimize' or 'original'"),
         ({"optimize": {"tolerance": 1.5}}, "optimize.tolerance: Input should be less than 1"),
         ({"optimize": {"tolerance": -0.1}}, "optimize.tolerance: Input should be greater than or equal to 0"),
-        ({"optimize": {"tolerance_window": 0}}, "optimize.tolerance_window: Input should be greater than or equal to 1"),
+        (
+            {"optimize": {"tolerance_window": 0}},
+            "optimize.tolerance_window: Input should be greater than or equal to 1",
+        ),
         ({"optimize": {"tolerance": 0.01, "batch": 4, "optimizer": "adam"}}, "optimize: batch 4 needs tolerance: 0"),
-        ({"styles": [{"name": "x", "images": ["a.jpg"], "scale": 8}]}, "styles[0].scale: Input should be less than or equal to 4"),
-        ({"styles": [{"name": "x", "images": ["a.jpg"], "scale": 0}]}, "styles[0].scale: Input should be greater than or equal to 0.1"),
+        (
+            {"styles": [{"name": "x", "images": ["a.jpg"], "scale": 8}]},
+            "styles[0].scale: Input should be less than or equal to 4",
+        ),
+        (
+            {"styles": [{"name": "x", "images": ["a.jpg"], "scale": 0}]},
+            "styles[0].scale: Input should be greater than or equal to 0.1",
+        ),
     ],
 )
 def test_config_errors_name_the_key(shared, tmp_path, change, message):
@@ -175,7 +216,11 @@ def test_config_errors_name_the_key(shared, tmp_path, change, message):
 
 
 def test_dry_run_lists_jobs_without_running(shared, tmp_path):
-    config = _write_config(tmp_path, [shared / "content"], [("wave", shared / "style/wave.jpg"), ("scream", shared / "style/the_scream.jpg")])
+    config = _write_config(
+        tmp_path,
+        [shared / "content"],
+        [("wave", shared / "style/wave.jpg"), ("scream", shared / "style/the_scream.jpg")],
+    )
     result = runner.invoke(app, ["run", str(config), "--dry-run"])
     assert result.exit_code == 0
     assert "6 jobs: 6 pending" in result.output and "astronaut.png × scream" in result.output
@@ -189,8 +234,19 @@ def test_python_dash_m_entry_point():
 
 @pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks the no-CUDA error")
 def test_missing_cuda_device_is_a_usage_error(shared, tmp_path):
-    result = runner.invoke(app, ["image", str(shared / "content/chelsea.png"), str(shared / "style/wave.jpg"),
-                                 "-o", str(tmp_path / "o.png"), "--device", "cuda:0", *FAST])
+    result = runner.invoke(
+        app,
+        [
+            "image",
+            str(shared / "content/chelsea.png"),
+            str(shared / "style/wave.jpg"),
+            "-o",
+            str(tmp_path / "o.png"),
+            "--device",
+            "cuda:0",
+            *FAST,
+        ],
+    )
     assert result.exit_code == 2 and "CUDA is not available" in result.output
     config = _write_config(tmp_path, [shared / "content"], [("wave", shared / "style/wave.jpg")])
     data = yaml.safe_load(config.read_text())
@@ -201,11 +257,11 @@ def test_missing_cuda_device_is_a_usage_error(shared, tmp_path):
     assert not list((tmp_path / "out").glob("*.png"))
 
 
-def test_readme_config_reference_is_generated_from_the_schema():
+def test_config_reference_page_is_generated_from_the_schema():
     from pipeline.config import reference
 
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    assert reference() in readme
+    page = (Path(__file__).resolve().parents[1] / "docs" / "config.md").read_text()
+    assert reference() in page
 
 
 def test_unwritable_output_dir_is_a_config_error(shared, tmp_path):
@@ -248,6 +304,29 @@ def test_every_shipped_config_is_valid_against_the_schema():
 
 def test_image_command_rejects_a_bad_option_value(shared, tmp_path):
     for option, value in (("--precision", "fp8"), ("--tile", "tiny"), ("--style-loss", "l2"), ("--style-scale", "5")):
-        result = runner.invoke(app, ["image", str(shared / "content/coffee.png"), str(shared / "style/wave.jpg"),
-                                     "-o", str(tmp_path / "out.png"), option, value])
+        result = runner.invoke(
+            app,
+            [
+                "image",
+                str(shared / "content/coffee.png"),
+                str(shared / "style/wave.jpg"),
+                "-o",
+                str(tmp_path / "out.png"),
+                option,
+                value,
+            ],
+        )
         assert result.exit_code == 2 and option in result.output, result.output
+
+
+def test_the_command_names_itself_stylize():
+    """`python -m pipeline` re-executes itself; its usage lines still say `stylize`, with plain argument names."""
+    done = subprocess.run(
+        [sys.executable, "-m", "pipeline", "image", "--help"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "COLUMNS": "120"},
+    )
+    assert done.returncode == 0, done.stderr
+    assert "Usage: stylize image" in done.stdout and "CONTENT" in done.stdout and "STYLE" in done.stdout
+    assert "python -m pipeline" not in done.stdout and "STYLE..." not in done.stdout

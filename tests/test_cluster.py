@@ -10,18 +10,18 @@ import sys
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
 
 import pytest
 import yaml
+from conftest import photo_crops
+from test_temporal_pipeline import _pan
 from typer.testing import CliRunner
 
-from conftest import photo_crops
 from pipeline.cli import app
-from test_temporal_pipeline import _pan
 
 distributed = pytest.importorskip("distributed")
 runner = CliRunner()
@@ -43,14 +43,23 @@ def _farm(folder: Path, workers: int = 2, wrap: tuple[str, ...] = ()) -> Iterato
     folder.mkdir(parents=True, exist_ok=True)
     info = folder / "scheduler.json"
     quiet = dict(stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    procs = [subprocess.Popen([DASK, "scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard", "--scheduler-file", str(info)], **quiet)]
+    procs = [
+        subprocess.Popen(
+            [DASK, "scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard", "--scheduler-file", str(info)],
+            **quiet,
+        )
+    ]
     try:
         while not info.is_file():
             assert procs[0].poll() is None, "the dask scheduler did not start"
             time.sleep(0.1)
         address = json.loads(info.read_text())["address"]
-        procs += [subprocess.Popen([*wrap, DASK, "worker", address, "--nthreads", "1", "--no-nanny", "--no-dashboard"], **quiet)
-                  for _ in range(workers)]
+        procs += [
+            subprocess.Popen(
+                [*wrap, DASK, "worker", address, "--nthreads", "1", "--no-nanny", "--no-dashboard"], **quiet
+            )
+            for _ in range(workers)
+        ]
         with distributed.Client(address, timeout=30) as client:
             client.wait_for_workers(workers, timeout=60)
         yield Farm(address, procs[0], procs[1:])
@@ -68,11 +77,20 @@ def farm(tmp_path_factory) -> Iterator[Farm]:
 
 def _config(tmp_path: Path, inputs: list[Path], out: str, style: Path, **top) -> Path:
     path = tmp_path / f"{Path(out).name}.yaml"
-    path.write_text(yaml.safe_dump({
-        "inputs": [str(i) for i in inputs], "styles": [{"name": "wave", "images": [str(style)]}],
-        "output": {"dir": out}, "optimize": {"size": 48, "iterations": 2, "scales": 1},
-        "devices": "cpu", "cache_dir": str(tmp_path / "cache"), "executor": "dask", **top,
-    }))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "inputs": [str(i) for i in inputs],
+                "styles": [{"name": "wave", "images": [str(style)]}],
+                "output": {"dir": out},
+                "optimize": {"size": 48, "iterations": 2, "scales": 1},
+                "devices": "cpu",
+                "cache_dir": str(tmp_path / "cache"),
+                "executor": "dask",
+                **top,
+            }
+        )
+    )
     return path
 
 
@@ -105,7 +123,9 @@ def test_executor_dask_needs_a_scheduler_address(shared, tmp_path):
     assert result.exit_code == 2 and "scheduler: required with executor: dask" in result.output
     config = _config(tmp_path, [shared / "content"], "out", shared / "style/wave.jpg", scheduler="http://farm:8786")
     result = runner.invoke(app, ["run", str(config)])
-    assert result.exit_code == 2 and "scheduler: 'http://farm:8786' is neither local nor tcp://host:port" in result.output
+    assert (
+        result.exit_code == 2 and "scheduler: 'http://farm:8786' is neither local nor tcp://host:port" in result.output
+    )
 
 
 @pytest.mark.slow
@@ -116,8 +136,16 @@ def test_local_cluster_runs_the_same_jobs_and_outputs_as_the_local_executor(shar
     video = {"segment_frames": 3, "segment_overlap": 1, "iterations_after_first": 1}  # f001-f003, f003-f004
     runs = {}
     for name, executor in (("local", {"executor": "local"}), ("dask", {"scheduler": "local"})):
-        config = _config(tmp_path, [photos, tmp_path / "shot"], name, style, workers_per_device=2, video=video,
-                         cache_dir=str(tmp_path / f"cache_{name}"), **executor)  # seam versions live in the cache
+        config = _config(
+            tmp_path,
+            [photos, tmp_path / "shot"],
+            name,
+            style,
+            workers_per_device=2,
+            video=video,
+            cache_dir=str(tmp_path / f"cache_{name}"),
+            **executor,
+        )  # seam versions live in the cache
         result = runner.invoke(app, ["run", str(config)])
         assert result.exit_code == 0, result.output
         runs[name] = _records(tmp_path / name)
@@ -148,7 +176,10 @@ def test_a_bad_input_fails_only_its_own_job(shared, tmp_path, farm):
     assert result.exit_code == 1, result.output
     records = _records(tmp_path / "out")
     assert {k: r["state"] for k, r in records.items()} == {
-        "broken.wave.png": "failed", "photo_a.wave.png": "done", "photo_b.wave.png": "done"}
+        "broken.wave.png": "failed",
+        "photo_a.wave.png": "done",
+        "photo_b.wave.png": "done",
+    }
     assert "broken.png: not a readable image" in records["broken.wave.png"]["error"]
     worker_pids = {w.pid for w in farm.workers}
     assert {records[k]["pid"] for k in ("photo_a.wave.png", "photo_b.wave.png")} <= worker_pids
@@ -187,8 +218,14 @@ def test_a_retried_task_returns_the_record_its_killed_attempt_stamped(shared, tm
 def test_a_worker_killed_mid_run_has_its_job_retried_and_each_output_recorded_once(shared, tmp_path):
     inputs = photo_crops(shared / "content/astronaut.png", tmp_path / "in", 6)
     with _farm(tmp_path / "farm") as farm:
-        config = _config(tmp_path, [inputs], "out", shared / "style/wave.jpg", scheduler=farm.address,
-                         optimize={"size": 64, "iterations": 6, "scales": 1})
+        config = _config(
+            tmp_path,
+            [inputs],
+            "out",
+            shared / "style/wave.jpg",
+            scheduler=farm.address,
+            optimize={"size": 64, "iterations": 6, "scales": 1},
+        )
         victim = farm.workers[0]
         with _kill_when(lambda: len(list((tmp_path / "out").glob("*.wave.png"))) >= 2, victim):  # two outputs landed
             result = runner.invoke(app, ["run", str(config)])
@@ -200,8 +237,10 @@ def test_a_worker_killed_mid_run_has_its_job_retried_and_each_output_recorded_on
     assert sorted(landed) == outputs and set(landed.values()) == {1}, landed  # each job recorded once
     pids = Counter(r["pid"] for r in records.values())
     assert set(pids) <= {victim.pid, farm.workers[1].pid} and pids[farm.workers[1].pid] >= 3  # the survivor took over
-    print(f"\nkilled worker {victim.pid} after 2 outputs: {len(outputs)} outputs, {len(records)} records, "
-          f"{sum(landed.values())} done lines, {pids[victim.pid]} by the killed worker")
+    print(
+        f"\nkilled worker {victim.pid} after 2 outputs: {len(outputs)} outputs, {len(records)} records, "
+        f"{sum(landed.values())} done lines, {pids[victim.pid]} by the killed worker"
+    )
 
 
 def test_an_unreachable_scheduler_is_a_one_line_error_and_a_rerun_resumes(shared, tmp_path, farm, monkeypatch):
@@ -224,13 +263,21 @@ def test_an_unreachable_scheduler_is_a_one_line_error_and_a_rerun_resumes(shared
 def test_losing_the_scheduler_mid_run_stops_with_one_line_and_a_rerun_resumes(shared, tmp_path, farm):
     inputs = photo_crops(shared / "content/astronaut.png", tmp_path / "in", 6)
     with _farm(tmp_path / "doomed") as doomed:
-        config = _config(tmp_path, [inputs], "out", shared / "style/wave.jpg", scheduler=doomed.address,
-                         optimize={"size": 64, "iterations": 6, "scales": 1})
+        config = _config(
+            tmp_path,
+            [inputs],
+            "out",
+            shared / "style/wave.jpg",
+            scheduler=doomed.address,
+            optimize={"size": 64, "iterations": 6, "scales": 1},
+        )
         with _kill_when((tmp_path / "out" / "manifest.json").is_file, doomed.scheduler):  # a record reached the client
             result = runner.invoke(app, ["run", str(config)])
     assert result.exit_code == 1, result.output
     last = result.output.strip().splitlines()[-1]
-    assert re.fullmatch(rf"stylize: error: scheduler {doomed.address}: lost the connection after \d+ of 6 tasks; a rerun resumes", last), result.output
+    assert re.fullmatch(
+        rf"stylize: error: scheduler {doomed.address}: lost the connection after \d+ of 6 tasks; a rerun resumes", last
+    ), result.output
     before = {k for k, r in _records(tmp_path / "out").items() if r["state"] == "done"}
     assert before and len(before) == len(_records(tmp_path / "out"))  # what finished is in the manifest; no job failed
     config.write_text(config.read_text().replace(doomed.address, farm.address))
@@ -240,7 +287,9 @@ def test_losing_the_scheduler_mid_run_stops_with_one_line_and_a_rerun_resumes(sh
     assert len(_records(tmp_path / "out")) == 6 and len(list((tmp_path / "out").glob("*.wave.png"))) == 6
 
 
-@pytest.mark.skipif(shutil.which("unshare") is None, reason="needs unshare (util-linux) for a worker with its own mounts")
+@pytest.mark.skipif(
+    shutil.which("unshare") is None, reason="needs unshare (util-linux) for a worker with its own mounts"
+)
 def test_an_output_dir_the_workers_cannot_see_is_refused_before_any_work(shared, tmp_path):
     hidden = tmp_path / "storage"  # the workers get an empty tmpfs here: not the client's disk
     hidden.mkdir()

@@ -21,6 +21,7 @@ def _evaluator(x, a, b, calls):
         loss.backward()
         calls.append(loss.item())
         return loss
+
     return evaluate
 
 
@@ -39,8 +40,9 @@ def test_lbfgs_matches_torch_optim_without_line_search():
     ours = torch.zeros(40, dtype=torch.float64, requires_grad=True)
     lbfgs(ours, _evaluator(ours, a, b, []), iterations=25, history=10)
     ref = torch.zeros(40, dtype=torch.float64, requires_grad=True)
-    opt = torch.optim.LBFGS([ref], lr=1, max_iter=26, max_eval=26, history_size=10,
-                            tolerance_grad=0, tolerance_change=0)
+    opt = torch.optim.LBFGS(
+        [ref], lr=1, max_iter=26, max_eval=26, history_size=10, tolerance_grad=0, tolerance_change=0
+    )
 
     def closure():
         opt.zero_grad()
@@ -104,8 +106,10 @@ def test_stop_ends_the_run_after_the_iteration_that_asks(method):
     a, b, _ = _quadratic(4)
     x = torch.zeros(40, dtype=torch.float64, requires_grad=True)
     calls = []
-    run = {"lbfgs": lambda **kw: lbfgs(x, _evaluator(x, a, b, calls), iterations=50, **kw),
-           "adam": lambda **kw: adam(x, _evaluator(x, a, b, calls), iterations=50, lr=0.1, **kw)}[method]
+    run = {
+        "lbfgs": lambda **kw: lbfgs(x, _evaluator(x, a, b, calls), iterations=50, **kw),
+        "adam": lambda **kw: adam(x, _evaluator(x, a, b, calls), iterations=50, lr=0.1, **kw),
+    }[method]
     run(stop=lambda: len(calls) >= 7)
     assert len(calls) == 7
     calls.clear()

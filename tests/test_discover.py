@@ -32,7 +32,9 @@ def test_a_sequence_folder_given_directly_keeps_its_name(tmp_path):
     assert source.kind == "sequence" and source.relative == Path("shot")
 
 
-@pytest.mark.parametrize("names", [["a_0001.png", "a_0003.png"], ["a_0001.png", "b_0002.png"], ["a_0001.png"], ["x.png", "a_0002.png"]])
+@pytest.mark.parametrize(
+    "names", [["a_0001.png", "a_0003.png"], ["a_0001.png", "b_0002.png"], ["a_0001.png"], ["x.png", "a_0002.png"]]
+)
 def test_gaps_mixed_prefixes_and_singles_stay_images(tmp_path, names):
     for name in names:
         _img(tmp_path / "in" / "sub" / name)
@@ -65,7 +67,9 @@ def test_inputs_with_files_but_nothing_to_stylise_are_an_error_naming_the_types(
     (tmp_path / "in").mkdir()
     for name in ("a.txt", "b.txt", "c.psd"):
         (tmp_path / "in" / name).write_text("x")
-    with pytest.raises(InputError, match=r"no image or video to stylise: skipped 3 files of unsupported types: 1 \.psd, 2 \.txt"):
+    with pytest.raises(
+        InputError, match=r"no image or video to stylise: skipped 3 files of unsupported types: 1 \.psd, 2 \.txt"
+    ):
         discover([str(tmp_path / "in")], exclude=tmp_path / "out")
 
 
@@ -79,7 +83,9 @@ def test_what_an_earlier_run_wrote_is_not_taken_as_input(tmp_path):
     _img(old / "contact_sheet.png")
     mine = _img(old / "mine.png")  # not in the manifest: a file of the user's
     manifest = Manifest(old)
-    manifest.put(Record(output="a.wave.png", source=str(tmp_path / "in" / "a.png"), style="wave", key="k", state="done"))
+    manifest.put(
+        Record(output="a.wave.png", source=str(tmp_path / "in" / "a.png"), style="wave", key="k", state="done")
+    )
     manifest.save()
     found = discover([str(tmp_path / "in")], exclude=tmp_path / "out")
     assert [s.path for s in found.sources] == [tmp_path / "in" / "a.png", mine]
@@ -97,7 +103,9 @@ def test_a_sequence_with_gaps_stays_one_sequence_and_names_the_missing_frames(tm
     seq = by_kind["sequence"]
     assert [f.name for f in seq.frames] == [f"frame_{n:04d}.png" for n in (1, 2, 3, 5, 6, 9, 10, 11, 12)]
     assert seq.gaps == (3, 5)  # frame_0005 and frame_0009 follow missing frames
-    assert found.warnings == (f"{shot}: frames 4, 7-8 missing from frame_####.png; the temporal chain restarts after each gap",)
+    assert found.warnings == (
+        f"{shot}: frames 4, 7-8 missing from frame_####.png; the temporal chain restarts after each gap",
+    )
 
 
 def test_a_sequence_rendered_on_twos_has_no_gaps(tmp_path):
@@ -110,12 +118,12 @@ def test_a_sequence_rendered_on_twos_has_no_gaps(tmp_path):
 
 def test_inputs_that_name_nothing_are_errors(tmp_path):
     with pytest.raises(InputError, match=r"inputs\[0\]: .*nope: no such file or folder"):
-        discover([str(tmp_path / "nope")], exclude=tmp_path / "out").sources
+        discover([str(tmp_path / "nope")], exclude=tmp_path / "out")
     (tmp_path / "notes.txt").write_text("x")
     with pytest.raises(InputError, match="not an image or video file"):
-        discover([str(tmp_path / "notes.txt")], exclude=tmp_path / "out").sources
+        discover([str(tmp_path / "notes.txt")], exclude=tmp_path / "out")
     with pytest.raises(InputError, match="matches no files"):
-        discover([str(tmp_path / "*.png")], exclude=tmp_path / "out").sources
+        discover([str(tmp_path / "*.png")], exclude=tmp_path / "out")
 
 
 def test_the_temporal_chain_restarts_after_a_gap(tmp_path, shared):
@@ -124,8 +132,13 @@ def test_the_temporal_chain_restarts_after_a_gap(tmp_path, shared):
 
     for n in (1, 2, 3, 7, 8):
         _img(tmp_path / "shot" / f"frame_{n:04d}.png")
-    config = Config.model_validate({"inputs": [str(tmp_path / "shot")], "output": {"dir": str(tmp_path / "out")},
-                                    "styles": [{"name": "wave", "images": [str(shared / "style/wave.jpg")]}]})
+    config = Config.model_validate(
+        {
+            "inputs": [str(tmp_path / "shot")],
+            "output": {"dir": str(tmp_path / "out")},
+            "styles": [{"name": "wave", "images": [str(shared / "style/wave.jpg")]}],
+        }
+    )
     result = plan(config, discover(config.inputs, exclude=config.output.dir).sources)
     chains = [[f.job.content.name for f in segment.frames] for segment in result.segments]
     assert chains == [[f"frame_{n:04d}.png" for n in (1, 2, 3)], [f"frame_{n:04d}.png" for n in (7, 8)]]

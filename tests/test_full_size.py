@@ -4,8 +4,8 @@ import json
 from pathlib import Path
 
 import av
-import torch
 import pytest
+import torch
 import yaml
 from PIL import Image
 from typer.testing import CliRunner
@@ -19,14 +19,18 @@ REPO = Path(__file__).resolve().parents[1]
 
 def _config(tmp_path: Path, inputs: list, style: Path, optimize: dict, output: dict | None = None) -> Path:
     path = tmp_path / "config.yaml"
-    path.write_text(yaml.safe_dump({
-        "inputs": [str(i) for i in inputs],
-        "styles": [{"name": "wave", "images": [str(style)]}],
-        "output": {"dir": "out", **(output or {})},
-        "optimize": {"scales": 1, **optimize},
-        "devices": "cpu",
-        "cache_dir": str(tmp_path / "cache"),
-    }))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "inputs": [str(i) for i in inputs],
+                "styles": [{"name": "wave", "images": [str(style)]}],
+                "output": {"dir": "out", **(output or {})},
+                "optimize": {"scales": 1, **optimize},
+                "devices": "cpu",
+                "cache_dir": str(tmp_path / "cache"),
+            }
+        )
+    )
     return path
 
 
@@ -40,8 +44,13 @@ def test_original_size_outputs_have_their_sources_size_and_are_refined_there(sha
     inputs.mkdir()
     Image.open(shared / "content/chelsea.png").convert("RGB").crop((0, 0, 150, 100)).save(inputs / "wide.png")
     Image.open(shared / "content/coffee.png").convert("RGB").crop((0, 0, 90, 120)).save(inputs / "tall.png")
-    config = _config(tmp_path, [inputs], shared / "style/wave.jpg", {"size": 64, "iterations": 3, "refine_iterations": 2},
-                     {"size": "original"})
+    config = _config(
+        tmp_path,
+        [inputs],
+        shared / "style/wave.jpg",
+        {"size": 64, "iterations": 3, "refine_iterations": 2},
+        {"size": "original"},
+    )
     result = runner.invoke(app, ["run", str(config)])
     assert result.exit_code == 0, result.output
     assert Image.open(tmp_path / "out/wide.wave.png").size == (150, 100)
@@ -56,8 +65,13 @@ def test_original_size_outputs_have_their_sources_size_and_are_refined_there(sha
 
 @pytest.mark.slow
 def test_a_video_keeps_its_source_resolution_with_output_size_original(shared, tmp_path):
-    config = _config(tmp_path, [REPO / "data/video/pan.mp4"], shared / "style/wave.jpg",
-                     {"size": 48, "iterations": 2, "refine_iterations": 1}, {"size": "original"})
+    config = _config(
+        tmp_path,
+        [REPO / "data/video/pan.mp4"],
+        shared / "style/wave.jpg",
+        {"size": 48, "iterations": 2, "refine_iterations": 1},
+        {"size": "original"},
+    )
     result = runner.invoke(app, ["run", str(config)])
     assert result.exit_code == 0, result.output
     frames = sorted((tmp_path / "out/pan.wave").glob("frame_*.png"))
@@ -72,7 +86,9 @@ def test_a_video_keeps_its_source_resolution_with_output_size_original(shared, t
 def test_a_job_too_large_for_the_free_memory_runs_in_tiles(shared, tmp_path, monkeypatch):
     """With tile: auto and 40 MiB free, a 320 px job does not fit whole: it runs in 256 px tiles and says so."""
     monkeypatch.setattr("pipeline.render.available_bytes", lambda: 40 * 2**20)
-    config = _config(tmp_path, [shared / "content/chelsea.png"], shared / "style/wave.jpg", {"size": 320, "iterations": 2})
+    config = _config(
+        tmp_path, [shared / "content/chelsea.png"], shared / "style/wave.jpg", {"size": 320, "iterations": 2}
+    )
     result = runner.invoke(app, ["run", str(config)])
     assert result.exit_code == 0, result.output
     record = _jobs(tmp_path)["chelsea.wave.png"]

@@ -14,8 +14,8 @@ from typer.testing import CliRunner
 from pipeline import render
 from pipeline.cli import app
 from pipeline.cluster import DeviceError, check_gpus
-from pipeline.render import Renderer, resolve_precision
 from pipeline.optimize import Settings
+from pipeline.render import Renderer, resolve_precision
 
 
 def test_auto_precision_asks_each_cuda_device_itself(monkeypatch):
@@ -38,7 +38,9 @@ def test_a_job_that_runs_out_of_memory_is_tried_once_more_on_half_the_memory(sha
     monkeypatch.setattr(render, "stylize", stylize)
     out = tmp_path / "out.png"
     renderer.render(shared / "content/chelsea.png", [(shared / "style/wave.jpg", 1.0)], out)
-    assert calls == [(1.0, None), (0.5, None)], "the retry runs on half the memory, outside the failed attempt's handler"
+    assert calls == [(1.0, None), (0.5, None)], (
+        "the retry runs on half the memory, outside the failed attempt's handler"
+    )
     assert renderer.memory_share == 1.0 and Image.open(out).size == (32, 21)
 
 
@@ -60,12 +62,18 @@ def test_a_failed_batch_is_retried_job_by_job_outside_its_handler(shared, tmp_pa
     for name in ("a", "b"):
         Image.open(shared / "content/chelsea.png").convert("RGB").save(tmp_path / f"{name}.png")
     config = tmp_path / "config.yaml"
-    config.write_text(yaml.safe_dump({
-        "inputs": [str(tmp_path / "a.png"), str(tmp_path / "b.png")],
-        "styles": [{"name": "wave", "images": [str(shared / "style/wave.jpg")]}], "output": {"dir": str(tmp_path / "out")},
-        "optimize": {"size": 32, "iterations": 2, "scales": 1, "optimizer": "adam", "batch": 2}, "devices": "cpu",
-        "cache_dir": str(tmp_path / "cache"),
-    }))
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "inputs": [str(tmp_path / "a.png"), str(tmp_path / "b.png")],
+                "styles": [{"name": "wave", "images": [str(shared / "style/wave.jpg")]}],
+                "output": {"dir": str(tmp_path / "out")},
+                "optimize": {"size": 32, "iterations": 2, "scales": 1, "optimizer": "adam", "batch": 2},
+                "devices": "cpu",
+                "cache_dir": str(tmp_path / "cache"),
+            }
+        )
+    )
     seen = []
     real = Renderer.render
 
@@ -110,13 +118,20 @@ def test_each_worker_process_claims_a_gpu_of_its_own(tmp_path):
     env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     workers, said = [], []
     for _ in range(3):
-        proc = subprocess.Popen([sys.executable, "-c", CLAIM, str(tmp_path)], stdin=subprocess.PIPE,
-                                stdout=subprocess.PIPE, text=True, env=env)
+        proc = subprocess.Popen(
+            [sys.executable, "-c", CLAIM, str(tmp_path)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
         workers.append(proc)
         said.append(proc.stdout.readline().strip())
     assert said[:2] == ["cuda:0", "cuda:1"] and said[2].startswith("error: all 2 GPUs of this host are held")
     workers[0].communicate("")
-    again = subprocess.run([sys.executable, "-c", CLAIM, str(tmp_path)], input="", capture_output=True, text=True, env=env)
+    again = subprocess.run(
+        [sys.executable, "-c", CLAIM, str(tmp_path)], input="", capture_output=True, text=True, env=env
+    )
     assert again.stdout.strip() == "cuda:0", "the first worker's GPU came free when it ended"
     for proc in workers[1:]:
         proc.communicate("")
@@ -131,16 +146,28 @@ def _fault_run(tmp_path: Path, shared: Path, workers: int) -> tuple[subprocess.C
 
     inputs = photo_crops(shared / "content/chelsea.png", tmp_path / "in", 4)
     config = tmp_path / "config.yaml"
-    config.write_text(yaml.safe_dump({
-        "inputs": [str(inputs)], "styles": [{"name": "wave", "images": [str(shared / "style/wave.jpg")]}],
-        "output": {"dir": str(tmp_path / "out")}, "optimize": {"size": 32, "iterations": 2, "scales": 1},
-        "devices": "cpu", "workers_per_device": workers, "cache_dir": str(tmp_path / "cache"),
-    }))
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "inputs": [str(inputs)],
+                "styles": [{"name": "wave", "images": [str(shared / "style/wave.jpg")]}],
+                "output": {"dir": str(tmp_path / "out")},
+                "optimize": {"size": 32, "iterations": 2, "scales": 1},
+                "devices": "cpu",
+                "workers_per_device": workers,
+                "cache_dir": str(tmp_path / "cache"),
+            }
+        )
+    )
     hooks = str(Path(__file__).parent / "hooks")
-    env = {**os.environ, "STYLIZE_TEST_FAULT": "photo_b.png",
-           "PYTHONPATH": os.pathsep.join(filter(None, [hooks, os.environ.get("PYTHONPATH")]))}
-    result = subprocess.run([sys.executable, "-m", "pipeline", "run", str(config)], capture_output=True, text=True,
-                            env=env, timeout=300)
+    env = {
+        **os.environ,
+        "STYLIZE_TEST_FAULT": "photo_b.png",
+        "PYTHONPATH": os.pathsep.join(filter(None, [hooks, os.environ.get("PYTHONPATH")])),
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "pipeline", "run", str(config)], capture_output=True, text=True, env=env, timeout=300
+    )
     return result, json.loads((tmp_path / "out" / "manifest.json").read_text())["jobs"]
 
 
@@ -159,4 +186,6 @@ def test_on_a_single_device_a_fault_fails_the_rest_without_running_them(shared, 
     assert result.returncode == 1
     states = {k.split(".")[0]: (r["state"], r["error"] or "") for k, r in sorted(records.items())}
     assert states["photo_a"][0] == "done" and states["photo_b"][0] == "failed"
-    assert all(s == "failed" and "not run: device cpu failed on" in e for s, e in (states["photo_c"], states["photo_d"]))
+    assert all(
+        s == "failed" and "not run: device cpu failed on" in e for s, e in (states["photo_c"], states["photo_d"])
+    )

@@ -12,9 +12,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from PIL import Image
-
 from conftest import photo_crops
+from PIL import Image
 
 
 def _stamps(out: Path, names: set[str]) -> dict[str, int]:
@@ -34,11 +33,18 @@ def _done(out: Path) -> set[str]:
 def test_kill_9_six_times_then_rerun(shared, tmp_path):
     inputs = photo_crops(shared / "content/astronaut.png", tmp_path / "in", 10)
     config = tmp_path / "config.yaml"
-    config.write_text(yaml.safe_dump({
-        "inputs": [str(inputs)], "styles": [{"name": "wave", "images": [str(shared / "style/wave.jpg")]}],
-        "output": {"dir": "out"}, "optimize": {"size": 64, "iterations": 6, "scales": 1},
-        "devices": "cpu", "cache_dir": str(tmp_path / "cache"),
-    }))
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "inputs": [str(inputs)],
+                "styles": [{"name": "wave", "images": [str(shared / "style/wave.jpg")]}],
+                "output": {"dir": "out"},
+                "optimize": {"size": 64, "iterations": 6, "scales": 1},
+                "devices": "cpu",
+                "cache_dir": str(tmp_path / "cache"),
+            }
+        )
+    )
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "pipeline", "run", str(config)]
     rng = random.Random(0)
@@ -92,14 +98,28 @@ def test_ctrl_c_with_two_workers_says_interrupted_and_loses_nothing(shared, tmp_
     no thread's traceback, no worker left running, and a rerun finishes the rest."""
     inputs = photo_crops(shared / "content/astronaut.png", tmp_path / "in", 4)
     config = tmp_path / "config.yaml"
-    config.write_text(yaml.safe_dump({
-        "inputs": [str(inputs)], "styles": [{"name": "wave", "images": [str(shared / "style/wave.jpg")]}],
-        "output": {"dir": "out"}, "optimize": {"size": 64, "iterations": 300, "scales": 1},
-        "devices": "cpu", "workers_per_device": 2, "cache_dir": str(tmp_path / "cache"),
-    }))
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "inputs": [str(inputs)],
+                "styles": [{"name": "wave", "images": [str(shared / "style/wave.jpg")]}],
+                "output": {"dir": "out"},
+                "optimize": {"size": 64, "iterations": 300, "scales": 1},
+                "devices": "cpu",
+                "workers_per_device": 2,
+                "cache_dir": str(tmp_path / "cache"),
+            }
+        )
+    )
     cmd = [sys.executable, "-m", "pipeline", "run", str(config)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    proc = subprocess.Popen(
+        cmd,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     deadline = time.monotonic() + 120
     while not list((tmp_path / "cache" / "styles").glob("*.pt")) and time.monotonic() < deadline:
         time.sleep(0.2)  # a worker is rendering: it has encoded the style

@@ -45,11 +45,18 @@ def test_with_tiling_off_a_job_too_large_for_the_ram_fails_alone_and_the_others_
     photo.resize((64, 64)).save(inputs / "square.png")
     photo.resize((1024, 2)).save(inputs / "strip.png")
     config = tmp_path / "c.yaml"
-    config.write_text(yaml.safe_dump({
-        "inputs": [str(inputs)], "styles": [{"name": "wave", "images": [str(shared / "style/wave.jpg")]}],
-        "output": {"dir": str(tmp_path / "out")}, "devices": "cpu", "cache_dir": str(tmp_path / "cache"),
-        "optimize": {"size": 8192, "iterations": 1, "scales": 1, "tile": "off"},
-    }))
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "inputs": [str(inputs)],
+                "styles": [{"name": "wave", "images": [str(shared / "style/wave.jpg")]}],
+                "output": {"dir": str(tmp_path / "out")},
+                "devices": "cpu",
+                "cache_dir": str(tmp_path / "cache"),
+                "optimize": {"size": 8192, "iterations": 1, "scales": 1, "tile": "off"},
+            }
+        )
+    )
     result = runner.invoke(app, ["run", str(config)])
     assert result.exit_code == 1, result.output
     jobs = json.loads((tmp_path / "out/manifest.json").read_text())["jobs"]

@@ -7,7 +7,14 @@ import torch
 
 from pipeline.images import read_image
 from pipeline.model import (
-    CAFFE_BGR_MEAN, IMAGENET_MEAN, IMAGENET_STD, LAYER_INDEX, LAYER_NAMES, Preprocess, VGGFeatures, WeightsError,
+    CAFFE_BGR_MEAN,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    LAYER_INDEX,
+    LAYER_NAMES,
+    Preprocess,
+    VGGFeatures,
+    WeightsError,
     resolve_weights,
 )
 from pipeline.optimize import resize

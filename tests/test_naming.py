@@ -75,7 +75,11 @@ def test_clips_with_one_stem_never_share_an_output(tmp_path, shared):
     outs = _outputs(config, folder)
     assert len(outs) == 4 and sum(map(len, outs.values())) == len(set().union(*outs.values()))
     assert {p.parent.name for paths in outs.values() for p in paths if p.suffix == ".png"} == {
-        "clip.wave", "clip.mov.wave", "clip.gif.wave", "clip.webp.wave"}
+        "clip.wave",
+        "clip.mov.wave",
+        "clip.gif.wave",
+        "clip.webp.wave",
+    }
     assert {p.parent.name for p in outs["clip.mov"]} >= {"clip.mov.wave"}
     assert config.output.dir / "clip.mov.wave.mp4" in outs["clip.mov"]
     assert config.output.dir / "clip.wave.mp4" in outs["clip.mp4"]
@@ -88,10 +92,20 @@ def test_an_inputs_output_name_does_not_depend_on_its_siblings(tmp_path, shared,
     for folder, names in ((alone, ["b.png"]), (crowd, ["b.png", "b.jpg", "b.PNG", "b.jpeg", "b.webp"])):
         folder.mkdir()
         for name in names:
-            Image.new("RGB", (8, 8)).save(folder / name, format=Image.registered_extensions()[Path(name).suffix.lower()])
+            Image.new("RGB", (8, 8)).save(
+                folder / name, format=Image.registered_extensions()[Path(name).suffix.lower()]
+            )
     out = tmp_path / "out"
-    make = lambda: Config.model_validate({"inputs": [str(alone)], "styles": [{"name": "wave", "images": [str(shared / "style/wave.jpg")]}],
-                                          "output": {"dir": str(out), "format": fmt}})
+
+    def make() -> Config:
+        return Config.model_validate(
+            {
+                "inputs": [str(alone)],
+                "styles": [{"name": "wave", "images": [str(shared / "style/wave.jpg")]}],
+                "output": {"dir": str(out), "format": fmt},
+            }
+        )
+
     first, second = _outputs(make(), alone), _outputs(make(), crowd)
     assert first["b.png"] == second["b.png"]
     everything = [p for paths in second.values() for p in paths]

@@ -34,7 +34,11 @@ def _noise(path: Path, height: int, width: int, seed: int = 0) -> Path:
 
 def test_the_minimum_side_and_the_padding_that_reaches_it():
     assert min_side(LAYERS) == 16 and min_side(("relu3_1",)) == 4 and min_side(("relu1_1", "pool5")) == 32
-    assert padding((6, 400), 16) == (0, 0, 5, 5) and padding((400, 3), 16) == (6, 7, 0, 0) and padding((20, 20), 16) == (0,) * 4
+    assert (
+        padding((6, 400), 16) == (0, 0, 5, 5)
+        and padding((400, 3), 16) == (6, 7, 0, 0)
+        and padding((20, 20), 16) == (0,) * 4
+    )
     image = torch.rand(2, 3, 3, 40)
     padded = pad(image, padding((3, 40), 16))
     assert padded.shape == (2, 3, 16, 40) and torch.equal(crop(padded, padding((3, 40), 16)), image)
@@ -55,16 +59,35 @@ def test_stylize_optimises_a_strip_thinner_than_the_network_at_every_level(model
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("height, width, size, expected", [
-    (6, 400, 128, (128, 2)),  # (width, height) of the output: the longest side 128, aspect kept, two levels
-    (400, 12, 128, (4, 128)),
-])
+@pytest.mark.parametrize(
+    "height, width, size, expected",
+    [
+        (6, 400, 128, (128, 2)),  # (width, height) of the output: the longest side 128, aspect kept, two levels
+        (400, 12, 128, (4, 128)),
+    ],
+)
 def test_stylize_image_writes_a_thin_strip_at_its_scaled_shape(tmp_path, height, width, size, expected):
     content = _noise(tmp_path / "strip.png", height, width)
     style = _noise(tmp_path / "style.png", 48, 64, seed=1)
     out = tmp_path / "out.png"
-    result = runner.invoke(app, ["image", str(content), str(style), "-o", str(out), "--size", str(size),
-                                 "--scales", "2", "--iterations", "3", "--device", "cpu"])
+    result = runner.invoke(
+        app,
+        [
+            "image",
+            str(content),
+            str(style),
+            "-o",
+            str(out),
+            "--size",
+            str(size),
+            "--scales",
+            "2",
+            "--iterations",
+            "3",
+            "--device",
+            "cpu",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert Image.open(out).size == expected
 
@@ -72,8 +95,24 @@ def test_stylize_image_writes_a_thin_strip_at_its_scaled_shape(tmp_path, height,
 def _one_line_error(tmp_path: Path, content: Path) -> str:
     """`stylize image` of `content`, which must fail with exit 1 and one line: that line."""
     style = _noise(tmp_path / "style.png", 32, 32)
-    result = runner.invoke(app, ["image", str(content), str(style), "-o", str(tmp_path / "out.png"), "--size", "32",
-                                 "--iterations", "1", "--scales", "1", "--device", "cpu"])
+    result = runner.invoke(
+        app,
+        [
+            "image",
+            str(content),
+            str(style),
+            "-o",
+            str(tmp_path / "out.png"),
+            "--size",
+            "32",
+            "--iterations",
+            "1",
+            "--scales",
+            "1",
+            "--device",
+            "cpu",
+        ],
+    )
     assert result.exit_code == 1 and "Traceback" not in result.output, result.output
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"stylize: error: {content}: "), lines
@@ -94,7 +133,9 @@ def test_stylize_image_reports_a_bad_input_in_one_line(tmp_path, monkeypatch):
     assert "not a readable image" in _one_line_error(tmp_path, tmp_path / "cut.tif")
 
     def fail(*args, **kwargs):  # what torch said of a strip before the padding
-        raise RuntimeError("Given input size: (512x1x1). Calculated output size: (512x0x0). Output size is too small\nmore")
+        raise RuntimeError(
+            "Given input size: (512x1x1). Calculated output size: (512x0x0). Output size is too small\nmore"
+        )
 
     monkeypatch.setattr("pipeline.render.stylize", fail)
     assert _one_line_error(tmp_path, _noise(tmp_path / "fine.png", 8, 8)).endswith("Output size is too small")
@@ -123,7 +164,7 @@ def _deep(tmp_path: Path) -> tuple[np.ndarray, dict[str, Path]]:
 
 def test_float_and_16_bit_tiff_and_png_are_read_in_full_precision(tmp_path):
     rgb, files = _deep(tmp_path)
-    with pytest.raises(Exception):
+    with pytest.raises(OSError):  # PIL.UnidentifiedImageError
         Image.open(files["float.tif"])  # what made it "not a readable image": Pillow reads no float colour TIFF
     for name in ("float.tif", "deep.tif", "deep.png", "alpha.tif"):
         decoded = read_image(files[name])[0].permute(1, 2, 0).numpy()
@@ -133,7 +174,10 @@ def test_float_and_16_bit_tiff_and_png_are_read_in_full_precision(tmp_path):
         assert decoded.shape == (20, 30, 3) and np.abs(decoded - expected).max() < 1e-4, name  # far below 8 bits' 1/255
     grey = read_image(files["grey.tif"])[0].numpy()
     assert np.abs(grey - rgb[..., 0]).max() < 1e-4 and (grey[0] == grey[1]).all()
-    assert read_image(files["float.tif"], 15).shape == (1, 3, 10, 15) and working_shape(files["float.tif"], 15) == (10, 15)
+    assert read_image(files["float.tif"], 15).shape == (1, 3, 10, 15) and working_shape(files["float.tif"], 15) == (
+        10,
+        15,
+    )
     ramp = np.asarray(read_alpha(files["alpha.tif"]), float)
     assert ramp.shape == (20, 30) and np.abs(ramp - np.linspace(0, 255, 30)).max() <= 0.5
     assert read_alpha(files["deep.tif"]) is None
@@ -157,10 +201,17 @@ def test_the_depth_of_an_input_and_the_note_it_owes(tmp_path):
     eight = _noise(tmp_path / "eight.png", 8, 8)
     Image.new("RGB", (8, 8)).save(tmp_path / "eight.tif")
     assert [sample_depth(files[n]) for n in ("float.tif", "deep.tif", "deep.png", "grey.tif")] == [
-        "32-bit float", "16-bit", "16-bit", "16-bit"]
+        "32-bit float",
+        "16-bit",
+        "16-bit",
+        "16-bit",
+    ]
     assert sample_depth(eight) is None and sample_depth(tmp_path / "eight.tif") is None and depth_note(eight) is None
     assert sample_depth(tmp_path / "missing.png") is None
-    assert depth_note(files["deep.tif"]) == f"{files['deep.tif']}: 16-bit input written as 8-bit (16-bit output is not supported yet)"
+    assert (
+        depth_note(files["deep.tif"])
+        == f"{files['deep.tif']}: 16-bit input written as 8-bit (16-bit output is not supported yet)"
+    )
 
 
 @pytest.mark.slow
@@ -173,14 +224,27 @@ def test_a_batch_logs_and_records_the_8_bit_output_of_a_deeper_input_and_stylize
     _noise(inputs / "plain.png", 20, 30)
     style = _noise(tmp_path / "style.png", 32, 32, seed=1)
     config = tmp_path / "config.yaml"
-    config.write_text(yaml.safe_dump({
-        "inputs": [str(inputs)], "styles": [{"name": "s", "images": [str(style)]}], "output": {"dir": str(tmp_path / "out")},
-        "optimize": {"size": 32, "iterations": 2, "scales": 1}, "devices": "cpu", "cache_dir": str(tmp_path / "cache"),
-    }))
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "inputs": [str(inputs)],
+                "styles": [{"name": "s", "images": [str(style)]}],
+                "output": {"dir": str(tmp_path / "out")},
+                "optimize": {"size": 32, "iterations": 2, "scales": 1},
+                "devices": "cpu",
+                "cache_dir": str(tmp_path / "cache"),
+            }
+        )
+    )
     result = runner.invoke(app, ["run", str(config), "--quiet"])
     assert result.exit_code == 0, result.output
-    records = {Path(r["source"]).name: r for r in json.loads((tmp_path / "out/manifest.json").read_text())["jobs"].values()}
-    assert records["float.tif"]["warning"] == depth_note(inputs / "float.tif") and "32-bit float" in records["float.tif"]["warning"]
+    records = {
+        Path(r["source"]).name: r for r in json.loads((tmp_path / "out/manifest.json").read_text())["jobs"].values()
+    }
+    assert (
+        records["float.tif"]["warning"] == depth_note(inputs / "float.tif")
+        and "32-bit float" in records["float.tif"]["warning"]
+    )
     assert records["deep.png"]["warning"] == depth_note(inputs / "deep.png") and records["plain.png"]["warning"] is None
     assert all(r["state"] == "done" for r in records.values())
     for where in (result.output, (tmp_path / "out/stylize.log").read_text()):  # once each, also when quiet
@@ -188,7 +252,26 @@ def test_a_batch_logs_and_records_the_8_bit_output_of_a_deeper_input_and_stylize
         assert len(warnings) == 2 and all("input written as 8-bit" in line for line in warnings), where
 
     out = tmp_path / "one.png"
-    alone = runner.invoke(app, ["image", str(files["deep.tif"]), str(style), "-o", str(out), "--size", "32",
-                                "--iterations", "2", "--scales", "1", "--device", "cpu"])
+    alone = runner.invoke(
+        app,
+        [
+            "image",
+            str(files["deep.tif"]),
+            str(style),
+            "-o",
+            str(out),
+            "--size",
+            "32",
+            "--iterations",
+            "2",
+            "--scales",
+            "1",
+            "--device",
+            "cpu",
+        ],
+    )
     assert alone.exit_code == 0, alone.output
-    assert f"warning: {files['deep.tif']}: 16-bit input written as 8-bit" in alone.output and Image.open(out).size == (32, 21)
+    assert f"warning: {files['deep.tif']}: 16-bit input written as 8-bit" in alone.output and Image.open(out).size == (
+        32,
+        21,
+    )

@@ -5,13 +5,22 @@ import math
 
 import pytest
 import torch
-
 from conftest import gpu
+
 from pipeline.images import read_image
 from pipeline.model import VGGFeatures
 from pipeline.optimize import (
-    Settings, _Objective, converged, iterations_per_scale, luminance, scale_shapes, stack_targets, style_area, style_area_shape,
-    style_targets, stylize,
+    Settings,
+    _Objective,
+    converged,
+    iterations_per_scale,
+    luminance,
+    scale_shapes,
+    stack_targets,
+    style_area,
+    style_area_shape,
+    style_targets,
+    stylize,
 )
 
 TINY = Settings(size=64, scales=1, iterations=15)
@@ -26,7 +35,9 @@ def _inputs(shared, size=64):
 def _targets(model, content, style, settings, styles=None):
     shapes = scale_shapes(*content.shape[-2:], settings.size, settings.scales)
     blend = styles or [(style, 1.0)]
-    return [style_targets(model, blend, h * w, list(settings.style_layers), settings.preserve_colors) for h, w in shapes]
+    return [
+        style_targets(model, blend, h * w, list(settings.style_layers), settings.preserve_colors) for h, w in shapes
+    ]
 
 
 def test_scale_shapes_coarse_to_fine():
@@ -128,8 +139,14 @@ def test_style_blend_is_weighted_gram_average(shared, model):
 @pytest.mark.parametrize("optimizer", ["lbfgs", "adam"])
 def test_a_loose_tolerance_ends_each_level_early_and_0_runs_them_all(shared, model, optimizer):
     content, style = _inputs(shared, 128)
-    settings = Settings(size=128, scales=2, iterations=25, optimizer=optimizer, learning_rate=0.05,
-                        style_layers={"relu1_1": 1.0, "relu3_1": 1.0})
+    settings = Settings(
+        size=128,
+        scales=2,
+        iterations=25,
+        optimizer=optimizer,
+        learning_rate=0.05,
+        style_layers={"relu1_1": 1.0, "relu3_1": 1.0},
+    )
     targets = _targets(model, content, style, settings)
     early = stylize(model, content, targets, dataclasses.replace(settings, tolerance=0.3, tolerance_window=3))
     per_level = [sum(p.scale == n for p in early.trace) for n in (1, 2)]
@@ -153,7 +170,9 @@ def test_wasserstein_blend_averages_the_moments(shared, model):
         cov = mix[layer].double() - torch.outer(mean, mean)
         root = mix[f"{layer}.sqrt"].double()
         assert float((root @ root - cov).norm() / cov.norm()) < 1e-4
-        assert not torch.allclose(mix[f"{layer}.sqrt"], 0.75 * a[f"{layer}.sqrt"] + 0.25 * b[f"{layer}.sqrt"], rtol=1e-2)
+        assert not torch.allclose(
+            mix[f"{layer}.sqrt"], 0.75 * a[f"{layer}.sqrt"] + 0.25 * b[f"{layer}.sqrt"], rtol=1e-2
+        )
 
 
 @pytest.mark.slow
@@ -161,8 +180,9 @@ def test_wasserstein_style_loss_falls(shared, model):
     content, style = _inputs(shared)
     settings = dataclasses.replace(TINY, style_loss="wasserstein", iterations=10)
     shapes = scale_shapes(*content.shape[-2:], settings.size, settings.scales)
-    targets = [style_targets(model, [(style, 1.0)], h * w, list(settings.style_layers), loss="wasserstein")
-               for h, w in shapes]
+    targets = [
+        style_targets(model, [(style, 1.0)], h * w, list(settings.style_layers), loss="wasserstein") for h, w in shapes
+    ]
     result = stylize(model, content, targets, settings)
     assert len(result.trace) == 10 and torch.isfinite(result.image).all()
     assert result.final.style < 0.7 * result.trace[0].style
@@ -175,8 +195,10 @@ def test_a_batch_scores_each_image_against_its_own_wasserstein_targets(shared, m
     wave = read_image(shared / "style" / "wave.jpg")
     settings = dataclasses.replace(TINY, style_loss="wasserstein", style_layers={"relu1_1": 1.0, "relu3_1": 1.0})
     h, w = content.shape[-2:]
-    per_image = [[style_targets(model, [(s, 1.0)], h * w, list(settings.style_layers), loss="wasserstein")]
-                 for s in (starry, wave)]
+    per_image = [
+        [style_targets(model, [(s, 1.0)], h * w, list(settings.style_layers), loss="wasserstein")]
+        for s in (starry, wave)
+    ]
     batch = torch.cat([content, content.flip(-1)])
     with torch.no_grad():
         together = _Objective(model, settings, batch, stack_targets(per_image)[0])(batch)[1]
@@ -197,8 +219,9 @@ def test_temporal_term_pulls_towards_the_held_frame_where_the_mask_holds(shared,
     held_frame = torch.flip(free, dims=[-1])  # a different stylised frame to hold on to
     mask = torch.zeros(1, 1, *content.shape[-2:])
     mask[..., :, : content.shape[-1] // 2] = 1  # held on the left half only
-    pulled = stylize(model, content, targets, dataclasses.replace(settings, temporal_weight=500.0),
-                     held=[(held_frame, mask)])
+    pulled = stylize(
+        model, content, targets, dataclasses.replace(settings, temporal_weight=500.0), held=[(held_frame, mask)]
+    )
     left, right = slice(None, content.shape[-1] // 2), slice(content.shape[-1] // 2, None)
 
     def gap(image, half):
@@ -267,7 +290,9 @@ def test_a_batch_equals_its_images_optimised_alone(shared, bundled, init):
     In float64: a batch of two and an image alone may take different conv kernels, and Adam's first steps
     amplify their float32 round-off where a gradient is near 0 by a factor that depends on the CPU (1.6e-4
     of the loss on an AVX-512 BF16 EPYC). Float64 round-off, so amplified, stays far below the tolerances."""
-    model = VGGFeatures(bundled, ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu4_2", "relu5_1"), dtype=torch.float64)
+    model = VGGFeatures(
+        bundled, ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu4_2", "relu5_1"), dtype=torch.float64
+    )
     settings = Settings(size=64, scales=2, iterations=6, optimizer="adam", learning_rate=0.05, init=init, seed=5)
     contents = [read_image(shared / "content" / name, 64).double() for name in ("chelsea.png", "coffee.png")]
     shape = tuple(contents[0].shape[-2:])
@@ -298,7 +323,9 @@ def test_a_cpu_renderer_runs_reduced_precision(shared, tmp_path):
     from pipeline.render import Renderer
 
     renderer = Renderer(Settings(size=48, scales=1, iterations=2), device="cpu", precision="bf16")
-    done = renderer.render(shared / "content" / "coffee.png", [(shared / "style" / "wave.jpg", 1.0)], tmp_path / "out.png")
+    done = renderer.render(
+        shared / "content" / "coffee.png", [(shared / "style" / "wave.jpg", 1.0)], tmp_path / "out.png"
+    )
     assert done.iterations == 2 and (tmp_path / "out.png").is_file()
     assert done.precision == "bf16" and renderer.model.identity.endswith("@bfloat16")
 
@@ -310,7 +337,9 @@ def test_a_cuda_renderer_runs_its_auto_precision(shared, tmp_path):
     from pipeline.render import Renderer
 
     renderer = Renderer(Settings(size=64, scales=1, iterations=10), device="cuda", precision="auto")
-    done = renderer.render(shared / "content" / "coffee.png", [(shared / "style" / "wave.jpg", 1.0)], tmp_path / "out.png")
+    done = renderer.render(
+        shared / "content" / "coffee.png", [(shared / "style" / "wave.jpg", 1.0)], tmp_path / "out.png"
+    )
     assert done.precision == ("bf16" if torch.cuda.is_bf16_supported(including_emulation=False) else "fp32")
     assert done.iterations == 10 and (tmp_path / "out.png").is_file()
     assert done.trace[-1][2] < 0.8 * done.trace[0][2]  # the loss fell
@@ -321,11 +350,14 @@ def test_winograd_layers_are_float32_only(bundled):
         VGGFeatures(bundled, ["relu1_1"], winograd=True, dtype=torch.bfloat16)
 
 
-@pytest.mark.parametrize(("caps", "expected"), [
-    ({"avx2": True}, "fp32"),
-    ({"avx2": True, "avx512_bf16": True}, "bf16"),
-    ({"avx2": True, "amx_bf16": True}, "bf16"),
-])
+@pytest.mark.parametrize(
+    ("caps", "expected"),
+    [
+        ({"avx2": True}, "fp32"),
+        ({"avx2": True, "avx512_bf16": True}, "bf16"),
+        ({"avx2": True, "amx_bf16": True}, "bf16"),
+    ],
+)
 def test_auto_precision_is_bf16_only_on_cpus_with_bf16_units(monkeypatch, caps, expected):
     from pipeline.render import resolve_precision
 
@@ -344,9 +376,12 @@ def test_losses_read_back_in_bursts_still_reach_the_callback_every_iteration(sha
     content, style = _inputs(shared, 64)
     settings = Settings(size=64, scales=2, iterations=5, style_layers={"relu1_1": 1.0, "relu3_1": 1.0})
     targets = _targets(model, content, style, settings)
+
     def run() -> tuple[list, list]:
         seen: list = []
-        result = stylize(model, content, targets, settings, callback=lambda p: seen.append((p.scale, p.iteration, p.loss)))
+        result = stylize(
+            model, content, targets, settings, callback=lambda p: seen.append((p.scale, p.iteration, p.loss))
+        )
         return seen, [(p.scale, p.iteration, p.loss) for p in result.trace]
 
     monkeypatch.setattr(optimize, "READ_EVERY", 0.0)  # every iteration

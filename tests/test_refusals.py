@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import require_shared
 from PIL import Image
 from typer.testing import CliRunner
 
-from conftest import require_shared
 from pipeline.cli import app
 
 runner = CliRunner()
@@ -57,7 +57,10 @@ def test_a_folder_of_unsupported_files_exits_2_naming_the_types(tmp_path, shared
         (folder / name).write_text("x")
     result = runner.invoke(app, ["run", str(_config(tmp_path, _base(tmp_path, shared, [folder])))])
     assert result.exit_code == 2
-    assert "config.yaml: the inputs hold no image or video to stylise: skipped 3 files of unsupported types: 2 .psd, 1 .txt" in result.output
+    assert (
+        "config.yaml: the inputs hold no image or video to stylise: skipped 3 files of unsupported types: 2 .psd, 1 .txt"
+        in result.output
+    )
 
 
 def test_skipped_files_are_counted_in_one_warning_line(tmp_path, shared):
@@ -137,7 +140,9 @@ def test_the_summary_counts_each_job_once(tmp_path, shared):
     photo = Image.open(shared / "content/chelsea.png").convert("RGB").resize((60, 40))
     for n in range(1, 6):
         photo.rotate(n).save(shot / f"f_{n:03d}.png")
-    data = _base(tmp_path, shared, [tmp_path / "in"], video={"segment_frames": 2, "segment_overlap": 1, "measure": False})
+    data = _base(
+        tmp_path, shared, [tmp_path / "in"], video={"segment_frames": 2, "segment_overlap": 1, "measure": False}
+    )
     config = _config(tmp_path, data)
     first = runner.invoke(app, ["run", str(config)])
     assert first.exit_code == 0, first.output

@@ -19,16 +19,17 @@ import sys
 import time
 import zlib
 from pathlib import Path
+
 import av
 import cv2
 import numpy as np
 import pytest
 import torch
 import yaml
+from conftest import REPO, photo_crops
 from PIL import Image
 from typer.testing import CliRunner
 
-from conftest import REPO, photo_crops
 from pipeline.cli import app
 from pipeline.images import read_image
 
@@ -45,8 +46,12 @@ def _chunk(kind: bytes, data: bytes) -> bytes:
 def _bomb(path: Path) -> None:
     """A valid PNG header that claims 50000x50000 RGB pixels, with a few bytes of data."""
     header = struct.pack(">IIBBBBB", 50_000, 50_000, 8, 2, 0, 0, 0)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", header) + _chunk(b"IDAT", zlib.compress(bytes(64)))
-                     + _chunk(b"IEND", b""))
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n"
+        + _chunk(b"IHDR", header)
+        + _chunk(b"IDAT", zlib.compress(bytes(64)))
+        + _chunk(b"IEND", b"")
+    )
 
 
 def _truncated(src: Image.Image, path: Path, fmt: str) -> None:
@@ -64,7 +69,9 @@ def _clip(path: Path, frames: int, fmt: str = "mp4") -> None:
         out.start_encoding()
         rng = np.random.default_rng(0)
         for _ in range(frames):
-            out.mux(stream.encode(av.VideoFrame.from_ndarray(rng.integers(0, 255, (32, 32, 3), np.uint8), format="rgb24")))
+            out.mux(
+                stream.encode(av.VideoFrame.from_ndarray(rng.integers(0, 255, (32, 32, 3), np.uint8), format="rgb24"))
+            )
         out.mux(stream.encode(None))
 
 
@@ -110,7 +117,7 @@ def _make_inputs(folder: Path, photo: Path) -> None:
     real.convert("L").save(folder / "gray.png")
     real.convert("P", palette=Image.Palette.ADAPTIVE).save(folder / "palette.png")
     real.convert("CMYK").save(folder / "cmyk.jpg")
-    Image.fromarray((np.asarray(real.convert("L"), np.uint16) * 257)).save(folder / "deep.png")  # I;16
+    Image.fromarray(np.asarray(real.convert("L"), np.uint16) * 257).save(folder / "deep.png")  # I;16
     cv2.imwrite(str(folder / "deep_rgb.png"), np.asarray(real)[..., ::-1].astype(np.uint16) * 257)
     exif = Image.Exif()
     exif[0x0112] = 6  # stored landscape, shown turned 90° clockwise
@@ -147,16 +154,21 @@ def _tree_hashes(folder: Path) -> dict[str, str]:
 
 def _config(folder: Path, inputs: list[Path], out: Path | str, style: Path, **extra) -> Path:
     path = folder / "config.yaml"
-    path.write_text(yaml.safe_dump({
-        "inputs": [str(i) for i in inputs],
-        "styles": [{"name": "wave", "images": [str(style)]}],
-        "output": {"dir": str(out)},
-        "optimize": {"size": 48, "iterations": 1, "scales": 1},
-        "video": {"temporal": False, "measure": False},
-        "devices": "cpu",
-        "cache_dir": str(folder / "cache"),
-        **extra,
-    }, allow_unicode=True))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "inputs": [str(i) for i in inputs],
+                "styles": [{"name": "wave", "images": [str(style)]}],
+                "output": {"dir": str(out)},
+                "optimize": {"size": 48, "iterations": 1, "scales": 1},
+                "video": {"temporal": False, "measure": False},
+                "devices": "cpu",
+                "cache_dir": str(folder / "cache"),
+                **extra,
+            },
+            allow_unicode=True,
+        )
+    )
     return path
 
 
@@ -180,8 +192,13 @@ def test_each_bad_input_fails_alone_and_every_odd_format_converts(shared, tmp_pa
     config = _config(tmp_path, [inputs], tmp_path / "out", shared / "style/wave.jpg")
     if os.geteuid() == 0 and shutil.which("setpriv") is None:
         pytest.skip("running as root without setpriv: a chmod 000 file would be readable")
-    done = subprocess.run([*_unprivileged(), sys.executable, "-m", "pipeline", "run", str(config)],
-                          capture_output=True, text=True, timeout=240, cwd=REPO)
+    done = subprocess.run(
+        [*_unprivileged(), sys.executable, "-m", "pipeline", "run", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        cwd=REPO,
+    )
     assert done.returncode == 1, done.stderr
     assert _tree_hashes(inputs) == before  # inputs are never modified
 
@@ -191,7 +208,9 @@ def test_each_bad_input_fails_alone_and_every_odd_format_converts(shared, tmp_pa
     for name, problem in BAD.items():
         record = by_source[name]
         assert record["state"] == "failed", name
-        assert name in record["error"] and problem.lower() in record["error"].lower() and "\n" not in record["error"], record["error"]
+        assert name in record["error"] and problem.lower() in record["error"].lower() and "\n" not in record["error"], (
+            record["error"]
+        )
         assert not (out / record["output"]).exists()
     for name, look in GOOD.items():
         record = by_source[name]
@@ -207,7 +226,11 @@ def test_each_bad_input_fails_alone_and_every_odd_format_converts(shared, tmp_pa
     frames = sorted((out / "broken.wave").glob("frame_*.png"))
     assert 0 < len(frames) < 12
     broken = records["broken.wave.mp4"]
-    assert broken["state"] == "failed" and "broken.mp4" in broken["error"] and f"after frame {len(frames)} of 12" in broken["error"]
+    assert (
+        broken["state"] == "failed"
+        and "broken.mp4" in broken["error"]
+        and f"after frame {len(frames)} of 12" in broken["error"]
+    )
     assert not (out / "broken.wave.mp4").exists()
     assert "sub" not in {Path(r["output"]).parts[0] for r in records.values()}  # the folder loop is not followed
     failed = {line for line in done.stderr.splitlines() if "FAILED" in line}
@@ -215,13 +238,16 @@ def test_each_bad_input_fails_alone_and_every_odd_format_converts(shared, tmp_pa
     assert not list(out.rglob("*.part*"))
 
 
-@pytest.mark.parametrize("make, mode", [
-    (lambda im: im.convert("L"), "gray"),
-    (lambda im: im.convert("P", palette=Image.Palette.ADAPTIVE), "palette"),
-    (lambda im: im.convert("CMYK"), "cmyk"),
-    (lambda im: im.convert("RGBA"), "rgba"),
-    (lambda im: Image.fromarray(np.asarray(im.convert("L"), np.uint16) * 257), "gray 16-bit"),
-])
+@pytest.mark.parametrize(
+    "make, mode",
+    [
+        (lambda im: im.convert("L"), "gray"),
+        (lambda im: im.convert("P", palette=Image.Palette.ADAPTIVE), "palette"),
+        (lambda im: im.convert("CMYK"), "cmyk"),
+        (lambda im: im.convert("RGBA"), "rgba"),
+        (lambda im: Image.fromarray(np.asarray(im.convert("L"), np.uint16) * 257), "gray 16-bit"),
+    ],
+)
 def test_odd_modes_decode_to_the_colours_they_show(shared, tmp_path, make, mode):
     real = Image.open(shared / "content/coffee.png").convert("RGB").crop((0, 0, 48, 32))
     fmt = "JPEG" if mode == "cmyk" else "PNG"
@@ -279,7 +305,9 @@ def test_an_output_dir_that_cannot_be_written_is_a_config_error_before_any_work(
 
 
 @pytest.mark.slow
-def test_disk_full_mid_write_and_out_of_memory_fail_only_their_jobs_and_leave_no_partial_file(shared, tmp_path, monkeypatch):
+def test_disk_full_mid_write_and_out_of_memory_fail_only_their_jobs_and_leave_no_partial_file(
+    shared, tmp_path, monkeypatch
+):
     """Jobs run in order a, b, c: b's write hits a full disk half-way, c runs out of memory."""
     import pipeline.render
 
@@ -322,10 +350,17 @@ def _wait_for(predicate, seconds: float) -> None:
 @pytest.mark.slow
 def test_sigterm_abandons_the_job_cleanly_writes_the_manifest_and_exits_non_zero(shared, tmp_path):
     inputs = photo_crops(shared / "content/coffee.png", tmp_path / "in", 6)
-    config = _config(tmp_path, [inputs], "out", shared / "style/wave.jpg", optimize={"size": 48, "iterations": 10, "scales": 1})
+    config = _config(
+        tmp_path, [inputs], "out", shared / "style/wave.jpg", optimize={"size": 48, "iterations": 10, "scales": 1}
+    )
     log = tmp_path / "out" / "stylize.log"
-    proc = subprocess.Popen([sys.executable, "-m", "pipeline", "run", str(config)], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True, cwd=REPO)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pipeline", "run", str(config)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+    )
     try:
         _wait_for(lambda: log.is_file() and "] done" in log.read_text(), 120)
         proc.send_signal(signal.SIGTERM)
@@ -343,11 +378,22 @@ def test_sigterm_abandons_the_job_cleanly_writes_the_manifest_and_exits_non_zero
 @pytest.mark.slow
 def test_a_worker_that_dies_has_its_task_run_again_and_the_run_goes_on(shared, tmp_path):
     inputs = photo_crops(shared / "content/coffee.png", tmp_path / "in", 6)
-    config = _config(tmp_path, [inputs], "out", shared / "style/wave.jpg", workers_per_device=2,
-                     optimize={"size": 48, "iterations": 8, "scales": 1})
+    config = _config(
+        tmp_path,
+        [inputs],
+        "out",
+        shared / "style/wave.jpg",
+        workers_per_device=2,
+        optimize={"size": 48, "iterations": 8, "scales": 1},
+    )
     manifest = tmp_path / "out" / "manifest.json"
-    proc = subprocess.Popen([sys.executable, "-m", "pipeline", "run", str(config)], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True, cwd=REPO)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pipeline", "run", str(config)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+    )
     try:
         _wait_for(manifest.is_file, 120)
         victim = next(iter(r["pid"] for r in json.loads(manifest.read_text())["jobs"].values()))

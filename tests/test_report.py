@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import missing, photo_crops
 from PIL import Image
 from typer.testing import CliRunner
 
-from conftest import missing, photo_crops
 from pipeline.cli import app
 from pipeline.optimize import Progress
 from pipeline.render import TRACE_POINTS, compact_trace
@@ -36,14 +36,18 @@ def run(shared, tmp_path_factory) -> tuple[Path, Path, str]:
     for i in range(3):
         pan.crop((6 * i, 0, 6 * i + 300, 200)).resize((60, 40)).save(inputs / "shot" / f"frame_{i + 1:04d}.png")
     config = tmp / "config.yaml"
-    config.write_text(yaml.safe_dump({
-        "inputs": [str(inputs)],
-        "styles": [{"name": n, "images": [str(shared / f"style/{n}.jpg")]} for n in STYLES],
-        "output": {"dir": "out"},
-        "optimize": {"size": 32, "iterations": 2, "scales": 1},
-        "devices": "cpu",
-        "cache_dir": str(tmp / "cache"),
-    }))
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "inputs": [str(inputs)],
+                "styles": [{"name": n, "images": [str(shared / f"style/{n}.jpg")]} for n in STYLES],
+                "output": {"dir": "out"},
+                "optimize": {"size": 32, "iterations": 2, "scales": 1},
+                "devices": "cpu",
+                "cache_dir": str(tmp / "cache"),
+            }
+        )
+    )
     result = runner.invoke(app, ["run", str(config)])
     assert result.exit_code == 1, result.output
     return config, tmp / "out", result.output
@@ -78,7 +82,11 @@ def test_report_names_failures_and_shows_each_output_and_curve(run):
 
 
 def test_loss_curve_is_compact_and_marks_each_scale():
-    trace = [Progress(s, 2, (8, 8), i, n, 10.0 / i, 1.0, 0.1 * s / i, 0.0) for s, n in ((1, 100), (2, 30)) for i in range(1, n + 1)]
+    trace = [
+        Progress(s, 2, (8, 8), i, n, 10.0 / i, 1.0, 0.1 * s / i, 0.0)
+        for s, n in ((1, 100), (2, 30))
+        for i in range(1, n + 1)
+    ]
     rows = compact_trace(trace)
     assert [r[:2] for r in rows if r[0] == 1][::23] == [(1, 1), (1, 100)] and len(rows) == TRACE_POINTS * 2
     assert rows[-1] == (2, 30, 0.3333, 1.0, 0.006667)
@@ -111,7 +119,11 @@ def test_quiet_rerun_shows_only_failures_and_the_summary(run):
     result = runner.invoke(app, ["run", str(config), "--quiet"])
     assert result.exit_code == 1, result.output
     lines = result.output.splitlines()
-    assert len(lines) == 3 and "finished: 12 jobs: 2 run, 10 already done, 2 failed" in lines[0] and all("FAILED broken.jpg" in line for line in lines[1:])
+    assert (
+        len(lines) == 3
+        and "finished: 12 jobs: 2 run, 10 already done, 2 failed" in lines[0]
+        and all("FAILED broken.jpg" in line for line in lines[1:])
+    )
     assert "report: " in (out / "stylize.log").read_text().splitlines()[-4]  # the log file still gets every line
 
 
@@ -133,9 +145,19 @@ addEventListener("load", () => {
     page = tmp_path / "checked.html"
     page.write_text((out / REPORT_NAME).read_text().replace("<head>", "<head>" + check, 1))
     dom = subprocess.run(
-        [str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", f"--user-data-dir={tmp_path / 'profile'}",
-         "--virtual-time-budget=5000", "--dump-dom", page.as_uri()],
-        capture_output=True, text=True, timeout=60,
+        [
+            str(CHROMIUM),
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            f"--user-data-dir={tmp_path / 'profile'}",
+            "--virtual-time-budget=5000",
+            "--dump-dom",
+            page.as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
     ).stdout
     found = re.search(r'data-check="([^"]*)"', dom)
     assert found, dom[:500]

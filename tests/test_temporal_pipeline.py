@@ -25,16 +25,30 @@ def _pan(photo: Path, folder: Path, count: int, start: int = 1, step: int = 3) -
         image.crop((step * i, step * i // 2, step * i + 96, step * i // 2 + 64)).save(folder / f"f{start + i:03d}.png")
 
 
-def _run(tmp_path: Path, inputs: Path, style: Path, name: str, video: dict, iterations: int = 12, workers: int = 1) -> dict:
+def _run(
+    tmp_path: Path, inputs: Path, style: Path, name: str, video: dict, iterations: int = 12, workers: int = 1
+) -> dict:
     config = tmp_path / f"{name}.yaml"
-    config.write_text(yaml.safe_dump({
-        "inputs": [str(inputs)], "styles": [{"name": "wave", "images": [str(style)]}],
-        "output": {"dir": str(tmp_path / name)}, "optimize": {"size": 64, "iterations": iterations, "scales": 1},
-        "video": video, "devices": "cpu", "workers_per_device": workers, "cache_dir": str(tmp_path / "cache"),
-    }))
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "inputs": [str(inputs)],
+                "styles": [{"name": "wave", "images": [str(style)]}],
+                "output": {"dir": str(tmp_path / name)},
+                "optimize": {"size": 64, "iterations": iterations, "scales": 1},
+                "video": video,
+                "devices": "cpu",
+                "workers_per_device": workers,
+                "cache_dir": str(tmp_path / "cache"),
+            }
+        )
+    )
     result = runner.invoke(app, ["run", str(config)])
     assert result.exit_code in (0, 1), result.output
-    return json.loads((tmp_path / name / "manifest.json").read_text())["jobs"] | {"_exit": result.exit_code, "_log": result.output}
+    return json.loads((tmp_path / name / "manifest.json").read_text())["jobs"] | {
+        "_exit": result.exit_code,
+        "_log": result.output,
+    }
 
 
 def _frames(n: int) -> tuple[Job, ...]:
@@ -46,8 +60,16 @@ def test_segments_overlap_and_seams_cross_fade_with_rising_weight(tmp_path):
     video = VideoConfig(segment_frames=4, segment_overlap=2)
     final, segments, seams = chain(_frames(10), video, tmp_path)
     assert [[f.job.content.stem for f in s.frames] for s in segments] == [
-        ["0", "1", "2", "3"], ["2", "3", "4", "5", "6", "7"], ["6", "7", "8", "9"]]
-    assert [(s.job.content.stem, round(s.weight, 3)) for s in seams] == [("2", 0.333), ("3", 0.667), ("6", 0.333), ("7", 0.667)]
+        ["0", "1", "2", "3"],
+        ["2", "3", "4", "5", "6", "7"],
+        ["6", "7", "8", "9"],
+    ]
+    assert [(s.job.content.stem, round(s.weight, 3)) for s in seams] == [
+        ("2", 0.333),
+        ("3", 0.667),
+        ("6", 0.333),
+        ("7", 0.667),
+    ]
     own = {f.job.content.stem: f.path for s in segments for f in s.frames if f.path == f.job.output}
     assert sorted(own, key=int) == ["0", "1", "4", "5", "8", "9"]  # seam frames are written by the cross-fade only
     assert all(s.earlier.parent == s.later.parent == tmp_path / "seams" and s.earlier != s.later for s in seams)
@@ -62,7 +84,10 @@ def test_chain_keys_cover_every_earlier_frame_of_the_segment(tmp_path):
     after, _, _ = chain(tuple(changed), video, tmp_path)
     same = [a.key == b.key for a, b in zip(before, after)]
     assert same == [True, True, True, True, False, False, False, False, True, True]
-    assert chain(_frames(10), VideoConfig(segment_frames=4, segment_overlap=2, temporal_weight=1.0), tmp_path)[0][0].key != before[0].key
+    assert (
+        chain(_frames(10), VideoConfig(segment_frames=4, segment_overlap=2, temporal_weight=1.0), tmp_path)[0][0].key
+        != before[0].key
+    )
 
 
 def test_overlap_must_be_shorter_than_a_segment():
@@ -81,7 +106,9 @@ def test_temporal_chain_flickers_less_than_independent_frames(shared, tmp_path):
     assert len(frames) == 8 and Image.open(frames[0]).size == (64, 43)
     ind, tem = independent["clip.wave"]["metrics"], temporal["clip.wave"]["metrics"]
     assert tem["warp_error"] < 0.5 * ind["warp_error"]
-    assert ind["warp_error_content"] == pytest.approx(tem["warp_error_content"])  # the floor does not depend on the style
+    assert ind["warp_error_content"] == pytest.approx(
+        tem["warp_error_content"]
+    )  # the floor does not depend on the style
     iterations = [temporal[f"clip.wave/f{i:03d}.png"]["iterations"] for i in range(1, 9)]
     assert iterations == [12] + [4] * 7
     assert "warp error" in temporal["_log"]
@@ -102,7 +129,9 @@ def test_scene_cut_restarts_the_chain(shared, tmp_path):
 def test_seam_frames_are_the_cross_fade_of_both_segments(shared, tmp_path, workers):
     _pan(shared / "content" / "coffee.png", tmp_path / "clip", 7)
     video = {"segment_frames": 4, "segment_overlap": 2, "iterations_after_first": 3}
-    records = _run(tmp_path, tmp_path / "clip", shared / "style" / "wave.jpg", "out", video, iterations=6, workers=workers)
+    records = _run(
+        tmp_path, tmp_path / "clip", shared / "style" / "wave.jpg", "out", video, iterations=6, workers=workers
+    )
     assert records["_exit"] == 0
     assert all(records[f"clip.wave/f{i:03d}.png"]["state"] == "done" for i in range(1, 8))
     seams = sorted((tmp_path / "cache" / "seams").glob("*.png"))
@@ -113,7 +142,9 @@ def test_seam_frames_are_the_cross_fade_of_both_segments(shared, tmp_path, worke
     assert min(np.abs(out3 - b).max() for b in blends) <= 1.0  # PNG rounding only
     metrics = records["clip.wave"]["metrics"]
     assert {"warp_error_seams", "warp_error_inside"} <= set(metrics)
-    rerun = _run(tmp_path, tmp_path / "clip", shared / "style" / "wave.jpg", "out", video, iterations=6, workers=workers)
+    rerun = _run(
+        tmp_path, tmp_path / "clip", shared / "style" / "wave.jpg", "out", video, iterations=6, workers=workers
+    )
     assert "0 run" in rerun["_log"] and "0 failed" in rerun["_log"]
 
 

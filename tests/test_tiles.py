@@ -22,7 +22,9 @@ def _pair(shared, size=320):
 
 
 def test_grid_pieces_partition_the_image_and_crops_stay_within_the_tile():
-    for (shape, tile), phase in itertools.product([((320, 213), 256), ((1000, 2999), 1024), ((96, 96), 64)], (0, 0.3, 0.9)):
+    for (shape, tile), phase in itertools.product(
+        [((320, 213), 256), ((1000, 2999), 1024), ((96, 96), 64)], (0, 0.3, 0.9)
+    ):
         tiles = grid(shape, tile, phase)
         cover = torch.zeros(shape, dtype=torch.int32)
         for t in tiles:
@@ -78,22 +80,30 @@ def test_a_tiled_result_matches_the_untiled_one_and_shows_no_seams(shared, model
     assert tiled.image.shape == content.shape
     with torch.inference_mode():
         fw, ft, fc = model(whole.image), model(tiled.image), model(content)
-        for loss in (lambda f: content_loss(f, {"relu4_2": fc["relu4_2"]}),
-                     lambda f: style_loss(f, targets[-1], settings.style_layers)):
+        for loss in (
+            lambda f: content_loss(f, {"relu4_2": fc["relu4_2"]}),
+            lambda f: style_loss(f, targets[-1], settings.style_layers),
+        ):
             assert float(loss(ft)) == pytest.approx(float(loss(fw)), rel=0.05)
     mask = border_mask(grid(tuple(content.shape[-2:]), 256))
     ratio = seam_ratio(tiled.image, mask)
-    assert ratio <= 1.10  # the margin the README states: cuts carry at most 1.10x the energy elsewhere
+    assert ratio <= 1.10  # the margin docs/large-images.md states: cuts carry at most 1.10x the energy elsewhere
     assert ratio <= seam_ratio(whole.image, mask) + 0.05
 
 
 def test_levels_refine_above_the_optimised_size_up_to_the_contents_own():
     settings = Settings(size=256, scales=2, iterations=40)
     assert [(lv.shape, lv.iterations) for lv in levels((600, 900), settings)] == [
-        ((85, 128), 40), ((171, 256), 40), ((341, 512), 10), ((600, 900), 10),
+        ((85, 128), 40),
+        ((171, 256), 40),
+        ((341, 512), 10),
+        ((600, 900), 10),
     ]
     assert [lv.shape for lv in levels((171, 256), settings)] == [(86, 128), (171, 256)]  # nothing to refine
-    assert [lv.iterations for lv in levels((600, 900), dataclasses.replace(settings, refine_iterations=3))][2:] == [3, 3]
+    assert [lv.iterations for lv in levels((600, 900), dataclasses.replace(settings, refine_iterations=3))][2:] == [
+        3,
+        3,
+    ]
 
 
 def test_tile_plan_tiles_only_what_does_not_fit_and_sizes_tiles_to_the_memory():

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import av
 import pytest
+from conftest import require_shared
 from PIL import Image
 
 import pipeline.video
-from conftest import require_shared
 from pipeline.video import VideoError, VideoInfo, assemble, extract_frames, probe
 
 REPO = Path(__file__).resolve().parents[1]
@@ -26,8 +26,13 @@ def _shared(name: str) -> Path:
     return require_shared(name)
 
 
-def _remux(src: Path, dst: Path, kinds: tuple[str, ...] = ("video", "audio"), rotation: int = 0,
-           options: dict[str, str] | None = None) -> Path:
+def _remux(
+    src: Path,
+    dst: Path,
+    kinds: tuple[str, ...] = ("video", "audio"),
+    rotation: int = 0,
+    options: dict[str, str] | None = None,
+) -> Path:
     """Copy the `kinds` streams of `src` packet for packet into the MP4 `dst`."""
     with av.open(str(src)) as inp, av.open(str(dst), "w", format="mp4", options=options or {}) as out:
         streams = {s.index: out.add_stream_from_template(s) for s in inp.streams if s.type in kinds}
@@ -78,11 +83,14 @@ def pan_frames(tmp_path_factory) -> list[Path]:
 # --- probe -------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name, expected", [
-    (COCKATOO, VideoInfo(Fraction(20), 280, 1280, 720, True)),
-    (BUNNY, VideoInfo(Fraction(24), 24, 1280, 720, True)),  # WebM holds no frame count: counted by decoding
-    ("pan.mp4", VideoInfo(Fraction(12), 12, 160, 120, False)),
-])
+@pytest.mark.parametrize(
+    "name, expected",
+    [
+        (COCKATOO, VideoInfo(Fraction(20), 280, 1280, 720, True)),
+        (BUNNY, VideoInfo(Fraction(24), 24, 1280, 720, True)),  # WebM holds no frame count: counted by decoding
+        ("pan.mp4", VideoInfo(Fraction(12), 12, 160, 120, False)),
+    ],
+)
 def test_probe_reads_rate_count_size_and_audio(name, expected):
     info = probe(PAN if name == "pan.mp4" else _shared(name))
     assert info == expected and isinstance(info.fps, Fraction)
@@ -109,16 +117,20 @@ def _written(name: str, data: bytes):
     def make(folder: Path) -> Path:
         (folder / name).write_bytes(data)
         return folder / name
+
     return make
 
 
-@pytest.mark.parametrize("make, problem", [
-    (_written("zero.mp4", b""), "empty file"),
-    (_written("notes.mp4", b"not\na video\n"), "not a readable video"),
-    (lambda d: d / "missing.mp4", "file not found"),
-    (lambda d: _remux(_shared(COCKATOO), d / "sound.mp4", kinds=("audio",)), "no video stream"),
-    (_blank_mdat, "no decodable video frames"),
-])
+@pytest.mark.parametrize(
+    "make, problem",
+    [
+        (_written("zero.mp4", b""), "empty file"),
+        (_written("notes.mp4", b"not\na video\n"), "not a readable video"),
+        (lambda d: d / "missing.mp4", "file not found"),
+        (lambda d: _remux(_shared(COCKATOO), d / "sound.mp4", kinds=("audio",)), "no video stream"),
+        (_blank_mdat, "no decodable video frames"),
+    ],
+)
 def test_probe_rejects_non_videos_with_one_line_naming_the_file(tmp_path, make, problem):
     path = make(tmp_path)
     with pytest.raises(VideoError) as caught:

@@ -18,14 +18,18 @@ REPO = Path(__file__).resolve().parents[1]
 
 def _config(tmp_path: Path, inputs: list, style: Path, size: int = 48) -> Path:
     path = tmp_path / "config.yaml"
-    path.write_text(yaml.safe_dump({
-        "inputs": [str(i) for i in inputs],
-        "styles": [{"name": "wave", "images": [str(style)]}],
-        "output": {"dir": "out"},
-        "optimize": {"size": size, "iterations": 2, "scales": 1},
-        "devices": "cpu",
-        "cache_dir": str(tmp_path / "cache"),
-    }))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "inputs": [str(i) for i in inputs],
+                "styles": [{"name": "wave", "images": [str(style)]}],
+                "output": {"dir": "out"},
+                "optimize": {"size": size, "iterations": 2, "scales": 1},
+                "devices": "cpu",
+                "cache_dir": str(tmp_path / "cache"),
+            }
+        )
+    )
     return path
 
 

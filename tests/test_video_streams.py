@@ -169,7 +169,7 @@ def test_every_audio_track_and_the_text_subtitles_come_along_with_their_tags(rea
         ("subtitle", "mov_text", "fra", "Français"),
     ]
     assert _cues(out) == [(Fraction(1, 10), b"\x00\x05Hallo"), (Fraction(3, 10), b"\x00\x04Welt")]
-    (start, cue), = _cues(out, 1)
+    ((start, cue),) = _cues(out, 1)
     assert start == Fraction(1, 5) and cue.startswith(b"\x00\x07Bonjour") and b"styl" in cue  # italic kept as a style
     with av.open(str(out)) as container:  # both tracks cut at the last frame's end (0.5 s), not 0.6 s
         assert [abs(s.duration * s.time_base - Fraction(1, 2)) < 0.03 for s in container.streams.audio] == [True] * 2
@@ -190,8 +190,9 @@ def test_an_mp4_source_has_its_tracks_copied_packet_for_packet(reassembled, tmp_
     assert [_cues(out, t) for t in (0, 1)] == [_cues(source, t) for t in (0, 1)]
     with av.open(str(out)) as got, av.open(str(source)) as src:
         for index in (1, 2):
-            assert [bytes(p) for p in got.demux(got.streams[index]) if p.size] == \
-                [bytes(p) for p in src.demux(src.streams[index]) if p.size]
+            assert [bytes(p) for p in got.demux(got.streams[index]) if p.size] == [
+                bytes(p) for p in src.demux(src.streams[index]) if p.size
+            ]
 
 
 # --- timing ------------------------------------------------------------------------------------
@@ -215,8 +216,11 @@ def test_a_source_with_fewer_frames_gives_a_constant_rate_and_says_so(tmp_path):
     source = tmp_path / "vfr.mp4"
     _vfr(source)
     out = tmp_path / "out.mp4"
-    with pytest.warns(VideoWarning, match=r"vfr\.mp4 has no increasing timestamps for its first 20 frames; "
-                                          r"written at a constant 16 fps"):
+    with pytest.warns(
+        VideoWarning,
+        match=r"vfr\.mp4 has no increasing timestamps for its first 20 frames; "
+        r"written at a constant 16 fps",
+    ):
         assemble(_frames(tmp_path / "frames", 20), out, Fraction(16), source=source)
     got, seconds = _times(out)
     assert got == [Fraction(i, 16) for i in range(20)] and seconds == Fraction(20, 16)
@@ -236,11 +240,19 @@ def test_a_run_logs_and_records_what_the_video_leaves_out(mkv, shared, tmp_path)
     from pipeline.cli import app
 
     config = tmp_path / "config.yaml"
-    config.write_text(yaml.safe_dump({
-        "inputs": [str(mkv)], "styles": [{"name": "wave", "images": [str(shared / "style/wave.jpg")]}],
-        "output": {"dir": str(tmp_path / "out")}, "optimize": {"size": 32, "iterations": 1, "scales": 1},
-        "video": {"temporal": False, "measure": False}, "devices": "cpu", "cache_dir": str(tmp_path / "cache"),
-    }))
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "inputs": [str(mkv)],
+                "styles": [{"name": "wave", "images": [str(shared / "style/wave.jpg")]}],
+                "output": {"dir": str(tmp_path / "out")},
+                "optimize": {"size": 32, "iterations": 1, "scales": 1},
+                "video": {"temporal": False, "measure": False},
+                "devices": "cpu",
+                "cache_dir": str(tmp_path / "cache"),
+            }
+        )
+    )
     result = CliRunner().invoke(app, ["run", str(config)])
     assert result.exit_code == 0, result.output
     message = f"{mkv}: subtitle stream #5 (dvbsub, language spa) is left out: MP4 holds only text subtitles"
