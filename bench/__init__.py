@@ -3,9 +3,18 @@
 from __future__ import annotations
 
 import platform
+import sys
 from pathlib import Path
 
 import torch
+
+BIN = Path(sys.executable).parent  # this environment's commands
+
+
+def image_command(content: Path, style: Path, out: Path, size: int, iterations: int, *extra: str) -> list[str]:
+    """`stylize image` from this environment, with the arguments every benchmark gives it."""
+    files = [str(content), str(style), "-o", str(out)]
+    return [str(BIN / "stylize"), "image", *files, "--size", str(size), "--iterations", str(iterations), *extra]
 
 
 def machine() -> str:

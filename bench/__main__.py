@@ -24,12 +24,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from bench import machine
+from bench import BIN, image_command, machine
 from bench.evaluator import Evaluator
-from pipeline.launch import keep_freed_memory
-from pipeline.model import VGGFeatures, resolve_weights
-from pipeline.optimize import Settings, scale_shapes, style_targets, stylize
-from pipeline.render import Renderer, resolve_precision
+from pipeline.core.optimize import Settings, scale_shapes, style_targets, stylize
+from pipeline.core.vgg import VGGFeatures
+from pipeline.media.weights import resolve_weights
+from pipeline.render.renderer import Renderer, resolve_precision
+from pipeline.run.allocator import keep_freed_memory
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -37,7 +38,6 @@ SHARED = REPO.parent / "shared" / "data"
 CONTENT = SHARED / "content" / "astronaut.png"
 STYLE = SHARED / "style" / "starry_night.jpg"
 LAYERS = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu4_2", "relu5_1")
-BIN = Path(sys.executable).parent
 
 
 PRECISION = resolve_precision("auto", torch.device("cpu"))  # what `precision: auto` runs on this CPU
@@ -125,7 +125,7 @@ def floor_and_iteration(sizes: list[int]) -> list[dict]:
 
 def _iteration_seconds(model: VGGFeatures, size: int, iterations: int = 8) -> float:
     """Median wall time between consecutive iterations of the real optimiser (scales=1, L-BFGS)."""
-    from pipeline.images import read_image
+    from pipeline.media.images import read_image
 
     settings = Settings(size=size, scales=1, iterations=iterations)
     content = torch.nn.functional.interpolate(read_image(CONTENT), size=(size, size), mode="bilinear", antialias=True)
@@ -156,7 +156,7 @@ class _Recorder(nn.Module):
 def schedule_race(size: int = 256, iterations: int = 100, every: int = 10, cap: int = 400) -> dict:
     """Seconds for coarse-to-fine (the defaults, `iterations` at the finest scale) and for one scale to
     reach the same evaluator style loss: the one coarse-to-fine ends with. Scoring time is not counted."""
-    from pipeline.images import read_image
+    from pipeline.media.images import read_image
 
     evaluator = Evaluator()
     content, style = read_image(CONTENT, size), read_image(STYLE)
@@ -202,8 +202,8 @@ def schedule_race(size: int = 256, iterations: int = 100, every: int = 10, cap: 
 
 def batch_throughput(size: int = 256, iterations: int = 10, batches: tuple[int, ...] = (1, 2, 4)) -> list[dict]:
     """Images per second of Adam on same-size images optimised as one batch, per batch size (one scale)."""
-    from pipeline.images import read_image
-    from pipeline.optimize import stack_targets
+    from pipeline.core.optimize import stack_targets
+    from pipeline.media.images import read_image
 
     settings = Settings(size=size, scales=1, iterations=iterations, optimizer="adam")
     model = Renderer(settings).model
@@ -371,21 +371,7 @@ def _peak(cmd: list[str]) -> tuple[float, float]:
 def _image_command(
     out: Path, size: int, iterations: int, *extra: str, content: Path = CONTENT, style: Path = STYLE
 ) -> list[str]:
-    return [
-        str(BIN / "stylize"),
-        "image",
-        str(content),
-        str(style),
-        "-o",
-        str(out),
-        "--size",
-        str(size),
-        "--iterations",
-        str(iterations),
-        "--device",
-        "cpu",
-        *extra,
-    ]
+    return image_command(content, style, out, size, iterations, "--device", "cpu", *extra)
 
 
 def peak_memory(out: Path, sizes: list[int], iterations: int = 2) -> list[dict]:
@@ -424,8 +410,8 @@ def tiling_runs(
 def tiling_compare(out: Path, size: int = 1024, tile: int = 512, iterations: int = 30) -> dict:
     """A tiled result against an untiled one at the same settings (3 scales; only the finest is tiled):
     evaluator losses, and the seam measure along the tile cuts of the first grid."""
-    from pipeline.images import read_image
-    from pipeline.tiles import border_mask, grid, seam_ratio
+    from pipeline.core.tiles import border_mask, grid, seam_ratio
+    from pipeline.media.images import read_image
 
     evaluator = Evaluator()
     result: dict = {"size": size, "tile": tile, "iterations": iterations}

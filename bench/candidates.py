@@ -26,8 +26,8 @@ import time
 from bench import machine
 from bench.evaluator import Evaluator
 from bench.quality import HERE, pairs
-from pipeline.config import OptimizeConfig, StyleConfig
-from pipeline.render import Renderer
+from pipeline.batch.config import OptimizeConfig, StyleConfig
+from pipeline.render.renderer import Renderer
 
 OUT = HERE / "out" / "candidates"
 WEIGHTS = (1.0, 3.0, 10.0)  # times the default style weight

@@ -22,12 +22,12 @@ from pathlib import Path
 import yaml
 from PIL import Image
 
-from pipeline.config import load_config
-from pipeline.discover import discover
-from pipeline.execute import execute
-from pipeline.launch import keep_freed_memory
-from pipeline.manifest import Manifest, Record
-from pipeline.plan import plan
+from pipeline.batch.config import load_config
+from pipeline.batch.discover import discover
+from pipeline.batch.manifest import Manifest, Record
+from pipeline.batch.plan import plan
+from pipeline.run.allocator import keep_freed_memory
+from pipeline.run.execute import execute
 
 HERE = Path(__file__).resolve().parent
 SHARED = HERE.parent.parent / "shared" / "data"

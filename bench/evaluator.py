@@ -21,9 +21,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from pipeline.images import read_image
-from pipeline.model import VGGFeatures, resolve_weights
-from pipeline.optimize import resize, style_area_shape
+from pipeline.core.optimize import resize, style_area_shape
+from pipeline.core.vgg import VGGFeatures
+from pipeline.media.images import read_image
+from pipeline.media.weights import resolve_weights
 
 CONTENT_LAYER = "relu4_2"
 STYLE_LAYERS = tuple(f"relu{i}_1" for i in range(1, 6))

@@ -29,8 +29,8 @@ import yaml
 from PIL import Image
 
 from bench import machine
-from pipeline.animation import probe
-from pipeline.manifest import RUN_FILES
+from pipeline.batch.manifest import RUN_FILES
+from pipeline.media.animation import probe
 
 HERE = Path(__file__).resolve().parent
 SHARED = HERE.parent.parent / "shared" / "data"
@@ -65,16 +65,16 @@ def _config(root: Path, inputs: list[Path], out: Path | None = None, **extra) ->
     return path
 
 
+def _default_sigint() -> None:
+    """In the child: Ctrl-C back to its default (a shell's background job would ignore it)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _run(config: Path, interrupt_after: float | None = None) -> tuple[int, str]:
     """`stylize run CONFIG` in its own process group: exit code and everything it printed."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "pipeline", "run", str(config)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
-    )
+    command = [sys.executable, "-m", "pipeline", "run", str(config)]
+    output = {"stdout": subprocess.PIPE, "stderr": subprocess.STDOUT, "text": True}
+    proc = subprocess.Popen(command, **output, start_new_session=True, preexec_fn=_default_sigint)
     if interrupt_after is not None:
         time.sleep(interrupt_after)
         os.killpg(proc.pid, signal.SIGINT)

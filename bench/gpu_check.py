@@ -22,6 +22,8 @@ from pathlib import Path
 import torch
 import yaml
 
+from bench import image_command
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 SHARED = REPO.parent / "shared" / "data"
@@ -49,25 +51,7 @@ def gpu_tests() -> dict:
 def image_seconds(size: int, iterations: int, *extra: str) -> dict:
     """`stylize image` at one scale, wall time from the shell (start-up, style encoding and write included)."""
     out = Path(tempfile.mkdtemp()) / "out.png"
-    cmd = [
-        sys.executable,
-        "-m",
-        "pipeline",
-        "image",
-        str(CONTENT),
-        str(STYLE),
-        "-o",
-        str(out),
-        "--size",
-        str(size),
-        "--iterations",
-        str(iterations),
-        "--scales",
-        "1",
-        "--device",
-        DEVICE,
-        *extra,
-    ]
+    cmd = image_command(CONTENT, STYLE, out, size, iterations, "--scales", "1", "--device", DEVICE, *extra)
     seconds, tail, code = _command(cmd, 300)
     return {
         "size": size,
@@ -82,8 +66,9 @@ def image_seconds(size: int, iterations: int, *extra: str) -> dict:
 def floor_ratio(size: int = 512, iterations: int = 20) -> dict:
     """The bare VGG-19 forward and backward to relu5_1 (fastest of fp32/bf16 × NCHW/channels-last) against
     one optimiser iteration of ours, in the precision `auto` picks on this GPU."""
-    from pipeline.model import VGGFeatures, resolve_weights
-    from pipeline.render import PRECISIONS, resolve_precision
+    from pipeline.core.vgg import VGGFeatures
+    from pipeline.media.weights import resolve_weights
+    from pipeline.render.renderer import PRECISIONS, resolve_precision
 
     device = torch.device(DEVICE)
     weights = resolve_weights("bundled")
@@ -118,8 +103,8 @@ def floor_ratio(size: int = 512, iterations: int = 20) -> dict:
 def _iteration(model: torch.nn.Module, size: int, iterations: int) -> float:
     """Seconds per iteration of our optimiser on the GPU: (time of 2N iterations - time of N) / N, so that
     the set-up of a level cancels out."""
-    from pipeline.images import read_image
-    from pipeline.optimize import Settings, resize, style_targets, stylize
+    from pipeline.core.optimize import Settings, resize, style_targets, stylize
+    from pipeline.media.images import read_image
 
     device = torch.device(DEVICE)
     content = resize(read_image(CONTENT), (size, size)).to(device)
@@ -192,9 +177,9 @@ def two_workers() -> dict:
 
 def peak_memory(sizes: tuple[int, ...] = (512, 1024, 2048)) -> list[dict]:
     """Peak CUDA memory of one render per size (one scale, 20 iterations), in-process, against the plan's estimate."""
-    from pipeline.memory import needed_bytes
-    from pipeline.optimize import Settings
-    from pipeline.render import Renderer
+    from pipeline.core.optimize import Settings
+    from pipeline.render.memory import needed_bytes
+    from pipeline.render.renderer import Renderer
 
     rows = []
     for size in sizes:
@@ -227,25 +212,7 @@ def precision_scores(size: int = 512, iterations: int = 200) -> dict:
     for precision in ("bf16", "fp32"):
         out = Path(tempfile.mkdtemp()) / f"{precision}.png"
         _command(
-            [
-                sys.executable,
-                "-m",
-                "pipeline",
-                "image",
-                str(CONTENT),
-                str(STYLE),
-                "-o",
-                str(out),
-                "--size",
-                str(size),
-                "--iterations",
-                str(iterations),
-                "--device",
-                DEVICE,
-                "--precision",
-                precision,
-            ],
-            300,
+            image_command(CONTENT, STYLE, out, size, iterations, "--device", DEVICE, "--precision", precision), 300
         )
         scores[precision] = vars(evaluator.score(out, CONTENT, STYLE)) if out.is_file() else None
     return scores

@@ -26,14 +26,13 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from bench import machine
+from bench import BIN, image_command, machine
 from bench.evaluator import Evaluator, Scores
-from pipeline.config import OptimizeConfig
+from pipeline.batch.config import OptimizeConfig
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 SHARED = REPO.parent / "shared"
-BIN = Path(sys.executable).parent
 PEERS = Path("/tmp/peers")
 OUT = HERE / "out" / "quality"
 
@@ -86,22 +85,7 @@ class Point:
 
 
 def _stylize(content: Path, style: Path, out: Path, weight: float, size: int, iterations: int) -> list[str]:
-    return [
-        str(BIN / "stylize"),
-        "image",
-        str(content),
-        str(style),
-        "-o",
-        str(out),
-        "--size",
-        str(size),
-        "--iterations",
-        str(iterations),
-        "--style-weight",
-        str(weight),
-        "--seed",
-        "0",
-    ]
+    return image_command(content, style, out, size, iterations, "--style-weight", str(weight), "--seed", "0")
 
 
 def _neural_style(content: Path, style: Path, out: Path, weight: float, size: int, iterations: int) -> list[str]:

@@ -1,3 +1,3 @@
-from pipeline.launch import main
+from pipeline.ui.launch import main
 
 main()

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
-from pipeline.model import VGGFeatures, resolve_weights
+from pipeline.core.vgg import VGGFeatures
+from pipeline.media.weights import resolve_weights
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data"
@@ -61,3 +65,34 @@ def photo_crops(src: Path, folder: Path, count: int, offset: int = 0) -> Path:
         x = 15 * (i + offset)
         image.crop((x, 0, x + 300, 200)).save(folder / f"photo_{chr(97 + i)}.png")
     return folder
+
+
+def write_config(
+    path: Path, inputs: list[Path], out: Path | str, style: Path = STYLE / "wave.jpg", name: str = "wave", **keys
+) -> Path:
+    """A config at `path`: `inputs` in the style `name` (the image `style`), written to `out`, on the CPU,
+    with its cache beside the config, unless `keys` (optimize, video, devices, cache_dir, ...) say otherwise."""
+    data = {
+        "inputs": [str(i) for i in inputs],
+        "styles": [{"name": name, "images": [str(style)]}],
+        "output": {"dir": str(out)},
+        "devices": "cpu",
+        "cache_dir": str(path.parent / "cache"),
+        **keys,
+    }
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def image_args(content: Path, style: Path, out: Path, *extra: str) -> list[str]:
+    """`stylize image`'s arguments for one content and style image, then `extra`."""
+    return ["image", str(content), str(style), "-o", str(out), *extra]
+
+
+def run_with_hooks(config: Path, **hooks: str) -> subprocess.CompletedProcess:
+    """`stylize run CONFIG` in a fresh process with tests/hooks/sitecustomize.py loaded and `hooks` in its
+    environment (STYLIZE_TEST_FAULT, STYLIZE_TEST_RECYCLE, ...)."""
+    path = os.pathsep.join(filter(None, [str(REPO / "tests" / "hooks"), os.environ.get("PYTHONPATH")]))
+    command = [sys.executable, "-m", "pipeline", "run", str(config)]
+    env = {**os.environ, **hooks, "PYTHONPATH": path}
+    return subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)

@@ -10,11 +10,11 @@ from PIL import Image
 from test_naming import _config as naming_config
 from typer.testing import CliRunner
 
-from pipeline.animation import AnimationError, assemble, extract_frames, probe
-from pipeline.cli import app
-from pipeline.config import Config
-from pipeline.discover import discover
-from pipeline.plan import AnimationOut, plan
+from pipeline.batch.config import Config
+from pipeline.batch.discover import discover
+from pipeline.batch.plan import AnimationOut, plan
+from pipeline.media.animation import AnimationError, assemble, extract_frames, probe
+from pipeline.ui.cli import app
 
 runner = CliRunner()
 DURATIONS = [100, 200, 150]

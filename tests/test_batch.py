@@ -11,29 +11,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from conftest import gpu, photo_crops
+from conftest import gpu, photo_crops, run_with_hooks, write_config
 from PIL import Image
 from typer.testing import CliRunner
 
-from pipeline.cli import app
-from pipeline.lock import LOCK_NAME, run_lock
+from pipeline.batch.lock import LOCK_NAME, run_lock
+from pipeline.ui.cli import app
 
 runner = CliRunner()
 
 
 def _config(tmp_path: Path, inputs: Path, out: str, style: Path) -> Path:
-    path = tmp_path / f"{out}.yaml"
-    path.write_text(
-        yaml.safe_dump(
-            {
-                "inputs": [str(inputs)],
-                "styles": [{"name": "wave", "images": [str(style)]}],
-                "output": {"dir": out},
-                "optimize": {"size": 48, "iterations": 2, "scales": 1},
-                "devices": "cpu",
-                "cache_dir": str(tmp_path / "cache"),
-            }
-        )
+    path = write_config(
+        tmp_path / f"{out}.yaml", [inputs], out, style=style, optimize={"size": 48, "iterations": 2, "scales": 1}
     )
     return path
 
@@ -64,7 +54,7 @@ def test_stale_lock_from_a_killed_run_does_not_block(shared, tmp_path):
         [
             sys.executable,
             "-c",
-            f"import time, pipeline.lock as l\nwith l.run_lock(__import__('pathlib').Path({str(out)!r})): time.sleep(60)",
+            f"import time, pipeline.batch.lock as l\nwith l.run_lock(__import__('pathlib').Path({str(out)!r})): time.sleep(60)",
         ]
     )
     deadline = time.monotonic() + 60  # its start-up takes seconds on a loaded machine (torch, under make test-cpu)
@@ -107,11 +97,8 @@ def test_style_is_encoded_once_across_runs_and_corrupt_entries_are_recomputed(sh
 @pytest.mark.slow
 def test_two_cpu_workers_share_the_jobs(shared, tmp_path):
     inputs = photo_crops(shared / "content/chelsea.png", tmp_path / "in", 8)
-    config = _config(tmp_path, inputs, "out", shared / "style/wave.jpg")
-    data = yaml.safe_load(config.read_text())
-    data.update(devices="cpu", workers_per_device=2)
-    data["optimize"].update(size=64, iterations=8)
-    config.write_text(yaml.safe_dump(data))
+    fast = {"size": 64, "iterations": 8, "scales": 1}
+    config = write_config(tmp_path / "out.yaml", [inputs], "out", optimize=fast, workers_per_device=2)
     result = runner.invoke(app, ["run", str(config)])
     assert result.exit_code == 0, result.output
     assert "2 workers on cpu" in result.output
@@ -126,20 +113,9 @@ def test_a_worker_that_loky_replaces_hands_its_slot_to_its_replacement(shared, t
     """loky replaces a worker whose memory grew (forced here after every task): the replacement takes over
     the slot of the worker it replaces, where it used to wait for one for ever."""
     inputs = photo_crops(shared / "content/chelsea.png", tmp_path / "in", 5)
-    config = _config(tmp_path, inputs, "out", shared / "style/wave.jpg")
-    data = yaml.safe_load(config.read_text())
-    data.update(devices="cpu", workers_per_device=2)
-    data["optimize"].update(size=32, iterations=2)
-    config.write_text(yaml.safe_dump(data))
-    hooks = str(Path(__file__).parent / "hooks")
-    env = {
-        **os.environ,
-        "STYLIZE_TEST_RECYCLE": "1",
-        "PYTHONPATH": os.pathsep.join(filter(None, [hooks, os.environ.get("PYTHONPATH")])),
-    }
-    result = subprocess.run(
-        [sys.executable, "-m", "pipeline", "run", str(config)], capture_output=True, text=True, env=env, timeout=300
-    )
+    fast = {"size": 32, "iterations": 2, "scales": 1}
+    config = write_config(tmp_path / "out.yaml", [inputs], "out", optimize=fast, workers_per_device=2)
+    result = run_with_hooks(config, STYLIZE_TEST_RECYCLE="1")
     assert result.returncode == 0, result.stderr
     records = _manifest(tmp_path / "out")
     assert len(records) == 5 and all(r["state"] == "done" for r in records)
@@ -149,7 +125,7 @@ def test_a_worker_that_loky_replaces_hands_its_slot_to_its_replacement(shared, t
 def test_devices_resolve_without_a_gpu():
     import torch
 
-    from pipeline.execute import resolve_devices
+    from pipeline.run.devices import resolve_devices
 
     expected = [f"cuda:{i}" for i in range(torch.cuda.device_count())] or ["cpu"]
     assert resolve_devices("auto") == expected
@@ -173,7 +149,7 @@ def test_every_gpu_gets_a_worker(shared, tmp_path):
 
 
 def test_running_out_of_memory_names_the_size_that_failed():
-    from pipeline.manifest import reason
+    from pipeline.batch.manifest import reason
 
     cuda = reason(RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB\nstack"), Path("/in/a.png"), 2048)
     assert cuda.startswith("/in/a.png: out of device memory at size 2048 (") and "\n" not in cuda

@@ -2,8 +2,8 @@
 
 import torch
 
-from pipeline.cache import StyleCache
-from pipeline.losses import target_names
+from pipeline.core.losses import target_names
+from pipeline.render.style_cache import StyleCache
 
 CPU = torch.device("cpu")
 
@@ -55,8 +55,8 @@ def test_a_cached_entry_of_the_wrong_shape_or_names_is_recomputed(tmp_path):
 
 
 def test_the_renderers_style_targets_are_keyed_by_the_style_loss(shared, tmp_path):
-    from pipeline.optimize import Settings
-    from pipeline.render import Renderer
+    from pipeline.core.optimize import Settings
+    from pipeline.render.renderer import Renderer
 
     style = [(shared / "style" / "wave.jpg", 1.0)]
     layers = {"relu1_1": 1.0, "relu2_1": 1.0}
@@ -77,9 +77,9 @@ def test_the_renderers_style_targets_are_keyed_by_the_style_loss(shared, tmp_pat
 
 
 def test_the_renderers_style_targets_at_a_style_scale_are_those_of_the_scaled_area(shared, tmp_path):
-    from pipeline.images import read_image
-    from pipeline.optimize import Settings, style_targets
-    from pipeline.render import Renderer
+    from pipeline.core.optimize import Settings, style_targets
+    from pipeline.media.images import read_image
+    from pipeline.render.renderer import Renderer
 
     style = shared / "style" / "wave.jpg"
     renderer = Renderer(Settings(size=48, scales=1, style_layers={"relu1_1": 1.0}), cache=StyleCache(tmp_path))
@@ -92,7 +92,7 @@ def test_the_renderers_style_targets_at_a_style_scale_are_those_of_the_scaled_ar
 
 
 def test_the_memory_cache_keeps_only_the_most_recently_used_target_sets(tmp_path):
-    from pipeline.cache import StyleCache
+    from pipeline.render.style_cache import StyleCache
 
     cache = StyleCache(None)
     cache.MEMORY = 3

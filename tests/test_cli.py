@@ -9,10 +9,11 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import image_args
 from PIL import Image
 from typer.testing import CliRunner
 
-from pipeline.cli import app
+from pipeline.ui.cli import app
 
 runner = CliRunner()
 FAST = ["--size", "64", "--iterations", "4", "--scales", "1"]
@@ -43,9 +44,7 @@ def _write_config(tmp_path: Path, inputs, styles, **optimize) -> Path:
 @pytest.mark.slow
 def test_image_keeps_aspect_and_longest_side(shared, tmp_path):
     out = tmp_path / "cat.png"
-    result = runner.invoke(
-        app, ["image", str(shared / "content/chelsea.png"), str(shared / "style/wave.jpg"), "-o", str(out), *FAST]
-    )
+    result = runner.invoke(app, image_args(shared / "content/chelsea.png", shared / "style/wave.jpg", out, *FAST))
     assert result.exit_code == 0, result.output
     assert Image.open(out).size == (64, 43)  # 451x300 source
 
@@ -54,9 +53,7 @@ def test_image_keeps_aspect_and_longest_side(shared, tmp_path):
 def test_image_original_size_writes_the_contents_own_resolution(shared, tmp_path):
     source, out = tmp_path / "small.png", tmp_path / "out.png"
     Image.open(shared / "content/chelsea.png").convert("RGB").crop((0, 0, 150, 100)).save(source)
-    result = runner.invoke(
-        app, ["image", str(source), str(shared / "style/wave.jpg"), "-o", str(out), *FAST, "--original-size"]
-    )
+    result = runner.invoke(app, image_args(source, shared / "style/wave.jpg", out, *FAST, "--original-size"))
     assert result.exit_code == 0, result.output
     assert Image.open(out).size == (150, 100)
 
@@ -69,7 +66,7 @@ def test_image_respects_exif_orientation(shared, tmp_path):
     rotated = tmp_path / "rotated.jpg"
     src.save(rotated, exif=exif)
     out = tmp_path / "out.png"
-    result = runner.invoke(app, ["image", str(rotated), str(shared / "style/wave.jpg"), "-o", str(out), *FAST])
+    result = runner.invoke(app, image_args(rotated, shared / "style/wave.jpg", out, *FAST))
     assert result.exit_code == 0, result.output
     assert Image.open(out).size == (43, 64)  # upright: portrait
 
@@ -93,25 +90,14 @@ def test_image_with_the_wasserstein_style_loss(shared, tmp_path):
     out = tmp_path / "w2.png"
     result = runner.invoke(
         app,
-        [
-            "image",
-            str(shared / "content/coffee.png"),
-            str(shared / "style/wave.jpg"),
-            "-o",
-            str(out),
-            *FAST,
-            "--style-loss",
-            "wasserstein",
-        ],
+        image_args(shared / "content/coffee.png", shared / "style/wave.jpg", out, *FAST, "--style-loss", "wasserstein"),
     )
     assert result.exit_code == 0, result.output
     assert Image.open(out).size == (64, 43)
 
 
 def test_image_missing_file_is_usage_error(tmp_path):
-    result = runner.invoke(
-        app, ["image", str(tmp_path / "nope.png"), str(tmp_path / "x.jpg"), "-o", str(tmp_path / "o.png")]
-    )
+    result = runner.invoke(app, image_args(tmp_path / "nope.png", tmp_path / "x.jpg", tmp_path / "o.png"))
     assert result.exit_code == 2
     assert "nope.png: file not found" in result.output
 
@@ -236,16 +222,9 @@ def test_python_dash_m_entry_point():
 def test_missing_cuda_device_is_a_usage_error(shared, tmp_path):
     result = runner.invoke(
         app,
-        [
-            "image",
-            str(shared / "content/chelsea.png"),
-            str(shared / "style/wave.jpg"),
-            "-o",
-            str(tmp_path / "o.png"),
-            "--device",
-            "cuda:0",
-            *FAST,
-        ],
+        image_args(
+            shared / "content/chelsea.png", shared / "style/wave.jpg", tmp_path / "o.png", "--device", "cuda:0", *FAST
+        ),
     )
     assert result.exit_code == 2 and "CUDA is not available" in result.output
     config = _write_config(tmp_path, [shared / "content"], [("wave", shared / "style/wave.jpg")])
@@ -258,7 +237,7 @@ def test_missing_cuda_device_is_a_usage_error(shared, tmp_path):
 
 
 def test_config_reference_page_is_generated_from_the_schema():
-    from pipeline.config import reference
+    from pipeline.batch.config import reference
 
     page = (Path(__file__).resolve().parents[1] / "docs" / "config.md").read_text()
     assert reference() in page
@@ -296,7 +275,7 @@ def test_every_shipped_config_is_valid_against_the_schema():
     """The sample configs use only real keys and values (paths aside: cron.yaml names a render box's)."""
     import yaml
 
-    from pipeline.config import Config
+    from pipeline.batch.config import Config
 
     for path in sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml")):
         Config.model_validate(yaml.safe_load(path.read_text()))
@@ -306,15 +285,7 @@ def test_image_command_rejects_a_bad_option_value(shared, tmp_path):
     for option, value in (("--precision", "fp8"), ("--tile", "tiny"), ("--style-loss", "l2"), ("--style-scale", "5")):
         result = runner.invoke(
             app,
-            [
-                "image",
-                str(shared / "content/coffee.png"),
-                str(shared / "style/wave.jpg"),
-                "-o",
-                str(tmp_path / "out.png"),
-                option,
-                value,
-            ],
+            image_args(shared / "content/coffee.png", shared / "style/wave.jpg", tmp_path / "out.png", option, value),
         )
         assert result.exit_code == 2 and option in result.output, result.output
 

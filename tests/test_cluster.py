@@ -21,7 +21,7 @@ from conftest import photo_crops
 from test_temporal_pipeline import _pan
 from typer.testing import CliRunner
 
-from pipeline.cli import app
+from pipeline.ui.cli import app
 
 distributed = pytest.importorskip("distributed")
 runner = CliRunner()
@@ -197,10 +197,10 @@ def test_workers_send_live_progress_to_the_client(shared, tmp_path, farm):
 
 
 def test_a_retried_task_returns_the_record_its_killed_attempt_stamped(shared, tmp_path, farm):
-    from pipeline.cluster import run_task
-    from pipeline.config import load_config
-    from pipeline.discover import discover
-    from pipeline.plan import plan
+    from pipeline.batch.config import load_config
+    from pipeline.batch.discover import discover
+    from pipeline.batch.plan import plan
+    from pipeline.run.cluster import run_task
 
     inputs = photo_crops(shared / "content/coffee.png", tmp_path / "in", 1)
     config = load_config(_config(tmp_path, [inputs], "out", shared / "style/wave.jpg", scheduler=farm.address))
@@ -214,18 +214,17 @@ def test_a_retried_task_returns_the_record_its_killed_attempt_stamped(shared, tm
     assert job.output.stat().st_mtime_ns == written  # not rendered, not written again
 
 
+def _six_photos_config(tmp_path: Path, inputs: Path, shared: Path, scheduler: str) -> Path:
+    """The killing tests' config: `inputs` in wave at 64 px, 6 iterations, on `scheduler`."""
+    fast = {"size": 64, "iterations": 6, "scales": 1}
+    return _config(tmp_path, [inputs], "out", shared / "style/wave.jpg", scheduler=scheduler, optimize=fast)
+
+
 @pytest.mark.slow
 def test_a_worker_killed_mid_run_has_its_job_retried_and_each_output_recorded_once(shared, tmp_path):
     inputs = photo_crops(shared / "content/astronaut.png", tmp_path / "in", 6)
     with _farm(tmp_path / "farm") as farm:
-        config = _config(
-            tmp_path,
-            [inputs],
-            "out",
-            shared / "style/wave.jpg",
-            scheduler=farm.address,
-            optimize={"size": 64, "iterations": 6, "scales": 1},
-        )
+        config = _six_photos_config(tmp_path, inputs, shared, farm.address)
         victim = farm.workers[0]
         with _kill_when(lambda: len(list((tmp_path / "out").glob("*.wave.png"))) >= 2, victim):  # two outputs landed
             result = runner.invoke(app, ["run", str(config)])
@@ -244,9 +243,9 @@ def test_a_worker_killed_mid_run_has_its_job_retried_and_each_output_recorded_on
 
 
 def test_an_unreachable_scheduler_is_a_one_line_error_and_a_rerun_resumes(shared, tmp_path, farm, monkeypatch):
-    import pipeline.cluster
+    import pipeline.run.cluster
 
-    monkeypatch.setattr(pipeline.cluster, "CONNECT_TIMEOUT", 1.0)
+    monkeypatch.setattr(pipeline.run.cluster, "CONNECT_TIMEOUT", 1.0)
     inputs = photo_crops(shared / "content/coffee.png", tmp_path / "in", 2)
     config = _config(tmp_path, [inputs], "out", shared / "style/wave.jpg", scheduler="tcp://127.0.0.1:9")
     result = runner.invoke(app, ["run", str(config)])
@@ -263,14 +262,7 @@ def test_an_unreachable_scheduler_is_a_one_line_error_and_a_rerun_resumes(shared
 def test_losing_the_scheduler_mid_run_stops_with_one_line_and_a_rerun_resumes(shared, tmp_path, farm):
     inputs = photo_crops(shared / "content/astronaut.png", tmp_path / "in", 6)
     with _farm(tmp_path / "doomed") as doomed:
-        config = _config(
-            tmp_path,
-            [inputs],
-            "out",
-            shared / "style/wave.jpg",
-            scheduler=doomed.address,
-            optimize={"size": 64, "iterations": 6, "scales": 1},
-        )
+        config = _six_photos_config(tmp_path, inputs, shared, doomed.address)
         with _kill_when((tmp_path / "out" / "manifest.json").is_file, doomed.scheduler):  # a record reached the client
             result = runner.invoke(app, ["run", str(config)])
     assert result.exit_code == 1, result.output

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from pipeline.descent import adam, lbfgs
+from pipeline.core.descent import adam, lbfgs
 
 
 def _quadratic(seed: int = 0, n: int = 40):

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from pipeline.discover import InputError, discover
+from pipeline.batch.discover import InputError, discover
 
 
 def _img(path: Path) -> Path:
@@ -75,7 +75,7 @@ def test_inputs_with_files_but_nothing_to_stylise_are_an_error_naming_the_types(
 
 def test_what_an_earlier_run_wrote_is_not_taken_as_input(tmp_path):
     """After output.dir moves, the old output dir (its manifest, outputs and report) is passed over."""
-    from pipeline.manifest import Manifest, Record
+    from pipeline.batch.manifest import Manifest, Record
 
     _img(tmp_path / "in" / "a.png")
     old = tmp_path / "in" / "old_out"
@@ -127,8 +127,8 @@ def test_inputs_that_name_nothing_are_errors(tmp_path):
 
 
 def test_the_temporal_chain_restarts_after_a_gap(tmp_path, shared):
-    from pipeline.config import Config
-    from pipeline.plan import plan
+    from pipeline.batch.config import Config
+    from pipeline.batch.plan import plan
 
     for n in (1, 2, 3, 7, 8):
         _img(tmp_path / "shot" / f"frame_{n:04d}.png")

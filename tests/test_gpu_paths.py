@@ -7,15 +7,16 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
+from conftest import write_config
 from PIL import Image
 from typer.testing import CliRunner
 
-from pipeline import render
-from pipeline.cli import app
-from pipeline.cluster import DeviceError, check_gpus
-from pipeline.optimize import Settings
-from pipeline.render import Renderer, resolve_precision
+from pipeline.core.optimize import Settings
+from pipeline.render import renderer as render
+from pipeline.render.renderer import Renderer, resolve_precision
+from pipeline.run.cluster import check_gpus
+from pipeline.run.devices import DeviceError
+from pipeline.ui.cli import app
 
 
 def test_auto_precision_asks_each_cuda_device_itself(monkeypatch):
@@ -61,18 +62,11 @@ def test_without_auto_tiling_running_out_of_memory_fails_at_once(shared, tmp_pat
 def test_a_failed_batch_is_retried_job_by_job_outside_its_handler(shared, tmp_path, monkeypatch):
     for name in ("a", "b"):
         Image.open(shared / "content/chelsea.png").convert("RGB").save(tmp_path / f"{name}.png")
-    config = tmp_path / "config.yaml"
-    config.write_text(
-        yaml.safe_dump(
-            {
-                "inputs": [str(tmp_path / "a.png"), str(tmp_path / "b.png")],
-                "styles": [{"name": "wave", "images": [str(shared / "style/wave.jpg")]}],
-                "output": {"dir": str(tmp_path / "out")},
-                "optimize": {"size": 32, "iterations": 2, "scales": 1, "optimizer": "adam", "batch": 2},
-                "devices": "cpu",
-                "cache_dir": str(tmp_path / "cache"),
-            }
-        )
+    config = write_config(
+        tmp_path / "config.yaml",
+        [tmp_path / "a.png", tmp_path / "b.png"],
+        tmp_path / "out",
+        optimize={"size": 32, "iterations": 2, "scales": 1, "optimizer": "adam", "batch": 2},
     )
     seen = []
     real = Renderer.render
@@ -103,7 +97,8 @@ CLAIM = textwrap.dedent("""
     import sys, torch
     from types import SimpleNamespace
     torch.cuda.get_device_properties = lambda i: SimpleNamespace(uuid=f"GPU-{i}")
-    from pipeline.cluster import DeviceError, claim_gpu
+    from pipeline.run.cluster import claim_gpu
+    from pipeline.run.devices import DeviceError
     try:
         print(claim_gpu(2, __import__("pathlib").Path(sys.argv[1])), flush=True)
     except DeviceError as exc:
@@ -140,34 +135,18 @@ def test_each_worker_process_claims_a_gpu_of_its_own(tmp_path):
 def _fault_run(tmp_path: Path, shared: Path, workers: int) -> tuple[subprocess.CompletedProcess, dict]:
     """Four photos, one of which meets a device fault (tests/hooks: STYLIZE_TEST_FAULT)."""
     import json
-    import os
 
-    from conftest import photo_crops
+    from conftest import photo_crops, run_with_hooks
 
     inputs = photo_crops(shared / "content/chelsea.png", tmp_path / "in", 4)
-    config = tmp_path / "config.yaml"
-    config.write_text(
-        yaml.safe_dump(
-            {
-                "inputs": [str(inputs)],
-                "styles": [{"name": "wave", "images": [str(shared / "style/wave.jpg")]}],
-                "output": {"dir": str(tmp_path / "out")},
-                "optimize": {"size": 32, "iterations": 2, "scales": 1},
-                "devices": "cpu",
-                "workers_per_device": workers,
-                "cache_dir": str(tmp_path / "cache"),
-            }
-        )
+    config = write_config(
+        tmp_path / "config.yaml",
+        [inputs],
+        tmp_path / "out",
+        optimize={"size": 32, "iterations": 2, "scales": 1},
+        workers_per_device=workers,
     )
-    hooks = str(Path(__file__).parent / "hooks")
-    env = {
-        **os.environ,
-        "STYLIZE_TEST_FAULT": "photo_b.png",
-        "PYTHONPATH": os.pathsep.join(filter(None, [hooks, os.environ.get("PYTHONPATH")])),
-    }
-    result = subprocess.run(
-        [sys.executable, "-m", "pipeline", "run", str(config)], capture_output=True, text=True, env=env, timeout=300
-    )
+    result = run_with_hooks(config, STYLIZE_TEST_FAULT="photo_b.png")
     return result, json.loads((tmp_path / "out" / "manifest.json").read_text())["jobs"]
 
 

@@ -5,9 +5,9 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.config import Config
-from pipeline.discover import discover
-from pipeline.plan import pixel_settings, plan
+from pipeline.batch.config import Config
+from pipeline.batch.discover import discover
+from pipeline.batch.plan import pixel_settings, plan
 
 
 def _config(shared: Path, tmp_path: Path, optimize: dict | None = None, style: dict | None = None) -> Config:

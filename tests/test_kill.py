@@ -11,8 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-import yaml
-from conftest import photo_crops
+from conftest import photo_crops, write_config
 from PIL import Image
 
 
@@ -32,18 +31,8 @@ def _done(out: Path) -> set[str]:
 @pytest.mark.slow
 def test_kill_9_six_times_then_rerun(shared, tmp_path):
     inputs = photo_crops(shared / "content/astronaut.png", tmp_path / "in", 10)
-    config = tmp_path / "config.yaml"
-    config.write_text(
-        yaml.safe_dump(
-            {
-                "inputs": [str(inputs)],
-                "styles": [{"name": "wave", "images": [str(shared / "style/wave.jpg")]}],
-                "output": {"dir": "out"},
-                "optimize": {"size": 64, "iterations": 6, "scales": 1},
-                "devices": "cpu",
-                "cache_dir": str(tmp_path / "cache"),
-            }
-        )
+    config = write_config(
+        tmp_path / "config.yaml", [inputs], "out", optimize={"size": 64, "iterations": 6, "scales": 1}
     )
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "pipeline", "run", str(config)]
@@ -97,19 +86,12 @@ def test_ctrl_c_with_two_workers_says_interrupted_and_loses_nothing(shared, tmp_
     """Ctrl-C reaches the whole process group, as a terminal sends it: one `interrupted` line, exit 130,
     no thread's traceback, no worker left running, and a rerun finishes the rest."""
     inputs = photo_crops(shared / "content/astronaut.png", tmp_path / "in", 4)
-    config = tmp_path / "config.yaml"
-    config.write_text(
-        yaml.safe_dump(
-            {
-                "inputs": [str(inputs)],
-                "styles": [{"name": "wave", "images": [str(shared / "style/wave.jpg")]}],
-                "output": {"dir": "out"},
-                "optimize": {"size": 64, "iterations": 300, "scales": 1},
-                "devices": "cpu",
-                "workers_per_device": 2,
-                "cache_dir": str(tmp_path / "cache"),
-            }
-        )
+    config = write_config(
+        tmp_path / "config.yaml",
+        [inputs],
+        "out",
+        optimize={"size": 64, "iterations": 300, "scales": 1},
+        workers_per_device=2,
     )
     cmd = [sys.executable, "-m", "pipeline", "run", str(config)]
     proc = subprocess.Popen(

@@ -3,7 +3,15 @@
 import pytest
 import torch
 
-from pipeline.losses import content_loss, gram, relative_error, style_loss, style_statistics, style_targets_of, tv_loss
+from pipeline.core.losses import (
+    content_loss,
+    gram,
+    relative_error,
+    style_loss,
+    style_statistics,
+    style_targets_of,
+    tv_loss,
+)
 
 
 def test_gram_is_mean_outer_product_per_position():
@@ -147,7 +155,7 @@ def test_an_unknown_style_loss_is_an_error():
 def test_the_total_balance_is_neural_styles_gram_error_relative_to_the_targets():
     """balance total: per layer the mean squared error of Grams over C (neural-style's G/(C·H·W)), summed
     over layers and divided by the same sum for zero Grams; balance layer: the mean of the relative errors."""
-    from pipeline.losses import gram_loss
+    from pipeline.core.losses import gram_loss
 
     grams = {"a": torch.tensor([[[2.0]]]), "b": torch.full((1, 2, 2), 1.0)}
     targets = {"a": torch.tensor([[1.0]]), "b": torch.full((2, 2), 3.0)}

@@ -3,12 +3,12 @@
 import json
 
 import pytest
-import yaml
+from conftest import write_config
 from PIL import Image
 from typer.testing import CliRunner
 
-from pipeline.cli import app
-from pipeline.memory import GIB, available_bytes, check_fits, needed_bytes
+from pipeline.render.memory import GIB, available_bytes, check_fits, needed_bytes
+from pipeline.ui.cli import app
 
 runner = CliRunner()
 
@@ -23,7 +23,7 @@ def test_the_estimate_matches_the_measured_slope_and_lbfgs_adds_its_history():
 
 def test_bf16_layers_fit_larger_images_whole():
     """At 20 GiB free, 2048² with L-BFGS is tiled in float32 but fits whole in bf16 (half-size activations)."""
-    from pipeline.memory import HISTORY, tile_plan
+    from pipeline.render.memory import HISTORY, tile_plan
 
     assert tile_plan(20 * GIB, (2048, 2048), "lbfgs")[0] > 0
     assert tile_plan(20 * GIB, (2048, 2048), "lbfgs", precision="bf16") == (0, HISTORY)
@@ -44,18 +44,11 @@ def test_with_tiling_off_a_job_too_large_for_the_ram_fails_alone_and_the_others_
     photo = Image.open(shared / "content/coffee.png").convert("RGB")
     photo.resize((64, 64)).save(inputs / "square.png")
     photo.resize((1024, 2)).save(inputs / "strip.png")
-    config = tmp_path / "c.yaml"
-    config.write_text(
-        yaml.safe_dump(
-            {
-                "inputs": [str(inputs)],
-                "styles": [{"name": "wave", "images": [str(shared / "style/wave.jpg")]}],
-                "output": {"dir": str(tmp_path / "out")},
-                "devices": "cpu",
-                "cache_dir": str(tmp_path / "cache"),
-                "optimize": {"size": 8192, "iterations": 1, "scales": 1, "tile": "off"},
-            }
-        )
+    config = write_config(
+        tmp_path / "c.yaml",
+        [inputs],
+        tmp_path / "out",
+        optimize={"size": 8192, "iterations": 1, "scales": 1, "tile": "off"},
     )
     result = runner.invoke(app, ["run", str(config)])
     assert result.exit_code == 1, result.output

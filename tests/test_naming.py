@@ -11,10 +11,10 @@ import yaml
 from PIL import Image
 from typer.testing import CliRunner
 
-from pipeline.cli import app
-from pipeline.config import Config
-from pipeline.discover import discover
-from pipeline.plan import NAME_MAX, plan
+from pipeline.batch.config import Config
+from pipeline.batch.discover import discover
+from pipeline.batch.plan import NAME_MAX, plan
+from pipeline.ui.cli import app
 
 runner = CliRunner()
 
@@ -112,13 +112,19 @@ def test_an_inputs_output_name_does_not_depend_on_its_siblings(tmp_path, shared,
     assert len(everything) == len(set(everything)) == 5, "five inputs, five outputs"
 
 
-@pytest.mark.slow
-def test_a_finished_output_keeps_its_name_and_bytes_when_a_sibling_appears(tmp_path, shared):
+def _run_once(tmp_path: Path, photo: Path, name: str) -> tuple[Path, Path]:
+    """`photo` saved as in/`name`, and one finished run of it: (the input folder, the config)."""
     folder = tmp_path / "in"
     folder.mkdir()
-    Image.open(shared / "content/chelsea.png").convert("RGB").save(folder / "b.png")
-    config = _config(tmp_path, [folder], shared / "style/wave.jpg")
+    Image.open(photo).convert("RGB").save(folder / name)
+    config = _config(tmp_path, [folder], photo.parents[1] / "style/wave.jpg")
     assert runner.invoke(app, ["run", str(config)]).exit_code == 0
+    return folder, config
+
+
+@pytest.mark.slow
+def test_a_finished_output_keeps_its_name_and_bytes_when_a_sibling_appears(tmp_path, shared):
+    folder, config = _run_once(tmp_path, shared / "content/chelsea.png", "b.png")
     done = tmp_path / "out" / "b.wave.png"
     before = _sha(done)
 
@@ -137,11 +143,7 @@ def test_a_finished_output_keeps_its_name_and_bytes_when_a_sibling_appears(tmp_p
 
 @pytest.mark.slow
 def test_outputs_of_the_earlier_naming_rule_are_renamed_not_rerendered(tmp_path, shared):
-    folder = tmp_path / "in"
-    folder.mkdir()
-    Image.open(shared / "content/coffee.png").convert("RGB").save(folder / "a.jpg")
-    config = _config(tmp_path, [folder], shared / "style/wave.jpg")
-    assert runner.invoke(app, ["run", str(config)]).exit_code == 0
+    folder, config = _run_once(tmp_path, shared / "content/coffee.png", "a.jpg")
     out = tmp_path / "out"
     new, old = out / "a.jpg.wave.png", out / "a.wave.png"
     made = _sha(new)

@@ -9,13 +9,13 @@ import cv2
 import numpy as np
 import pytest
 import torch
-import yaml
+from conftest import image_args, write_config
 from PIL import Image
 from typer.testing import CliRunner
 
-from pipeline.cli import app
-from pipeline.images import depth_note, read_alpha, read_image, sample_depth, working_shape
-from pipeline.optimize import Settings, crop, levels, min_side, pad, padding, style_area, style_targets, stylize
+from pipeline.core.optimize import Settings, crop, levels, min_side, pad, padding, style_area, style_targets, stylize
+from pipeline.media.images import depth_note, read_alpha, read_image, sample_depth, working_shape
+from pipeline.ui.cli import app
 
 runner = CliRunner()
 LAYERS = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu4_2", "relu5_1")  # the conftest model's
@@ -72,21 +72,7 @@ def test_stylize_image_writes_a_thin_strip_at_its_scaled_shape(tmp_path, height,
     out = tmp_path / "out.png"
     result = runner.invoke(
         app,
-        [
-            "image",
-            str(content),
-            str(style),
-            "-o",
-            str(out),
-            "--size",
-            str(size),
-            "--scales",
-            "2",
-            "--iterations",
-            "3",
-            "--device",
-            "cpu",
-        ],
+        image_args(content, style, out, "--size", str(size), "--scales", "2", "--iterations", "3", "--device", "cpu"),
     )
     assert result.exit_code == 0, result.output
     assert Image.open(out).size == expected
@@ -97,12 +83,10 @@ def _one_line_error(tmp_path: Path, content: Path) -> str:
     style = _noise(tmp_path / "style.png", 32, 32)
     result = runner.invoke(
         app,
-        [
-            "image",
-            str(content),
-            str(style),
-            "-o",
-            str(tmp_path / "out.png"),
+        image_args(
+            content,
+            style,
+            tmp_path / "out.png",
             "--size",
             "32",
             "--iterations",
@@ -111,7 +95,7 @@ def _one_line_error(tmp_path: Path, content: Path) -> str:
             "1",
             "--device",
             "cpu",
-        ],
+        ),
     )
     assert result.exit_code == 1 and "Traceback" not in result.output, result.output
     lines = result.output.strip().splitlines()
@@ -137,7 +121,7 @@ def test_stylize_image_reports_a_bad_input_in_one_line(tmp_path, monkeypatch):
             "Given input size: (512x1x1). Calculated output size: (512x0x0). Output size is too small\nmore"
         )
 
-    monkeypatch.setattr("pipeline.render.stylize", fail)
+    monkeypatch.setattr("pipeline.render.renderer.stylize", fail)
     assert _one_line_error(tmp_path, _noise(tmp_path / "fine.png", 8, 8)).endswith("Output size is too small")
 
 
@@ -223,18 +207,13 @@ def test_a_batch_logs_and_records_the_8_bit_output_of_a_deeper_input_and_stylize
         files[name].rename(inputs / name)
     _noise(inputs / "plain.png", 20, 30)
     style = _noise(tmp_path / "style.png", 32, 32, seed=1)
-    config = tmp_path / "config.yaml"
-    config.write_text(
-        yaml.safe_dump(
-            {
-                "inputs": [str(inputs)],
-                "styles": [{"name": "s", "images": [str(style)]}],
-                "output": {"dir": str(tmp_path / "out")},
-                "optimize": {"size": 32, "iterations": 2, "scales": 1},
-                "devices": "cpu",
-                "cache_dir": str(tmp_path / "cache"),
-            }
-        )
+    config = write_config(
+        tmp_path / "config.yaml",
+        [inputs],
+        tmp_path / "out",
+        style=style,
+        name="s",
+        optimize={"size": 32, "iterations": 2, "scales": 1},
     )
     result = runner.invoke(app, ["run", str(config), "--quiet"])
     assert result.exit_code == 0, result.output
@@ -254,21 +233,9 @@ def test_a_batch_logs_and_records_the_8_bit_output_of_a_deeper_input_and_stylize
     out = tmp_path / "one.png"
     alone = runner.invoke(
         app,
-        [
-            "image",
-            str(files["deep.tif"]),
-            str(style),
-            "-o",
-            str(out),
-            "--size",
-            "32",
-            "--iterations",
-            "2",
-            "--scales",
-            "1",
-            "--device",
-            "cpu",
-        ],
+        image_args(
+            files["deep.tif"], style, out, "--size", "32", "--iterations", "2", "--scales", "1", "--device", "cpu"
+        ),
     )
     assert alone.exit_code == 0, alone.output
     assert f"warning: {files['deep.tif']}: 16-bit input written as 8-bit" in alone.output and Image.open(out).size == (

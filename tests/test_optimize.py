@@ -7,11 +7,9 @@ import pytest
 import torch
 from conftest import gpu
 
-from pipeline.images import read_image
-from pipeline.model import VGGFeatures
-from pipeline.optimize import (
+from pipeline.core.optimize import (
+    Objective,
     Settings,
-    _Objective,
     converged,
     iterations_per_scale,
     luminance,
@@ -22,6 +20,8 @@ from pipeline.optimize import (
     style_targets,
     stylize,
 )
+from pipeline.core.vgg import VGGFeatures
+from pipeline.media.images import read_image
 
 TINY = Settings(size=64, scales=1, iterations=15)
 
@@ -201,9 +201,9 @@ def test_a_batch_scores_each_image_against_its_own_wasserstein_targets(shared, m
     ]
     batch = torch.cat([content, content.flip(-1)])
     with torch.no_grad():
-        together = _Objective(model, settings, batch, stack_targets(per_image)[0])(batch)[1]
+        together = Objective(model, settings, batch, stack_targets(per_image)[0])(batch)[1]
         for i, targets in enumerate(per_image):
-            alone = _Objective(model, settings, batch[i : i + 1], targets[0])(batch[i : i + 1])[1]
+            alone = Objective(model, settings, batch[i : i + 1], targets[0])(batch[i : i + 1])[1]
             assert torch.allclose(together[:, i], alone[:, 0], rtol=1e-4)
     assert float(together[2, 0]) != pytest.approx(float(together[2, 1]), rel=1e-2)  # two styles, two style losses
 
@@ -276,7 +276,7 @@ def test_reduced_precision_tracks_fp32(shared, bundled, model, dtype):
     reduced = stylize(reduced_model, content, _targets(reduced_model, content, style, settings), settings)
     assert reduced.image.dtype == torch.float32
     assert reduced.final.loss < 0.8 * reduced.trace[0].loss
-    score = _Objective(model, settings, content, targets[0])
+    score = Objective(model, settings, content, targets[0])
     with torch.no_grad():
         assert score(reduced.image)[0].item() == pytest.approx(score(exact.image)[0].item(), rel=0.03)
     assert (reduced.image - exact.image).abs().mean() < 0.03  # different images differ by ~0.3
@@ -320,7 +320,7 @@ def test_a_batch_refuses_lbfgs(shared, model):
 @pytest.mark.slow
 def test_a_cpu_renderer_runs_reduced_precision(shared, tmp_path):
     """The CPU's fast float32 Winograd layers step aside for bf16 layers: a bf16 job renders and says so."""
-    from pipeline.render import Renderer
+    from pipeline.render.renderer import Renderer
 
     renderer = Renderer(Settings(size=48, scales=1, iterations=2), device="cpu", precision="bf16")
     done = renderer.render(
@@ -334,7 +334,7 @@ def test_a_cpu_renderer_runs_reduced_precision(shared, tmp_path):
 @pytest.mark.slow
 def test_a_cuda_renderer_runs_its_auto_precision(shared, tmp_path):
     """On a GPU, precision: auto runs bf16 where the device supports it, and the job renders and converges."""
-    from pipeline.render import Renderer
+    from pipeline.render.renderer import Renderer
 
     renderer = Renderer(Settings(size=64, scales=1, iterations=10), device="cuda", precision="auto")
     done = renderer.render(
@@ -359,7 +359,7 @@ def test_winograd_layers_are_float32_only(bundled):
     ],
 )
 def test_auto_precision_is_bf16_only_on_cpus_with_bf16_units(monkeypatch, caps, expected):
-    from pipeline.render import resolve_precision
+    from pipeline.render.renderer import resolve_precision
 
     monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: caps)
     assert resolve_precision("auto", torch.device("cpu")) == expected
@@ -371,7 +371,7 @@ def test_auto_precision_is_bf16_only_on_cpus_with_bf16_units(monkeypatch, caps, 
 def test_losses_read_back_in_bursts_still_reach_the_callback_every_iteration(shared, model, monkeypatch):
     """On a GPU the losses are read back at most every READ_EVERY s (each read is a sync): however late they
     arrive, the callback and the trace get every iteration, in order."""
-    import pipeline.optimize as optimize
+    import pipeline.core.optimize as optimize
 
     content, style = _inputs(shared, 64)
     settings = Settings(size=64, scales=2, iterations=5, style_layers={"relu1_1": 1.0, "relu3_1": 1.0})

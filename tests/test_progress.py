@@ -2,8 +2,9 @@
 
 from pathlib import Path
 
-from pipeline.optimize import Progress
-from pipeline.progress import RunReport, Tick, Ticker
+from pipeline.core.optimize import Progress
+from pipeline.run.ticks import Tick, Ticker
+from pipeline.ui.progress import RunDisplay
 
 
 def _progress(iteration: int) -> Progress:
@@ -22,7 +23,7 @@ def test_ticker_sends_each_jobs_first_tick_then_at_most_ten_a_second(tmp_path):
 
 def _lines(tmp_path: Path, verbosity: str, capsys) -> tuple[list[str], list[str]]:
     log = tmp_path / f"{verbosity}.log"
-    with RunReport(log, tty=False, verbosity=verbosity) as report:
+    with RunDisplay(log, tty=False, verbosity=verbosity) as report:
         report.log("1 jobs from config.yaml")
         report.progress(Tick("cpu pid 7", "a.png", 1, 1, 3, 10, 0.5))
         report.log("finished: 1 run", always=True)

@@ -10,7 +10,7 @@ from conftest import require_shared
 from PIL import Image
 from typer.testing import CliRunner
 
-from pipeline.cli import app
+from pipeline.ui.cli import app
 
 runner = CliRunner()
 

@@ -30,13 +30,19 @@ from conftest import REPO, photo_crops
 from PIL import Image
 from typer.testing import CliRunner
 
-from pipeline.cli import app
-from pipeline.images import read_image
+from pipeline.media.images import read_image
+from pipeline.ui.cli import app
 
 runner = CliRunner()
 
 
 # --- making bad and odd files ----------------------------------------------------------------------
+
+
+def _start_run(config: Path) -> subprocess.Popen:
+    """`stylize run CONFIG` in the background, its stderr kept for the test to read."""
+    command = [sys.executable, "-m", "pipeline", "run", str(config)]
+    return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=REPO)
 
 
 def _chunk(kind: bytes, data: bytes) -> bytes:
@@ -267,7 +273,7 @@ def test_16_bit_colour_png_keeps_its_high_byte(tmp_path):
 
 
 def test_a_decompression_bomb_is_refused_from_its_header(tmp_path, monkeypatch):
-    from pipeline.images import ImageError, working_shape
+    from pipeline.media.images import ImageError, working_shape
 
     _bomb(tmp_path / "bomb.png")
     monkeypatch.setattr(Image.Image, "load", lambda self: pytest.fail("the bomb was decoded"))
@@ -277,7 +283,7 @@ def test_a_decompression_bomb_is_refused_from_its_header(tmp_path, monkeypatch):
 
 
 def test_alpha_drop_writes_rgb_and_jpeg_output_has_none(shared, tmp_path):
-    from pipeline.images import read_alpha, write_image
+    from pipeline.media.images import read_alpha, write_image
 
     rgba = Image.new("RGBA", (40, 20), (200, 30, 60, 255))
     rgba.putalpha(Image.fromarray(_alpha_ramp((40, 20))))
@@ -309,11 +315,11 @@ def test_disk_full_mid_write_and_out_of_memory_fail_only_their_jobs_and_leave_no
     shared, tmp_path, monkeypatch
 ):
     """Jobs run in order a, b, c: b's write hits a full disk half-way, c runs out of memory."""
-    import pipeline.render
+    import pipeline.render.renderer
 
     inputs = photo_crops(shared / "content/coffee.png", tmp_path / "in", 3)
     config = _config(tmp_path, [inputs], "out", shared / "style/wave.jpg")
-    save, stylize, calls = Image.Image.save, pipeline.render.stylize, []
+    save, stylize, calls = Image.Image.save, pipeline.render.renderer.stylize, []
 
     def full_disk(self, fp, *args, **kwargs):
         if ".photo_b.wave.png." in str(fp):
@@ -328,7 +334,7 @@ def test_disk_full_mid_write_and_out_of_memory_fail_only_their_jobs_and_leave_no
         return stylize(*args, **kwargs)
 
     monkeypatch.setattr(Image.Image, "save", full_disk)
-    monkeypatch.setattr(pipeline.render, "stylize", third_runs_out_of_memory)
+    monkeypatch.setattr(pipeline.render.renderer, "stylize", third_runs_out_of_memory)
     result = runner.invoke(app, ["run", str(config)])
     assert result.exit_code == 1, result.output
     out = tmp_path / "out"
@@ -354,13 +360,7 @@ def test_sigterm_abandons_the_job_cleanly_writes_the_manifest_and_exits_non_zero
         tmp_path, [inputs], "out", shared / "style/wave.jpg", optimize={"size": 48, "iterations": 10, "scales": 1}
     )
     log = tmp_path / "out" / "stylize.log"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "pipeline", "run", str(config)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        cwd=REPO,
-    )
+    proc = _start_run(config)
     try:
         _wait_for(lambda: log.is_file() and "] done" in log.read_text(), 120)
         proc.send_signal(signal.SIGTERM)
@@ -387,13 +387,7 @@ def test_a_worker_that_dies_has_its_task_run_again_and_the_run_goes_on(shared, t
         optimize={"size": 48, "iterations": 8, "scales": 1},
     )
     manifest = tmp_path / "out" / "manifest.json"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "pipeline", "run", str(config)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        cwd=REPO,
-    )
+    proc = _start_run(config)
     try:
         _wait_for(manifest.is_file, 120)
         victim = next(iter(r["pid"] for r in json.loads(manifest.read_text())["jobs"].values()))
@@ -424,7 +418,7 @@ def test_yaml_is_read_safely_weights_hold_no_code_and_no_shell_runs():
 
 
 def test_a_yaml_object_tag_is_refused(tmp_path):
-    from pipeline.config import ConfigError, load_config
+    from pipeline.batch.config import ConfigError, load_config
 
     config = tmp_path / "config.yaml"
     config.write_text("inputs: !!python/object/apply:os.system ['touch pwned']\n")
@@ -444,8 +438,8 @@ def test_a_style_name_cannot_leave_the_output_dir(shared, tmp_path, name):
 
 
 def test_output_names_stay_inside_the_output_dir(tmp_path):
-    from pipeline.discover import discover
-    from pipeline.plan import frame_folder, output_path
+    from pipeline.batch.discover import discover
+    from pipeline.batch.plan import frame_folder, output_path
 
     folder = tmp_path / "in" / "x y"
     folder.mkdir(parents=True)
@@ -462,7 +456,7 @@ def test_output_names_stay_inside_the_output_dir(tmp_path):
 
 
 def test_corrupt_cache_entries_are_recomputed(tmp_path):
-    from pipeline.cache import StyleCache
+    from pipeline.render.style_cache import StyleCache
 
     layers = ["relu1_1"]
     good = {"relu1_1": torch.eye(3)}
@@ -488,9 +482,9 @@ def test_outputs_get_the_permissions_of_a_new_file_not_the_temporary_600(tmp_pat
     """Atomic writes go through a private temporary; the result is readable by others per the umask."""
     import torch
 
-    from pipeline import images
+    from pipeline.media import images
 
     out = tmp_path / "a.png"
     images.write_image(torch.rand(1, 3, 8, 8), out)
-    assert out.stat().st_mode & 0o777 == 0o666 & ~images._UMASK != 0o600
+    assert out.stat().st_mode & 0o777 == 0o666 & ~images.UMASK != 0o600
     assert [p.name for p in tmp_path.iterdir()] == ["a.png"]

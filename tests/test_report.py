@@ -14,10 +14,10 @@ from conftest import missing, photo_crops
 from PIL import Image
 from typer.testing import CliRunner
 
-from pipeline.cli import app
-from pipeline.optimize import Progress
-from pipeline.render import TRACE_POINTS, compact_trace
-from pipeline.report import CELL_WIDTH, LABEL, PAD, REPORT_NAME, SHEET_NAME, _trace_svg
+from pipeline.core.optimize import Progress
+from pipeline.render.renderer import TRACE_POINTS, compact_trace
+from pipeline.ui.cli import app
+from pipeline.ui.report import CELL_WIDTH, LABEL, PAD, REPORT_NAME, SHEET_NAME, trace_svg
 
 runner = CliRunner()
 CHROMIUM = Path("/usr/bin/chromium")
@@ -90,7 +90,7 @@ def test_loss_curve_is_compact_and_marks_each_scale():
     rows = compact_trace(trace)
     assert [r[:2] for r in rows if r[0] == 1][::23] == [(1, 1), (1, 100)] and len(rows) == TRACE_POINTS * 2
     assert rows[-1] == (2, 30, 0.3333, 1.0, 0.006667)
-    svg = _trace_svg([list(r) for r in rows])
+    svg = trace_svg([list(r) for r in rows])
     assert svg.count("<polyline") == 3 and svg.count('class="break"') == 1  # loss, content, style; scale 2 starts
 
 

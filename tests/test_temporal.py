@@ -14,16 +14,8 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline import flow
-from pipeline.temporal import (
-    flow_tensor,
-    is_cut,
-    long_term_masks,
-    reliability,
-    temporal_loss,
-    warp,
-    warp_errors,
-)
+from pipeline.core.temporal import flow_tensor, is_cut, long_term_masks, reliability, temporal_loss, warp, warp_errors
+from pipeline.media import flow
 
 H, W = 96, 128
 

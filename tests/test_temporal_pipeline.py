@@ -5,14 +5,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
+from conftest import write_config
 from PIL import Image
 from typer.testing import CliRunner
 
-from pipeline.cli import app
-from pipeline.config import VideoConfig
-from pipeline.discover import Source
-from pipeline.plan import Job, chain
+from pipeline.batch.config import VideoConfig
+from pipeline.batch.discover import Source
+from pipeline.batch.plan import Job, split_segments
+from pipeline.ui.cli import app
 
 runner = CliRunner()
 
@@ -28,20 +28,14 @@ def _pan(photo: Path, folder: Path, count: int, start: int = 1, step: int = 3) -
 def _run(
     tmp_path: Path, inputs: Path, style: Path, name: str, video: dict, iterations: int = 12, workers: int = 1
 ) -> dict:
-    config = tmp_path / f"{name}.yaml"
-    config.write_text(
-        yaml.safe_dump(
-            {
-                "inputs": [str(inputs)],
-                "styles": [{"name": "wave", "images": [str(style)]}],
-                "output": {"dir": str(tmp_path / name)},
-                "optimize": {"size": 64, "iterations": iterations, "scales": 1},
-                "video": video,
-                "devices": "cpu",
-                "workers_per_device": workers,
-                "cache_dir": str(tmp_path / "cache"),
-            }
-        )
+    config = write_config(
+        tmp_path / f"{name}.yaml",
+        [inputs],
+        tmp_path / name,
+        style=style,
+        optimize={"size": 64, "iterations": iterations, "scales": 1},
+        video=video,
+        workers_per_device=workers,
     )
     result = runner.invoke(app, ["run", str(config)])
     assert result.exit_code in (0, 1), result.output
@@ -58,7 +52,7 @@ def _frames(n: int) -> tuple[Job, ...]:
 
 def test_segments_overlap_and_seams_cross_fade_with_rising_weight(tmp_path):
     video = VideoConfig(segment_frames=4, segment_overlap=2)
-    final, segments, seams = chain(_frames(10), video, tmp_path)
+    final, segments, seams = split_segments(_frames(10), video, tmp_path)
     assert [[f.job.content.stem for f in s.frames] for s in segments] == [
         ["0", "1", "2", "3"],
         ["2", "3", "4", "5", "6", "7"],
@@ -78,14 +72,16 @@ def test_segments_overlap_and_seams_cross_fade_with_rising_weight(tmp_path):
 
 def test_chain_keys_cover_every_earlier_frame_of_the_segment(tmp_path):
     video = VideoConfig(segment_frames=4, segment_overlap=2)
-    before, _, _ = chain(_frames(10), video, tmp_path)
+    before, _, _ = split_segments(_frames(10), video, tmp_path)
     changed = list(_frames(10))
     changed[4] = Job(changed[4].source, None, changed[4].content, changed[4].output, key="other")
-    after, _, _ = chain(tuple(changed), video, tmp_path)
+    after, _, _ = split_segments(tuple(changed), video, tmp_path)
     same = [a.key == b.key for a, b in zip(before, after)]
     assert same == [True, True, True, True, False, False, False, False, True, True]
     assert (
-        chain(_frames(10), VideoConfig(segment_frames=4, segment_overlap=2, temporal_weight=1.0), tmp_path)[0][0].key
+        split_segments(_frames(10), VideoConfig(segment_frames=4, segment_overlap=2, temporal_weight=1.0), tmp_path)[0][
+            0
+        ].key
         != before[0].key
     )
 

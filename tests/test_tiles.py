@@ -6,11 +6,11 @@ import itertools
 import pytest
 import torch
 
-from pipeline.images import read_image
-from pipeline.losses import content_loss, gram, statistic_names, style_loss, style_statistics
-from pipeline.memory import HISTORY, MIN_TILE, needed_bytes, tile_plan
-from pipeline.optimize import Settings, TiledObjective, _Objective, levels, style_targets, stylize
-from pipeline.tiles import border_mask, grid, seam_ratio, tiled_statistics
+from pipeline.core.losses import content_loss, gram, statistic_names, style_loss, style_statistics
+from pipeline.core.optimize import Objective, Settings, TiledObjective, levels, style_targets, stylize
+from pipeline.core.tiles import border_mask, grid, seam_ratio, tiled_statistics
+from pipeline.media.images import read_image
+from pipeline.render.memory import HISTORY, MIN_TILE, needed_bytes, tile_plan
 
 SETTINGS = Settings(size=320, scales=1, iterations=8)
 
@@ -57,7 +57,7 @@ def test_tiled_objective_has_the_whole_images_loss_and_gradient(shared, model, s
     targets = style_targets(model, [(style, 1.0)], h * w, list(settings.style_layers), loss=style_loss)
     start = read_image(shared / "content" / "coffee.png", 320)[..., :h, :w]
     whole, tiled = start.clone().requires_grad_(), start.clone().requires_grad_()
-    expected = _Objective(model, settings, content, targets).backward(whole)
+    expected = Objective(model, settings, content, targets).backward(whole)
     objective = TiledObjective(model, settings, content, targets)
     assert len(grid((h, w), 256)) == 6  # 2 x 3 pieces of at most 128 px
     for _ in range(2):  # the second evaluation has its grid moved

@@ -1,4 +1,4 @@
-"""pipeline.video on real clips: probe, frames out (OpenCV), H.264 MP4 back (PyAV), broken inputs."""
+"""pipeline.media.video on real clips: probe, frames out (OpenCV), H.264 MP4 back (PyAV), broken inputs."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ import pytest
 from conftest import require_shared
 from PIL import Image
 
-import pipeline.video
-from pipeline.video import VideoError, VideoInfo, assemble, extract_frames, probe
+import pipeline.media.video
+from pipeline.media.video import VideoError, VideoInfo, assemble, extract_frames, probe
 
 REPO = Path(__file__).resolve().parents[1]
 PAN = REPO / "data/video/pan.mp4"
@@ -177,7 +177,7 @@ def test_extract_frames_redoes_a_folder_when_the_source_changed(tmp_path):
 
 def test_extract_frames_keeps_frames_when_decoding_stops_early(tmp_path, monkeypatch):
     # The container promises 20 frames; OpenCV delivers 12, then read() fails.
-    monkeypatch.setattr(pipeline.video, "probe", lambda path: replace(probe(path), frames=20))
+    monkeypatch.setattr(pipeline.media.video, "probe", lambda path: replace(probe(path), frames=20))
     folder = tmp_path / "frames"
     with pytest.raises(VideoError, match=r"pan\.mp4: decoding stopped at frame 13 of 20") as caught:
         extract_frames(PAN, folder)

@@ -10,7 +10,7 @@ import yaml
 from PIL import Image
 from typer.testing import CliRunner
 
-from pipeline.cli import app
+from pipeline.ui.cli import app
 
 runner = CliRunner()
 REPO = Path(__file__).resolve().parents[1]

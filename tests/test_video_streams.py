@@ -1,4 +1,4 @@
-"""pipeline.video.assemble keeps what the source holds besides its pictures: every audio and subtitle
+"""pipeline.media.video.assemble keeps what the source holds besides its pictures: every audio and subtitle
 stream with its tags, and each frame's timestamp (a variable frame rate stays variable)."""
 
 from __future__ import annotations
@@ -10,9 +10,10 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
+from conftest import write_config
 from PIL import Image
 
-from pipeline.video import VideoWarning, assemble, probe
+from pipeline.media.video import VideoWarning, assemble, probe
 
 SIZE = (64, 48)
 # What ffmpeg's own text subtitle decoders put in front of their events: one default style.
@@ -234,24 +235,16 @@ def test_a_run_logs_and_records_what_the_video_leaves_out(mkv, shared, tmp_path)
     """The warning reaches the run's log and the video's manifest record, not only Python's warnings."""
     import json
 
-    import yaml
     from typer.testing import CliRunner
 
-    from pipeline.cli import app
+    from pipeline.ui.cli import app
 
-    config = tmp_path / "config.yaml"
-    config.write_text(
-        yaml.safe_dump(
-            {
-                "inputs": [str(mkv)],
-                "styles": [{"name": "wave", "images": [str(shared / "style/wave.jpg")]}],
-                "output": {"dir": str(tmp_path / "out")},
-                "optimize": {"size": 32, "iterations": 1, "scales": 1},
-                "video": {"temporal": False, "measure": False},
-                "devices": "cpu",
-                "cache_dir": str(tmp_path / "cache"),
-            }
-        )
+    config = write_config(
+        tmp_path / "config.yaml",
+        [mkv],
+        tmp_path / "out",
+        optimize={"size": 32, "iterations": 1, "scales": 1},
+        video={"temporal": False, "measure": False},
     )
     result = CliRunner().invoke(app, ["run", str(config)])
     assert result.exit_code == 0, result.output

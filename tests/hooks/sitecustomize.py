@@ -30,7 +30,7 @@ if os.environ.get("STYLIZE_TEST_RECYCLE") == "1":
     process_executor._MEMORY_LEAK_CHECK_DELAY = 0.0  # check after every task
     process_executor._MAX_MEMORY_LEAK_SIZE = -1  # and call any size a leak
 if fault := os.environ.get("STYLIZE_TEST_FAULT"):
-    from pipeline.render import Renderer
+    from pipeline.render.renderer import Renderer
 
     real_render = Renderer.render
 

@@ -1,0 +1,11 @@
+"""The functional core: tensors in, tensors out; no files, configs, processes or printing.
+
+- `vgg`: the VGG-19/16 feature extractor (`VGGFeatures`, `Weights`, layer names, preprocessing);
+  `winograd`: its fast CPU convs.
+- `losses`: Gram and Wasserstein style terms, content and total variation.
+- `descent`: L-BFGS and Adam.
+- `tiles`: losses and gradients of a large image evaluated in tiles.
+- `temporal`: warping, masks and the temporal loss between video frames.
+- `optimize`: one image (or a batch) coarse to fine (`Settings`, `stylize`, `style_targets`); progress leaves
+  through one callback (`Progress`).
+"""

@@ -1,0 +1,264 @@
+"""Losses for Gatys-style transfer: Gram matrix, content, style, total variation.
+
+Normalisation (the same weights mean the same thing at every image size and
+for every weight source):
+
+* ``gram(F) = F Fᵀ / (H·W)``: the mean outer product per position, so it does
+  not grow with the image (this is Gatys et al.'s 1/(4N²M²) up to a constant).
+* the content term is the *relative* squared error ``‖X − T‖² / ‖T‖²`` per
+  layer, so Caffe (0-255) and torchvision (mean/std) weights need the same
+  weights.
+* the Gram style term, with balance ``total`` (the default), is neural-style's
+  sum over layers of the mean squared error of Grams divided by C (its
+  ``F Fᵀ / (C·H·W)``), taken relative to the same sum for zero Grams: layers
+  count by the size of their activations, as in jcjohnson's neural-style, and
+  the weights stay free of the activations' scale. With balance ``layer``
+  each layer's relative error counts alike (relu5_1 like relu1_1).
+* the Wasserstein style term (``wasserstein``) is the squared 2-Wasserstein
+  distance between Gaussian fits of the features, relative to the target's
+  ``‖μₛ‖² + tr Σₛ`` per layer (see `wasserstein`).
+* total variation is the mean squared difference of neighbouring pixels of
+  the RGB [0, 1] image.
+
+Style statistics and targets are dicts of tensors named by layer: the layer's
+own name holds its Gram (for a Gaussian fit, the second raw moment), and with
+``wasserstein`` ``layer.mean`` holds the mean of its features and, in targets,
+``layer.sqrt`` the symmetric square root of the covariance.
+
+All functions take and return tensors and work on any device. Features may be
+reduced precision; Grams and losses are computed in float32, the Wasserstein
+term in float64.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+
+_EPS = 1e-8
+STYLE_LOSSES = ("gram", "wasserstein")
+STYLE_BALANCES = ("total", "layer")  # how the Gram loss weighs its layers (see gram_loss)
+MEAN, SQRT = ".mean", ".sqrt"  # the suffixes of a layer's mean and covariance square root (see the module docstring)
+_FLOOR = 1e-8  # the backward of tr √A holds A's eigenvalues at least this fraction of its largest
+
+
+class _Gram(torch.autograd.Function):
+    """F Fᵀ / n for (N, C, n) F; the backward is one batched matmul, (G' + G'ᵀ) F / n, not autograd's two."""
+
+    @staticmethod
+    def forward(ctx: torch.autograd.function.FunctionCtx, f: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        ctx.save_for_backward(f)
+        return torch.bmm(f, f.transpose(1, 2)).div_(f.shape[-1])
+
+    @staticmethod
+    def backward(ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        (f,) = ctx.saved_tensors
+        return torch.bmm(grad + grad.transpose(1, 2), f).div_(f.shape[-1])
+
+
+def gram(features: torch.Tensor) -> torch.Tensor:
+    """Gram matrices of (N, C, H, W) features, shape (N, C, C), divided by H·W."""
+    n, c, h, w = features.shape
+    f = features.to(torch.promote_types(features.dtype, torch.float32))  # reduced precision -> float32
+    with torch.autocast(f.device.type, enabled=False):  # under autocast too: the product stays float32
+        return _Gram.apply(f.reshape(n, c, h * w))
+
+
+def squared_error(x: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(‖x − target‖², ‖target‖²) per batch element, each of shape (N,), in float32 at least."""
+    dtype = torch.promote_types(x.dtype, torch.float32)  # reduced precision -> float32; float64 stays
+    x = x.to(dtype).flatten(1)
+    target = target.to(dtype).flatten(1)
+    return (x - target).pow(2).sum(1), target.pow(2).sum(1)
+
+
+def relative_error(x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """‖x − target‖² / ‖target‖², per batch element: shape (N,)."""
+    error, norm = squared_error(x, target)
+    return error / (norm + _EPS)
+
+
+def content_loss(features: Mapping[str, torch.Tensor], targets: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    """Mean over content layers of the relative feature error; shape (N,)."""
+    return sum(relative_error(features[k], t) for k, t in targets.items()) / len(targets)
+
+
+def layer_of(name: str) -> str:
+    """The layer a statistic or target is of: `relu1_1.mean` is of relu1_1."""
+    return name.split(".", 1)[0]
+
+
+def statistic_names(layers: Sequence[str], kind: str) -> list[str]:
+    """The statistics style loss `kind` (gram | wasserstein) compares at `layers`: Grams, and for wasserstein means."""
+    if kind not in STYLE_LOSSES:
+        raise ValueError(f"unknown style loss {kind!r}; use gram or wasserstein")
+    return [*layers, *(k + MEAN for k in layers if kind == "wasserstein")]
+
+
+def target_names(layers: Sequence[str], kind: str) -> list[str]:
+    """The tensors of style loss `kind`'s targets at `layers` (see `style_targets_of`)."""
+    return [*statistic_names(layers, kind), *(k + SQRT for k in layers if kind == "wasserstein")]
+
+
+def feature_mean(features: torch.Tensor) -> torch.Tensor:
+    """The mean over positions of (N, C, H, W) features, shape (N, C), in float32 (or float64)."""
+    return features.to(torch.promote_types(features.dtype, torch.float32)).mean((2, 3))
+
+
+def style_statistics(features: Mapping[str, torch.Tensor], layers: Sequence[str], kind: str) -> dict[str, torch.Tensor]:
+    """The statistics (see `statistic_names`) of features at `layers`: (N, C, C) Grams, (N, C) means."""
+    return {
+        name: feature_mean(features[layer_of(name)]) if name.endswith(MEAN) else gram(features[name])
+        for name in statistic_names(layers, kind)
+    }
+
+
+def style_targets_of(statistics: Mapping[str, torch.Tensor], kind: str) -> dict[str, torch.Tensor]:
+    """Style loss `kind`'s targets from (blended) style statistics: the statistics, and for wasserstein the
+    square root of each layer's covariance Σ = M − μμᵀ (second raw moment M, mean μ) under `layer.sqrt`."""
+    targets = dict(statistics)
+    if kind == "wasserstein":
+        for name, mean in statistics.items():
+            if name.endswith(MEAN):
+                layer = layer_of(name)
+                targets[layer + SQRT] = sqrtm(_covariance(mean, statistics[layer])).to(mean.dtype)
+    return targets
+
+
+def style_loss(
+    features: Mapping[str, torch.Tensor],
+    targets: Mapping[str, torch.Tensor],
+    layer_weights: Mapping[str, float],
+    kind: str = "gram",
+    balance: str = "total",
+) -> torch.Tensor:
+    """Weighted sum over style layers of style loss `kind` (gram | wasserstein); shape (N,).
+
+    `targets` are `style_targets_of`'s, for all images or one per image ((N, …) tensors); `balance`
+    weighs the Gram loss's layers (see `gram_loss`).
+    """
+    layers = list(dict.fromkeys(layer_of(k) for k in targets))
+    return statistics_loss(style_statistics(features, layers, kind), targets, layer_weights, kind, balance)
+
+
+def statistics_loss(
+    statistics: Mapping[str, torch.Tensor],
+    targets: Mapping[str, torch.Tensor],
+    layer_weights: Mapping[str, float],
+    kind: str,
+    balance: str = "total",
+) -> torch.Tensor:
+    """`style_loss` of statistics already made (see `style_statistics`); shape (N,)."""
+    if kind == "gram":
+        return gram_loss(statistics, targets, layer_weights, balance)
+    if kind == "wasserstein":
+        return wasserstein_loss(statistics, targets, layer_weights)
+    raise ValueError(f"unknown style loss {kind!r}; use gram or wasserstein")
+
+
+def gram_loss(
+    grams: Mapping[str, torch.Tensor],
+    targets: Mapping[str, torch.Tensor],
+    layer_weights: Mapping[str, float],
+    balance: str = "total",
+) -> torch.Tensor:
+    """The Gram error of Grams already made, (N, C, C) per layer, weighted by layer; shape (N,).
+
+    balance `total`: the layers' squared errors of Grams divided by C, summed, relative to the targets'
+    sum (neural-style's balance, see the module docstring); `layer`: the mean of each layer's relative error.
+    """
+    if balance not in STYLE_BALANCES:
+        raise ValueError(f"unknown style balance {balance!r}; use total or layer")
+    total = sum(layer_weights.values())
+    errors = {k: squared_error(grams[k], t.expand(grams[k].shape[0], *t.shape[-2:])) for k, t in targets.items()}
+    if balance == "layer":
+        return sum(layer_weights[k] / total * (e / (n + _EPS)) for k, (e, n) in errors.items())
+    scale = {k: layer_weights[k] / total / grams[k].shape[-1] ** 4 for k in errors}  # neural-style's MSE of G/C
+    return sum(scale[k] * e for k, (e, _) in errors.items()) / (
+        sum(scale[k] * n for k, (_, n) in errors.items()) + _EPS
+    )
+
+
+def wasserstein_loss(
+    statistics: Mapping[str, torch.Tensor], targets: Mapping[str, torch.Tensor], layer_weights: Mapping[str, float]
+) -> torch.Tensor:
+    """The relative `wasserstein` distance of statistics already made (means and Grams), weighted by layer; shape (N,)."""
+    total = sum(layer_weights.values())
+    layers = [layer_of(k) for k in targets if k.endswith(MEAN)]
+    return sum(
+        (layer_weights[k] / total)
+        * wasserstein(statistics[k + MEAN], statistics[k], targets[k + MEAN], targets[k], targets[k + SQRT])
+        for k in layers
+    )
+
+
+def wasserstein(
+    mean: torch.Tensor, second: torch.Tensor, t_mean: torch.Tensor, t_second: torch.Tensor, t_sqrt: torch.Tensor
+) -> torch.Tensor:
+    """W₂² between the Gaussian fits N(μ, Σ) and N(μₛ, Σₛ), relative to the target's ‖μₛ‖² + tr Σₛ; shape (N,).
+
+    ‖μ − μₛ‖² + tr Σ + tr Σₛ − 2 tr √(√Σₛ Σ √Σₛ), from the means (N, C), second raw moments M (N, C, C)
+    (Σ = M − μμᵀ) and the target's mean, second moment and covariance square root √Σₛ (unbatched or
+    (N, …)). Computed in float64: the cross term nearly cancels the traces.
+    """
+    n, c = mean.shape
+    dtype = torch.promote_types(mean.dtype, torch.float32)  # of the result: float32, or float64 for float64 input
+    with torch.autocast(mean.device.type, enabled=False):
+        mean, second = mean.double(), second.double()
+        t_mean = t_mean.double().expand(n, c)
+        t_second, t_sqrt = (t.double().expand(n, c, c) for t in (t_second, t_sqrt))
+        cov, t_cov = _covariance(mean, second), _covariance(t_mean, t_second)
+        cross = t_sqrt @ cov @ t_sqrt
+        distance = (
+            (mean - t_mean).pow(2).sum(1)
+            + _trace(cov)
+            + _trace(t_cov)
+            - 2 * _TraceSqrtm.apply((cross + cross.transpose(1, 2)) / 2)
+        )
+        return (distance / (_trace(t_second) + _EPS)).to(dtype)
+
+
+def _covariance(mean: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
+    """Σ = M − μμᵀ from a mean (…, C) and a second raw moment (…, C, C)."""
+    return second - mean.unsqueeze(-1) * mean.unsqueeze(-2)
+
+
+def _trace(matrices: torch.Tensor) -> torch.Tensor:
+    return matrices.diagonal(dim1=-2, dim2=-1).sum(-1)
+
+
+def sqrtm(matrix: torch.Tensor) -> torch.Tensor:
+    """The symmetric square root of a symmetric positive semi-definite (…, C, C) matrix, in float64
+    (by eigendecomposition; negative eigenvalues, round-off, count as 0)."""
+    values, vectors = torch.linalg.eigh(matrix.double())
+    return (vectors * values.clamp(min=0).sqrt().unsqueeze(-2)) @ vectors.transpose(-2, -1)
+
+
+class _TraceSqrtm(torch.autograd.Function):
+    """tr √A of symmetric positive semi-definite (N, C, C) A: the sum of the square roots of its eigenvalues.
+
+    The gradient is ½ A^-½ = V diag(½ λ^-½) Vᵀ, which needs only the eigenvalues (no 1/(λᵢ − λⱼ) terms, so
+    repeated eigenvalues are fine); eigenvalues below _FLOOR of the largest (a singular A: fewer positions
+    than channels) are held at that floor, so the gradient stays bounded.
+    """
+
+    @staticmethod
+    def forward(ctx: torch.autograd.function.FunctionCtx, a: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        values, vectors = torch.linalg.eigh(a)
+        ctx.save_for_backward(values, vectors)
+        return values.clamp(min=0).sqrt().sum(-1)
+
+    @staticmethod
+    def backward(ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        values, vectors = ctx.saved_tensors
+        floor = values.amax(-1, keepdim=True).clamp(min=torch.finfo(values.dtype).tiny) * _FLOOR
+        scale = grad.unsqueeze(-1) / (2 * values.clamp(min=floor).sqrt())
+        return (vectors * scale.unsqueeze(-2)) @ vectors.transpose(-2, -1)
+
+
+def tv_loss(image: torch.Tensor) -> torch.Tensor:
+    """Mean squared difference of vertical and horizontal neighbours; shape (N,)."""
+    dy = (image[:, :, 1:, :] - image[:, :, :-1, :]).pow(2).flatten(1).mean(1)
+    dx = (image[:, :, :, 1:] - image[:, :, :, :-1]).pow(2).flatten(1).mean(1)
+    return dy + dx

@@ -1,0 +1,302 @@
+"""Image files in and out: decoding with EXIF orientation, resizing, atomic writes."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from PIL import Image, ImageOps, TiffImagePlugin, UnidentifiedImageError
+
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"})  # read; see WRITABLE
+UMASK = os.umask(0o022)  # read once, at import (os.umask can only be read by setting it)
+os.umask(UMASK)
+_ALPHA_FORMATS = frozenset({"PNG", "WEBP", "TIFF"})
+_SAVE_FORMATS = {
+    ".jpg": "JPEG",
+    ".jpeg": "JPEG",
+    ".png": "PNG",
+    ".webp": "WEBP",
+    ".bmp": "BMP",
+    ".tif": "TIFF",
+    ".tiff": "TIFF",
+}
+WRITABLE = frozenset(_SAVE_FORMATS)  # the suffixes an output image may have (a still GIF's output is PNG)
+
+
+NAME_MAX = 255  # bytes in one file name, on every file system we write to
+
+
+class ImageError(ValueError):
+    """An input image cannot be used; the message names the file."""
+
+
+def fit_longest(shape: tuple[int, int], size: int) -> tuple[int, int]:
+    """(height, width) scaled so that the longest side is `size`, aspect kept."""
+    h, w = shape
+    ratio = size / max(h, w)
+    return max(1, round(h * ratio)), max(1, round(w * ratio))
+
+
+_SWAPS_AXES = frozenset({5, 6, 7, 8})  # EXIF orientations that turn the image by 90°
+_TRANSPOSE = {  # EXIF orientation: what turns it upright (as ImageOps.exif_transpose)
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+
+
+def _tiff_tags(path: Path) -> dict[int, object]:
+    """The first directory's tags of a TIFF file: Pillow parses them also where it cannot decode the samples."""
+    with path.open("rb") as f, warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a corrupt directory: its reason is that the image is unreadable
+        ifd = TiffImagePlugin.ImageFileDirectory_v2(f.read(8))  # SyntaxError: not a TIFF
+        f.seek(ifd.next)
+        ifd.load(f)
+    return dict(ifd)
+
+
+def _largest(value: object) -> int:
+    """A TIFF tag's value, or the largest of a per-sample tuple."""
+    return int(max(value)) if isinstance(value, tuple) else int(value)  # type: ignore[arg-type]
+
+
+def _stored(path: Path) -> tuple[int, int, int | None]:
+    """(height, width, EXIF orientation) as stored, from the header: Pillow's, or the tags of a TIFF whose
+    samples Pillow cannot decode (float colour). Over MAX_IMAGE_PIXELS raises a DecompressionBomb error or warning."""
+    try:
+        with Image.open(path) as im:
+            return im.height, im.width, im.getexif().get(0x0112)
+    except UnidentifiedImageError:
+        try:
+            tags = _tiff_tags(path)
+        except (SyntaxError, ValueError):
+            raise UnidentifiedImageError(f"cannot identify image file {str(path)!r}") from None
+    h, w = _largest(tags.get(257, 0)), _largest(tags.get(256, 0))
+    if h * w > Image.MAX_IMAGE_PIXELS:
+        raise Image.DecompressionBombError(
+            f"Image size ({h * w} pixels) exceeds limit of {Image.MAX_IMAGE_PIXELS} pixels"
+        )
+    orientation = tags.get(274)
+    return h, w, _largest(orientation) if orientation is not None else None
+
+
+def working_shape(path: Path, size: int | None) -> tuple[int, int] | None:
+    """The (height, width) `read_image(path, size)` gives, from the header alone; None if unreadable."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            h, w, orientation = _stored(path)
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
+        return None
+    if orientation in _SWAPS_AXES:
+        h, w = w, h
+    return fit_longest((h, w), size) if size is not None else (h, w)
+
+
+def sample_depth(path: Path) -> str | None:
+    """'16-bit' or '32-bit float' for a PNG or TIFF with more than 8 bits per sample, from its header;
+    None for 8 bits or fewer, other formats and unreadable files."""
+    try:
+        with path.open("rb") as f:
+            head = f.read(26)
+        if head.startswith(b"\x89PNG\r\n\x1a\n") and len(head) == 26:
+            return f"{head[24]}-bit" if head[24] > 8 else None  # IHDR's bit depth
+        if head[:4] not in (b"II*\0", b"MM\0*"):
+            return None
+        tags = _tiff_tags(path)
+    except (OSError, SyntaxError, ValueError):
+        return None
+    bits = _largest(tags.get(258, 1))
+    return None if bits <= 8 else f"{bits}-bit float" if _largest(tags.get(339, 1)) == 3 else f"{bits}-bit"
+
+
+def depth_note(path: Path) -> str | None:
+    """The warning a job whose input has more than 8 bits per sample owes (its output is 8-bit); else None."""
+    depth = sample_depth(path)
+    return f"{path}: {depth} input written as 8-bit (16-bit output is not supported yet)" if depth else None
+
+
+@contextmanager
+def _one_line(path: Path) -> Iterator[None]:
+    """Errors inside become one-line ImageErrors that name `path`; Pillow's warnings of a corrupt file are dropped
+    (what matters of them is in that line)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            yield
+    except FileNotFoundError:
+        raise ImageError(f"{path}: file not found") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageError(f"{path}: refused before decoding: {exc}") from None
+    except UnidentifiedImageError:
+        raise ImageError(f"{path}: not a readable image") from None
+    except ImageError:
+        raise
+    except OSError as exc:
+        raise ImageError(
+            f"{path}: " + (f"cannot read file ({exc.strerror})" if exc.errno else f"cannot decode image ({exc})")
+        ) from None
+    except (SyntaxError, ValueError) as exc:
+        raise ImageError(f"{path}: cannot decode image ({exc})") from None
+
+
+@contextmanager
+def _upright(path: Path) -> Iterator[Image.Image]:
+    """The image at `path`, turned upright per EXIF, 16-bit greys scaled to 8 bits; errors become one-line ImageErrors.
+
+    A header that claims more than PIL's MAX_IMAGE_PIXELS (a decompression bomb) is refused before decoding.
+    """
+    with _one_line(path):
+        if path.stat().st_size == 0:
+            raise ImageError(f"{path}: empty file")
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            im = Image.open(path)
+        with im:
+            im = ImageOps.exif_transpose(im)
+            if im.mode.startswith("I"):  # 16-bit greyscale PNG or TIFF: keep the high byte
+                im = Image.fromarray((np.asarray(im).astype(np.uint32) >> 8).clip(0, 255).astype(np.uint8))
+            yield im
+
+
+def _unit_range(array: np.ndarray, path: Path) -> np.ndarray:
+    """OpenCV's samples as float32 in [0, 1]: integers over their full range, floats clipped (display-referred)."""
+    if array.dtype in (np.uint8, np.uint16):
+        return array.astype(np.float32) / np.iinfo(array.dtype).max
+    if array.dtype.kind == "f":
+        return np.nan_to_num(array.astype(np.float32), nan=0.0, posinf=1.0, neginf=0.0).clip(0, 1)
+    raise ImageError(f"{path}: cannot decode image ({array.dtype} samples are not supported)")
+
+
+def _rgb(array: np.ndarray) -> np.ndarray:
+    """OpenCV's (H, W[, C]) grey, grey+alpha, BGR or BGRA as (H, W, 3 or 4) RGB(A)."""
+    if array.ndim == 2:
+        array = array[..., None]
+    if array.shape[2] <= 2:
+        return np.concatenate([array[..., :1]] * 3 + [array[..., 1:2]], axis=2)
+    return array[..., [2, 1, 0, 3][: min(4, array.shape[2])]]
+
+
+def _planes(array: np.ndarray, orientation: int | None, size: int | None) -> np.ndarray:
+    """(H, W, C) float32 turned upright per EXIF `orientation` and, with `size`, its longest side resized to it
+    (Lanczos, as read_image), one float plane at a time."""
+    planes = [Image.fromarray(np.ascontiguousarray(array[..., c])) for c in range(array.shape[2])]
+    if orientation in _TRANSPOSE:
+        planes = [p.transpose(_TRANSPOSE[orientation]) for p in planes]
+    if size is not None:
+        h, w = fit_longest((planes[0].height, planes[0].width), size)
+        planes = [p.resize((w, h), Image.Resampling.LANCZOS) for p in planes]
+    return np.stack([np.asarray(p) for p in planes], axis=2).clip(0, 1)
+
+
+def _read_deep(path: Path, size: int | None = None) -> np.ndarray:
+    """A PNG or TIFF with more than 8 bits per sample (see sample_depth), decoded by OpenCV (Pillow keeps
+    8 bits, and reads no float colour TIFF): (H, W, 3 or 4) float32 RGB(A) in [0, 1], upright per EXIF,
+    with `size` resized. 16-bit samples are divided by 65535, float ones clipped to 0..1."""
+    with _one_line(path):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            orientation = _stored(path)[2]  # a bomb is refused here, before decoding
+        level = cv2.utils.logging.getLogLevel()
+        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)  # the reason goes in our one line
+        try:
+            array = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+        except cv2.error:
+            array = None
+        finally:
+            cv2.utils.logging.setLogLevel(level)
+        if array is None:
+            raise ImageError(f"{path}: cannot decode image (its {sample_depth(path)} samples: OpenCV cannot read them)")
+        return _planes(_rgb(_unit_range(array, path)), orientation, size)
+
+
+def read_image(path: Path, size: int | None = None) -> torch.Tensor:
+    """Decode an image file to (1, 3, H, W) float RGB in [0, 1], upright per EXIF.
+
+    With `size`, the longest side is resized to it (Lanczos). PNG and TIFF with more than 8 bits per sample
+    keep their precision (see `_read_deep`).
+    """
+    if sample_depth(path) is not None:
+        array = _read_deep(path, size)[..., :3]
+        return torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1).unsqueeze(0).contiguous()
+    with _upright(path) as im:
+        im = im.convert("RGB")
+        if size is not None:
+            h, w = fit_longest((im.height, im.width), size)
+            im = im.resize((w, h), Image.Resampling.LANCZOS)
+        array = np.array(im, dtype=np.uint8)
+    return torch.from_numpy(array).permute(2, 0, 1).unsqueeze(0).float().div_(255.0).contiguous()
+
+
+def read_alpha(path: Path) -> Image.Image | None:
+    """The image's alpha channel (8-bit, upright per EXIF), or None when it has no transparency."""
+    if sample_depth(path) is not None:
+        array = _read_deep(path)
+        return Image.fromarray((array[..., 3] * 255).round().astype(np.uint8), "L") if array.shape[2] == 4 else None
+    with _upright(path) as im:
+        if "A" not in im.getbands() and "transparency" not in im.info:
+            return None
+        return im.convert("RGBA").getchannel("A")
+
+
+def to_pil(image: torch.Tensor) -> Image.Image:
+    """(1, 3, H, W) RGB [0, 1] tensor to an 8-bit PIL image."""
+    array = image.detach()[0].clamp(0, 1).mul(255).round().byte().permute(1, 2, 0).cpu().numpy()
+    return Image.fromarray(array, "RGB")
+
+
+def probe_writable(folder: Path, prefix: str = ".write-probe.") -> None:
+    """Create and remove a file in `folder`; raises OSError where that fails (a read-only mount, say)."""
+    fd, probe = tempfile.mkstemp(prefix=prefix, dir=folder)
+    os.close(fd)
+    os.unlink(probe)
+
+
+@contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """Yield a hidden temporary path beside `path` (same suffix last: encoders go by it); on success
+    rename it over `path`, with the permissions a new file gets (mode 666 less the umask).
+
+    A crash or error leaves no file at `path` (nor a stray temporary).
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    suffix = f".part{path.suffix}"
+    room = NAME_MAX - len(f"..XXXXXXXX{suffix}".encode())  # whenever the name fits, its temporary does too
+    fd, tmp = tempfile.mkstemp(
+        prefix=f".{path.name.encode()[:room].decode(errors='ignore')}.", suffix=suffix, dir=path.parent
+    )
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.chmod(tmp_path, 0o666 & ~UMASK)  # mkstemp made it 600: others on the farm could not read it
+        os.replace(tmp_path, path)
+    finally:
+        tmp_path.unlink(missing_ok=True)
+
+
+def write_image(image: torch.Tensor, path: Path, alpha: Image.Image | None = None) -> None:
+    """Write a (1, 3, H, W) RGB [0, 1] tensor atomically; the format follows the suffix.
+
+    `alpha` (see read_alpha), resized to the image, is attached where the format holds one (PNG, WebP, TIFF).
+    """
+    fmt = _SAVE_FORMATS.get(path.suffix.lower())
+    if fmt is None:
+        raise ImageError(f"{path}: unsupported output format {path.suffix!r}")
+    options = {"quality": 95} if fmt in ("JPEG", "WEBP") else {}
+    pil = to_pil(image)
+    if alpha is not None and fmt in _ALPHA_FORMATS:
+        pil.putalpha(alpha.resize(pil.size, Image.Resampling.LANCZOS))
+    with atomic_path(path) as tmp:
+        pil.save(tmp, format=fmt, **options)
