@@ -152,11 +152,8 @@ def stems(root: Path) -> Case:
 
 
 def sibling(root: Path) -> Case:
-    case = Case(
-        "2. b.jpg, then b.jpg.png, beside a finished b.png",
-        3,
-        "exit 0, then exit 1 naming b.jpg; b.png's output keeps its name and bytes",
-    )
+    case = Case("2. b.jpg, then b.jpg.png, beside a finished b.png", 3)
+    case.expected = "exit 0, then exit 1 naming b.jpg; b.png's output keeps its name and bytes"
     _photo(root / "in" / "b.png")
     config = _config(root, [root / "in"])
     first = _run(config)
@@ -175,11 +172,8 @@ def sibling(root: Path) -> Case:
 
 
 def nothing(root: Path) -> Case:
-    case = Case(
-        "3. output.dir = the input folder; only unsupported files; some unsupported",
-        7,
-        "exit 2, exit 2 naming the types, exit 0 with one warning line",
-    )
+    case = Case("3. output.dir = the input folder; only unsupported files; some unsupported", 7)
+    case.expected = "exit 2, exit 2 naming the types, exit 0 with one warning line"
     _photo(root / "a" / "a.png")
     code1, log1 = _run(_config(root, [root / "a"], out=root / "a"))
     (root / "b").mkdir()
@@ -200,11 +194,8 @@ def nothing(root: Path) -> Case:
 
 
 def gap(root: Path) -> Case:
-    case = Case(
-        "4. a sequence with frames 4 and 7-8 missing, and an unrelated image",
-        7,
-        "exit 0; one sequence under its frame names, a warning naming 4, 7-8",
-    )
+    case = Case("4. a sequence with frames 4 and 7-8 missing, and an unrelated image", 7)
+    case.expected = "exit 0; one sequence under its frame names, a warning naming 4, 7-8"
     numbers = (1, 2, 3, 5, 6, 9)
     for n in numbers:
         _photo(root / "in" / "shot" / f"frame_{n:04d}.png", size=(60, 40))
@@ -219,11 +210,8 @@ def gap(root: Path) -> Case:
 
 
 def read_only_cache(root: Path) -> Case:
-    case = Case(
-        "5. cache_dir not writable, with a video (a file where its folder should be)",
-        1,
-        "exit 2 naming cache_dir, no traceback",
-    )
+    case = Case("5. cache_dir not writable, with a video (a file where its folder should be)", 1)
+    case.expected = "exit 2 naming cache_dir, no traceback"
     config = _config(root, [_video(root / "in" / "clip.mp4")])
     (root / "blocker").write_text("x")
     data = yaml.safe_load(config.read_text())
@@ -265,11 +253,8 @@ def strip(root: Path) -> Case:
 
 
 def animated(root: Path) -> Case:
-    case = Case(
-        "9. an animated GIF (3 frames, 100/200/150 ms, loop 2) and an animated WebP",
-        2,
-        "exit 0; each comes back animated in its own format, durations and loop kept",
-    )
+    case = Case("9. an animated GIF (3 frames, 100/200/150 ms, loop 2) and an animated WebP", 2)
+    case.expected = "exit 0; each comes back animated in its own format, durations and loop kept"
     base = Image.open(SHARED / "content" / "chelsea.png").convert("RGB").resize((48, 32))
     frames = [base.rotate(10 * i) for i in range(3)]
     (root / "in").mkdir(parents=True)
@@ -287,11 +272,8 @@ def animated(root: Path) -> Case:
 
 
 def streams(root: Path) -> Case:
-    case = Case(
-        "10. two audio tracks (eng, fra) and a variable frame rate",
-        1,
-        "exit 0; both tracks with their languages; the duration within a frame",
-    )
+    case = Case("10. two audio tracks (eng, fra) and a variable frame rate", 1)
+    case.expected = "exit 0; both tracks with their languages; the duration within a frame"
     clip = _video(root / "in" / "clip.mp4", frames=8, durations=[3, 9], audio=["eng", "fra"])
     code, log = _run(_config(root, [clip], video={"temporal": False}))
     _check(case, code, log, 0, [])
@@ -309,10 +291,9 @@ def streams(root: Path) -> Case:
 
 def smaller(root: Path) -> Case:
     case = Case(
-        "11. float TIFF, 16-bit PNG, old outputs among the inputs, a corrupt style, a pattern matching nothing",
-        7,
-        "exit 0 with two depth warnings and the old outputs passed over; exit 2 naming the style; exit 2 naming the config",
+        "11. float TIFF, 16-bit PNG, old outputs among the inputs, a corrupt style, a pattern matching nothing", 7
     )
+    case.expected = "exit 0 with two depth warnings and the old outputs passed over; exit 2 naming the style; exit 2 naming the config"
     _photo(root / "in" / "a.png")
     pixels = np.asarray(Image.open(SHARED / "content" / "coffee.png").convert("RGB").resize((60, 40)))
     import cv2  # noqa: PLC0415  the deep files are written the way a compositor would

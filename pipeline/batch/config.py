@@ -79,10 +79,8 @@ class OutputConfig(_Strict):
 
 class OptimizeConfig(_Strict):
     size: int = Field(default=Settings.size, ge=32, le=8192, description="longest side of the output, px")
-    scales: int = Field(
+    scales: Annotated[int, Field(ge=1, le=6)] = Field(
         default=Settings.scales,
-        ge=1,
-        le=6,
         description="coarse-to-fine levels, each twice the previous; levels under 64 px are dropped",
     )
     iterations: int = Field(default=Settings.iterations, ge=1, le=100_000, description="iterations at the finest scale")
