@@ -11,6 +11,7 @@ the sliced Wasserstein figures each; time is the mean render time per point, aga
 
     python -m bench.candidates                          # every variant, 8 pairs (make bench-candidates)
     python -m bench.candidates --variants coarse-half --pairs 2
+    python -m bench.candidates --keep --variants scales-2   # add a variant to those measured
 
 Writes bench/candidates.json and bench/candidates.md.
 """
@@ -127,12 +128,17 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=8)
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--iterations", type=int, default=100)
+    parser.add_argument("--keep", action="store_true", help="keep the variants bench/candidates.json has already")
     args = parser.parse_args()
     names = ["default"] + [n for n in args.variants.split(",") if n != "default"]
     chosen, evaluator, points = pairs()[: args.pairs], Evaluator(), []
     record = HERE / "candidates.json"
+    if args.keep and record.is_file():  # variants measured before (same pairs and sizes) are not rendered again
+        points = json.loads(record.read_text())
     start = time.perf_counter()
     for name in names:
+        if any(p["variant"] == name for p in points):
+            continue
         points += render_points(name, chosen, args.size, args.iterations, evaluator)
         record.write_text(json.dumps(points, indent=1))
         (HERE / "candidates.md").write_text(markdown(points, args.size, args.iterations))
