@@ -186,15 +186,15 @@ class _WinogradFn(torch.autograd.Function):
 class WinogradConv3x3(nn.Module):
     """Drop-in replacement for a frozen 3x3/stride-1/pad-1 `nn.Conv2d`, computed with Winograd F(m, 3)."""
 
-    def __init__(self, conv: nn.Conv2d, tile: int = 4, min_pixels: int = MIN_PIXELS) -> None:
+    def __init__(self, conv: nn.Conv2d, block: int = 4, min_pixels: int = MIN_PIXELS) -> None:
         super().__init__()
         if not _eligible(conv):
             raise ValueError(f"WinogradConv3x3 needs a 3x3 stride-1 pad-1 dense conv, got {conv}")
-        if tile not in _TRANSFORMS:
-            raise ValueError(f"tile must be one of {sorted(_TRANSFORMS)}, got {tile}")
-        bt, g, at = (torch.tensor(t, dtype=torch.float64) for t in _TRANSFORMS[tile])
+        if block not in _TRANSFORMS:
+            raise ValueError(f"block must be one of {sorted(_TRANSFORMS)}, got {block}")
+        bt, g, at = (torch.tensor(t, dtype=torch.float64) for t in _TRANSFORMS[block])
         weight = conv.weight.detach()
-        self.tile = tile
+        self.block = block
         self.min_pixels = min_pixels
         self.register_buffer("weight", weight.clone())
         self.register_buffer("u", _transform_weight(weight, g))
@@ -211,11 +211,11 @@ class WinogradConv3x3(nn.Module):
 
     def extra_repr(self) -> str:
         k, c = self.u.shape[1:]
-        return f"{c}, {k}, tile={self.tile}, min_pixels={self.min_pixels}"
+        return f"{c}, {k}, block={self.block}, min_pixels={self.min_pixels}"
 
 
 def use_winograd(
-    features: nn.Sequential, min_in_channels: int = MIN_IN_CHANNELS, tile: int = 4, min_pixels: int = MIN_PIXELS
+    features: nn.Sequential, min_in_channels: int = MIN_IN_CHANNELS, block: int = 4, min_pixels: int = MIN_PIXELS
 ) -> nn.Sequential:
     """Replace, in place, each eligible 3x3 conv with at least `min_in_channels` inputs by `WinogradConv3x3`.
 
@@ -223,5 +223,5 @@ def use_winograd(
     """
     for i, module in enumerate(features):
         if isinstance(module, nn.Conv2d) and module.in_channels >= min_in_channels and _eligible(module):
-            features[i] = WinogradConv3x3(module, tile, min_pixels)
+            features[i] = WinogradConv3x3(module, block, min_pixels)
     return features
