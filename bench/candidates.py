@@ -7,7 +7,7 @@ front is compared with the defaults' as a shift: for each default point, the var
 same content error (interpolated log-log along its three points, extrapolated from the nearest two), as a
 ratio to the default's style figure. The geometric mean of those ratios over every pair and weight says
 whether the front moved down (< 1: less style error for the same content error) or up, for the Gram and
-the sliced Wasserstein figures each; time is the mean render time per point, against the defaults'.
+the sliced Wasserstein figures each; time is the median render time per point, against the defaults'.
 
     python -m bench.candidates                          # every variant, 8 pairs (make bench-candidates)
     python -m bench.candidates --variants coarse-half --pairs 2
@@ -22,6 +22,7 @@ import argparse
 import json
 import math
 import os
+import statistics
 import time
 
 from bench import machine
@@ -97,23 +98,21 @@ def shift(points: list[dict], variant: str, figure: str) -> float:
 
 def markdown(points: list[dict], size: int, iterations: int) -> str:
     names = list(dict.fromkeys(p["variant"] for p in points))
-    base_time = sum(p["seconds"] for p in points if p["variant"] == "default") / max(
-        1, sum(p["variant"] == "default" for p in points)
-    )
+    base_time = statistics.median(p["seconds"] for p in points if p["variant"] == "default")
     pair_count = len({p["pair"] for p in points})
     lines = [
         f"# Candidates against the default front ({size} px, {iterations} iterations, {pair_count} pairs, "
         f"style weight × {', '.join(f'{w:g}' for w in WEIGHTS)}; {machine()}, {os.cpu_count()} cores)",
         "",
         "Style error at equal content error, as a ratio to the defaults' (geometric mean; < 1 is better), "
-        "and the mean render time per point.",
+        "and the median render time per point (a median: some points ran beside other work).",
         "",
         "| variant | settings | Gram | SWD | time | time ÷ default |",
         "|---|---|---|---|---|---|",
     ]
     for name in names:
         mine = [p for p in points if p["variant"] == name]
-        seconds = sum(p["seconds"] for p in mine) / len(mine)
+        seconds = statistics.median(p["seconds"] for p in mine)
         settings = ", ".join(f"{k}: {v}" for k, v in VARIANTS[name].items()) or "(the defaults)"
         lines.append(
             f"| {name} | {settings} | {shift(points, name, 'gram'):.3f} | {shift(points, name, 'swd'):.3f} "
@@ -141,7 +140,7 @@ def main() -> None:
             continue
         points += render_points(name, chosen, args.size, args.iterations, evaluator)
         record.write_text(json.dumps(points, indent=1))
-        (HERE / "candidates.md").write_text(markdown(points, args.size, args.iterations))
+    (HERE / "candidates.md").write_text(markdown(points, args.size, args.iterations))
     print(f"{len(points)} points in {time.perf_counter() - start:.0f} s: bench/candidates.md")
 
 
