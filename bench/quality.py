@@ -9,6 +9,7 @@ three figures and took no more wall time.
     python -m bench.quality                  # every pair, every tool (make bench-quality)
     python -m bench.quality --pairs 2 --tools stylize   # a quick look while tuning
     python -m bench.quality --reuse-peers    # keep peer outputs already made (their recorded wall times too)
+    python -m bench.quality --reuse-peers --reuse-ours   # add sweep points: only the new ones are rendered
 
 Writes bench/quality.json, bench/quality.md, bench/quality_front.png and docs/quality_grid.jpg.
 Peers come from ../shared/peers (set up offline by its setup.sh).
@@ -141,7 +142,7 @@ def _pastiche(content: Path, style: Path, out: Path, weight: float, size: int, i
 
 _OURS = OptimizeConfig().style_weight
 TOOLS = {  # name: (command, swept style weights, default weight)
-    "stylize": (_stylize, tuple(_OURS * f for f in (0.3, 1, 3, 10, 30)), _OURS),
+    "stylize": (_stylize, tuple(_OURS * f for f in (0.3, 0.5, 1, 1.5, 3, 5, 10, 20, 30)), _OURS),
     "neural-style-pt": (_neural_style, (33.0, 100.0, 300.0), 100.0),
     "pastiche": (_pastiche, (0.3, 1.0, 3.0), 1.0),
 }
@@ -165,7 +166,7 @@ def _run(
     return seconds
 
 
-def sweep(chosen: list, tools: list[str], size: int, iterations: int, reuse_peers: bool) -> list[Point]:
+def sweep(chosen: list, tools: list[str], size: int, iterations: int, reuse: set[str]) -> list[Point]:
     evaluator, points = Evaluator(), []
     for cname, content, sname, style in chosen:
         pair = f"{cname} × {sname}"
@@ -175,7 +176,7 @@ def sweep(chosen: list, tools: list[str], size: int, iterations: int, reuse_peer
             _, weights, default = TOOLS[tool]
             for weight in weights:
                 out = folder / f"{tool}-{weight:g}.png"
-                seconds = _run(tool, content, style, out, weight, size, iterations, reuse_peers and tool != "stylize")
+                seconds = _run(tool, content, style, out, weight, size, iterations, tool in reuse)
                 scores = evaluator.score(out, content, style)
                 points.append(Point(pair, tool, weight, weight == default, round(seconds, 1), scores, str(out)))
                 print(
@@ -334,10 +335,16 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--iterations", type=int, default=100)
     parser.add_argument("--reuse-peers", action="store_true", help="keep peer outputs (and wall times) already made")
+    parser.add_argument(
+        "--reuse-ours", action="store_true", help="also keep ours (when the code has not changed since)"
+    )
     args = parser.parse_args()
     subprocess.run(["bash", str(SHARED / "peers" / "setup.sh"), sys.executable], check=True)
     chosen = pairs()[: args.pairs]
-    points = sweep(chosen, args.tools.split(","), args.size, args.iterations, args.reuse_peers)
+    reuse = ({"neural-style-pt", "pastiche"} if args.reuse_peers else set()) | (
+        {"stylize"} if args.reuse_ours else set()
+    )
+    points = sweep(chosen, args.tools.split(","), args.size, args.iterations, reuse)
     verdict = verdicts(points)
     (HERE / "quality.json").write_text(
         json.dumps(
