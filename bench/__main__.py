@@ -18,7 +18,7 @@ import statistics
 import subprocess
 import sys
 import time
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
@@ -65,56 +65,53 @@ def _conv_gflop(model: VGGFeatures, size: int) -> float:
     return 2 * flops / 1e9
 
 
+def bare_passes(weights) -> dict[str, VGGFeatures]:
+    """The bare VGG passes the floor is the fastest of: precision × memory format with torch's own convs
+    (weights in that precision, no autocast), and our fp32 Winograd layers. bf16 only where `precision: auto`
+    picks it: elsewhere it is many times slower."""
+    passes = {}
+    for precision, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        if precision == "bf16" and PRECISION != "bf16":
+            continue
+        for layout, fmt in (("NCHW", torch.contiguous_format), ("channels-last", torch.channels_last)):
+            model = VGGFeatures(weights, LAYERS, dtype=dtype)
+            model.layout, model.body = fmt, model.body.to(memory_format=fmt)
+            passes[f"{precision} {layout}"] = model
+    passes["fp32 Winograd"] = VGGFeatures(weights, LAYERS, winograd=True)
+    return passes
+
+
 def floor_and_iteration(sizes: list[int]) -> list[dict]:
-    """Bare VGG fwd+bwd to relu5_1 (direct conv: the floor; Winograd: ours) against our optimiser's iteration,
-    in float32; and, on a CPU where `precision: auto` picks bf16, the same in bf16: the floor is the bare pass
-    under autocast (NCHW), ours is the model with bf16 channels-last layers."""
+    """Our optimiser's iteration against the floor: the fastest bare VGG forward + backward to relu5_1 (see
+    `bare_passes`), overall and in the iteration's own precision: fp32 (the Winograd layers `precision: fp32`
+    runs on a CPU) and, where `precision: auto` picks it, bf16 (its channels-last layers)."""
     weights = resolve_weights("bundled")
-    direct = VGGFeatures(weights, LAYERS)
-    fast = VGGFeatures(weights, LAYERS, winograd=True)
-    half = VGGFeatures(weights, LAYERS, dtype=torch.bfloat16) if PRECISION == "bf16" else None
+    passes = bare_passes(weights)
+    ours = {"fp32": passes["fp32 Winograd"], "bf16": passes.get("bf16 channels-last")}
     rows = []
     for size in sizes:
         x = torch.rand(1, 3, size, size)
         repeats = 5 if size <= 512 else 3  # a 1024 px pass takes seconds: its medians need fewer samples
 
-        def bare(model: VGGFeatures, autocast: bool = False) -> None:
+        def bare(model: VGGFeatures) -> None:
             image = x.clone().requires_grad_(True)
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
-                features = model(image)
-            sum(f.float().pow(2).mean() for f in features.values()).backward()
+            sum(f.float().pow(2).mean() for f in model(image).values()).backward()
 
-        floor = _median_seconds(lambda: bare(direct), repeats)
-        floor_wino = _median_seconds(lambda: bare(fast), repeats)
-        iteration = _iteration_seconds(fast, size, repeats + 3)
-        gflop = _conv_gflop(direct, size)
-        row = {
-            "size": size,
-            "gflop": round(gflop, 1),
-            "floor_s": round(floor, 3),
-            "floor_gflops": round(gflop / floor, 1),
-        }
-        row |= {"floor_winograd_s": round(floor_wino, 3), "iteration_s": round(iteration, 3)}
-        row |= {"iteration_vs_floor": round(iteration / floor, 3)}
-        row["iteration_vs_winograd_floor"] = round(iteration / floor_wino, 3)
-        print(
-            f"  {size}px: floor {floor:.3f}s ({gflop / floor:.0f} GFLOP/s), Winograd {floor_wino:.3f}s, "
-            f"our iteration {iteration:.3f}s ({iteration / floor:.2f}x floor)",
-            flush=True,
-        )
-        if half is not None:
-            floor_bf16 = _median_seconds(lambda: bare(direct, autocast=True), repeats)
-            bare_bf16 = _median_seconds(lambda: bare(half), repeats)
-            iteration_bf16 = _iteration_seconds(half, size, repeats + 3)
-            row |= {"floor_bf16_s": round(floor_bf16, 3), "bare_bf16_s": round(bare_bf16, 3)}
-            row |= {"iteration_bf16_s": round(iteration_bf16, 3)}
-            row["iteration_bf16_vs_floor_bf16"] = round(iteration_bf16 / floor_bf16, 3)
-            row["iteration_bf16_vs_bare_bf16"] = round(iteration_bf16 / bare_bf16, 3)
-            print(
-                f"  {size}px bf16: floor (autocast) {floor_bf16:.3f}s, ours bare {bare_bf16:.3f}s, "
-                f"our iteration {iteration_bf16:.3f}s ({iteration_bf16 / floor_bf16:.2f}x floor)",
-                flush=True,
-            )
+        times = {name: _median_seconds(lambda m=model: bare(m), repeats) for name, model in passes.items()}
+        fastest = min(times, key=times.get)
+        row = {"size": size, "gflop": round(_conv_gflop(passes["fp32 NCHW"], size), 1)}
+        row |= {"passes": {k: round(v, 3) for k, v in times.items()}, "fastest": fastest}
+        for precision, model in ours.items():
+            if model is None:
+                continue
+            own = min(v for k, v in times.items() if k.startswith(precision))
+            iteration = _iteration_seconds(model, size, repeats + 3)
+            row[precision] = {
+                "iteration_s": round(iteration, 3),
+                "vs_fastest_own": round(iteration / own, 3),
+                "vs_fastest": round(iteration / times[fastest], 3),
+            }
+        print(f"  {size}px: {row}", flush=True)
         rows.append(row)
     return rows
 
@@ -317,6 +314,33 @@ def versus_pastiche(out: Path, size: int = 256, iterations: int = 100) -> dict:
         "pastiche_content": s_theirs.content,
         "stylize_style": s_ours.gram,
         "pastiche_style": s_theirs.gram,
+    }
+
+
+def versus_neural_style(out: Path, size: int = 512, iterations: int = 300) -> dict:
+    """`stylize image --scales 1` against neural-style-pt on the same work (one scale, `iterations` at `size`,
+    each tool's default weights), astronaut × starry night: wall time and the quality bench's three measures."""
+    from bench.quality import TOOLS, render_point
+
+    ours, theirs = out / "same_work_stylize.png", out / "same_work_neural_style.png"
+    seconds = {"stylize": _timed(image_command(CONTENT, STYLE, ours, size, iterations, "--scales", "1", "--seed", "0"))}
+    weight = TOOLS["neural-style-pt"][2]
+    seconds["neural-style-pt"] = render_point(
+        "neural-style-pt", CONTENT, STYLE, theirs, weight, size, iterations, False
+    )
+    evaluator = Evaluator()
+    scores = {
+        tool: evaluator.score(path, CONTENT, STYLE) for tool, path in (("stylize", ours), ("neural-style-pt", theirs))
+    }
+    print(f"  same work: {seconds}", flush=True)
+    return {
+        "size": size,
+        "iterations": iterations,
+        "precision": PRECISION,
+        "seconds": {k: round(v, 1) for k, v in seconds.items()},
+        "time_ratio": round(seconds["stylize"] / seconds["neural-style-pt"], 3),
+        "scores": {k: asdict(v) for k, v in scores.items()},
+        "no_worse": scores["stylize"].dominates(scores["neural-style-pt"]),
     }
 
 
@@ -597,32 +621,34 @@ def _video_markdown(v: dict) -> list[str]:
     ]
 
 
+def _floor_markdown(rows: list[dict]) -> list[str]:
+    """The per-iteration table: each bare pass, the fastest, and our iterations against it."""
+    if not rows or "passes" not in rows[0]:
+        return []
+    names = list(rows[0]["passes"])
+    ours = [p for p in ("fp32", "bf16") if p in rows[0]]
+    lines = [
+        "Bare VGG-19 forward + backward to relu5_1 (the floor is the fastest), and one iteration of our "
+        "optimiser (L-BFGS, one scale), in seconds, median:",
+        "",
+        "| size | conv GFLOP | "
+        + " | ".join(names)
+        + " | fastest | "
+        + " | ".join(f"our {p} iteration | vs fastest {p} | vs fastest" for p in ours)
+        + " |",
+        "|---" * (3 + len(names) + 3 * len(ours)) + "|",
+    ]
+    for r in rows:
+        cells = [f"{r['size']}²", str(r["gflop"]), *(f"{r['passes'][n]:.3f}" for n in names), r["fastest"]]
+        for p in ours:
+            cells += [f"{r[p]['iteration_s']:.3f}", f"{r[p]['vs_fastest_own']:.2f}×", f"{r[p]['vs_fastest']:.2f}×"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
 def _markdown(results: dict) -> str:
     lines = [f"Machine: {results['machine']}; torch {results['torch']}; {results['threads']} threads.", ""]
-    lines += [
-        "| size | conv GFLOP | floor: bare VGG fwd+bwd (direct conv) | floor GFLOP/s | bare VGG, Winograd | our iteration | vs floor | vs bare Winograd |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for r in results.get("per_iteration", []):
-        lines.append(
-            f"| {r['size']}² | {r['gflop']} | {r['floor_s']:.3f} s | {r['floor_gflops']} | "
-            f"{r['floor_winograd_s']:.3f} s | {r['iteration_s']:.3f} s | {r['iteration_vs_floor']:.2f}× | "
-            f"{r['iteration_vs_winograd_floor']:.2f}× |"
-        )
-    half = [r for r in results.get("per_iteration", []) if "iteration_bf16_s" in r]
-    if half:
-        lines += [
-            "",
-            "The same in bf16 (`precision: auto` on this CPU):",
-            "",
-            "| size | floor: bare VGG fwd+bwd under bf16 autocast | bare VGG, our bf16 channels-last layers | our iteration | vs floor | vs our bare pass |",
-            "|---|---|---|---|---|---|",
-            *(
-                f"| {r['size']}² | {r['floor_bf16_s']:.3f} s | {r['bare_bf16_s']:.3f} s | {r['iteration_bf16_s']:.3f} s | "
-                f"{r['iteration_bf16_vs_floor_bf16']:.2f}× | {r['iteration_bf16_vs_bare_bf16']:.2f}× |"
-                for r in half
-            ),
-        ]
+    lines += _floor_markdown(results.get("per_iteration", []))
     p = results.get("pastiche")
     if p:
         lines += [
@@ -722,6 +748,24 @@ def _markdown(results: dict) -> str:
                 for r in rows
             ),
         ]
+    n = results.get("neural_style")
+    if n:
+        sc = n["scores"]
+        lines += [
+            "",
+            f"The same work: one scale, {n['size']} px, {n['iterations']} iterations, each tool's default weights, "
+            f"astronaut × starry night (stylize in {n['precision']}):",
+            "",
+            "| | wall time | content | Gram | SWD |",
+            "|---|---|---|---|---|",
+            *(
+                f"| {tool} | {n['seconds'][tool]:.1f} s | {sc[tool]['content']:.4g} | {sc[tool]['gram']:.4g} | {sc[tool]['swd']:.4g} |"
+                for tool in ("stylize", "neural-style-pt")
+            ),
+            f"| stylize ÷ neural-style-pt | {n['time_ratio']:.2f}× | "
+            + " | ".join(f"{sc['stylize'][k] / sc['neural-style-pt'][k]:.2f}" for k in ("content", "gram", "swd"))
+            + " |",
+        ]
     if results.get("memory"):
         lines += [
             "",
@@ -753,6 +797,11 @@ def main() -> None:
     )
     parser.add_argument(
         "--precision", action="store_true", help="also bf16 against fp32 on 6 content × style pairs (about 8 minutes)"
+    )
+    parser.add_argument(
+        "--neural-style",
+        action="store_true",
+        help="also stylize against neural-style-pt on the same work, 512 px, 300 iterations, one scale (about 12 minutes)",
     )
     parser.add_argument("--sizes", type=int, nargs="+", default=[256, 512, 1024])
     args = parser.parse_args()
@@ -795,6 +844,9 @@ def main() -> None:
     if args.precision:
         print("bf16 against fp32", flush=True)
         results["precision"] = precision_check(out)
+    if args.neural_style:
+        print("stylize against neural-style-pt on the same work", flush=True)
+        results["neural_style"] = versus_neural_style(out)
     if args.tiling:
         print("tiled optimisation", flush=True)
         results["tiling"] = {"runs": tiling_runs(out), "compare": tiling_compare(out)}

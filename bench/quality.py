@@ -148,7 +148,7 @@ TOOLS = {  # name: (command, swept style weights, default weight)
 }
 
 
-def _run(
+def render_point(
     tool: str, content: Path, style: Path, out: Path, weight: float, size: int, iterations: int, reuse: bool
 ) -> float:
     """Make one output (or reuse it) and return its wall time in seconds."""
@@ -176,7 +176,7 @@ def sweep(chosen: list, tools: list[str], size: int, iterations: int, reuse: set
             _, weights, default = TOOLS[tool]
             for weight in weights:
                 out = folder / f"{tool}-{weight:g}.png"
-                seconds = _run(tool, content, style, out, weight, size, iterations, tool in reuse)
+                seconds = render_point(tool, content, style, out, weight, size, iterations, tool in reuse)
                 scores = evaluator.score(out, content, style)
                 points.append(Point(pair, tool, weight, weight == default, round(seconds, 1), scores, str(out)))
                 print(

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from pipeline.core.descent import adam, lbfgs
+from pipeline.core.descent import History, adam, lbfgs
 
 
 def _quadratic(seed: int = 0, n: int = 40):
@@ -64,6 +64,35 @@ def test_adam_matches_torch_optim(lr):
         _evaluator(ref, a, b, [])()
         opt.step()
     assert torch.allclose(ours.detach(), ref.detach(), rtol=1e-10, atol=1e-12)
+
+
+def _two_loop(grad, pairs, gamma):
+    """Nocedal & Wright's Algorithm 7.4, pair by pair: -H·grad from (s, y, ρ) pairs, oldest first."""
+    q, alphas = -grad, []
+    for s, y, rho in reversed(pairs):
+        alphas.append(rho * s.dot(q))
+        q = q - alphas[-1] * y
+    q = gamma * q
+    for (s, y, rho), alpha in zip(pairs, reversed(alphas)):
+        q = q + (alpha - rho * y.dot(q)) * s
+    return q
+
+
+def test_the_stacked_history_gives_the_two_loop_direction():
+    """Seven pairs through a ring of four (so it wraps), one of them left out (ρ = 0): the stacked solve
+    equals the pair-by-pair recursion over the four newest."""
+    g = torch.Generator().manual_seed(7)
+    n, history = 30, History(4, torch.zeros(30, dtype=torch.float64))
+    pairs = []
+    for k in range(7):
+        s, y = torch.randn(n, generator=g, dtype=torch.float64), torch.randn(n, generator=g, dtype=torch.float64)
+        y = y + 3 * s  # mostly positive curvature
+        rho = torch.tensor(0.0 if k == 5 else 1 / y.dot(s).item(), dtype=torch.float64)
+        history.push(s, y, rho)
+        pairs.append((s, y, rho))
+    grad, gamma = torch.randn(n, generator=g, dtype=torch.float64), torch.tensor(0.7, dtype=torch.float64)
+    assert torch.allclose(history.direction(grad, gamma), _two_loop(grad, pairs[-4:], gamma), rtol=1e-10, atol=1e-12)
+    assert torch.equal(History(3, grad).direction(grad, gamma), -gamma * grad)  # no pairs yet
 
 
 def test_lbfgs_never_reads_a_value_back_from_the_device(monkeypatch):

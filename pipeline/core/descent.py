@@ -8,8 +8,8 @@ written here rather than taken from `torch.optim` because the first
 `torch.optim.Optimizer` in a process imports `torch._dynamo`, seconds of
 start-up (docs/architecture.md, Why these libraries).
 
-`lbfgs` is the two-loop recursion of Nocedal & Wright (Algorithm 7.4) with
-a unit step and no line search, as `torch.optim.LBFGS(lr=1,
+`lbfgs` is the two-loop recursion of Nocedal & Wright (Algorithm 7.4), on
+stacked pairs (see `History`), with a unit step and no line search, as `torch.optim.LBFGS(lr=1,
 line_search_fn=None)` does, plus one safeguard: when the direction stops
 being a descent direction the history is dropped and it restarts along the
 gradient. Neither reads the device: the only host-device sync per
@@ -18,7 +18,6 @@ iteration is the caller's own loss read.
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Callable
 
 import torch
@@ -36,7 +35,7 @@ def lbfgs(x: torch.Tensor, evaluate: Evaluate, iterations: int, history: int = 5
     waiting. A pair that fails the curvature condition, and every pair at a
     restart, gets weight 1/yᵀs = 0, which removes it from the recursion.
     """
-    pairs: deque[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = deque(maxlen=history)  # (s, y, 1/yᵀs or 0)
+    pairs = History(min(history, max(iterations - 1, 1)), x)
     gamma = x.new_tensor(1.0)  # initial inverse-Hessian scale sᵀy / yᵀy
     prev_grad: torch.Tensor | None = None
     step: torch.Tensor | None = None
@@ -46,15 +45,13 @@ def lbfgs(x: torch.Tensor, evaluate: Evaluate, iterations: int, history: int = 5
             y = grad - prev_grad
             ys = y.dot(step)
             curved = ys > 1e-10  # curvature condition; dropping the pair otherwise keeps H positive definite
-            pairs.append((step, y, torch.where(curved, ys.reciprocal(), 0.0)))
+            pairs.push(step, y, torch.where(curved, ys.reciprocal(), 0.0))
             gamma = torch.where(curved, ys / y.dot(y), gamma)
-        direction = _two_loop(grad, pairs, gamma)
-        fresh = torch.stack([rho for _, _, rho in pairs]).eq(0).all() if pairs else torch.tensor(True, device=x.device)
+        direction = pairs.direction(grad, gamma)
         # No usable pair, or not a descent direction: restart along the gradient with the cautious
         # first step that torch.optim.LBFGS takes, min(1, 1/|g|₁).
-        restart = fresh | (direction.dot(grad) >= 0)
-        for _, _, rho in pairs:
-            rho.mul_(~restart)
+        restart = pairs.rho.eq(0).all() | (direction.dot(grad) >= 0)
+        pairs.rho.mul_(~restart)
         gamma = torch.where(restart, 1.0, gamma)
         cautious = grad.abs().sum().reciprocal().clamp(max=1.0)
         direction = torch.where(restart, grad * -cautious, direction)
@@ -72,18 +69,54 @@ def _gradient(x: torch.Tensor, evaluate: Evaluate) -> torch.Tensor:
     return x.grad
 
 
-def _two_loop(grad: torch.Tensor, pairs: deque, gamma: torch.Tensor) -> torch.Tensor:
-    """-H·grad for the inverse Hessian approximation H held in `pairs` (no host syncs)."""
-    q = grad.neg()
-    alphas = []
-    for s, y, rho in reversed(pairs):
-        alpha = s.dot(q) * rho
-        q.addcmul_(y, alpha, value=-1)
-        alphas.append(alpha)
-    q.mul_(gamma)
-    for (s, y, rho), alpha in zip(pairs, reversed(alphas)):
-        q.addcmul_(s, alpha - y.dot(q) * rho)
-    return q
+class History:
+    """L-BFGS's last `size` pairs (s, y) as the rows of two stacked tensors, in a ring, with their weights
+    ρ = 1/yᵀs (0: left out of the recursion) and the matrix of their products sᵢᵀyⱼ.
+
+    `direction` is the two-loop recursion of Nocedal & Wright (Algorithm 7.4) with its two loops solved as
+    two small triangular systems: four matrix-vector products over the stacked pairs, and two per new pair,
+    instead of four vector operations per pair, so that the launches do not grow with the history.
+    """
+
+    def __init__(self, size: int, like: torch.Tensor) -> None:
+        self.s = like.new_zeros(size, like.numel())
+        self.y = like.new_zeros(size, like.numel())
+        self.rho = like.new_zeros(size)
+        self.sy = like.new_zeros(size, size)  # sy[i, j] = sᵢᵀyⱼ, rows and columns in ring order
+        self.count = 0  # pairs pushed so far
+
+    def push(self, s: torch.Tensor, y: torch.Tensor, rho: torch.Tensor) -> None:
+        """Keep the pair (s, y) with weight `rho`, in place of the oldest once the ring is full."""
+        i = self.count % len(self.rho)
+        self.s[i], self.y[i], self.rho[i] = s, y, rho
+        self.sy[i] = self.y @ s
+        self.sy[:, i] = self.s @ y
+        self.count += 1
+
+    def direction(self, grad: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
+        """-H·grad for the inverse Hessian approximation H of the pairs kept, with initial scale `gamma`."""
+        size = len(self.rho)
+        kept = min(self.count, size)
+        if kept == 0:
+            return grad * -gamma
+        order = torch.arange(self.count - kept, self.count, device=grad.device) % size  # oldest first
+        rho = self.rho[order]
+        products = self.sy[order][:, order]  # sᵢᵀyⱼ, oldest first
+        ones = torch.eye(kept, dtype=grad.dtype, device=grad.device)
+        # First loop, newest to oldest: αᵢ = ρᵢ sᵢᵀ(−g − Σ_{j>i} αⱼ yⱼ).
+        upper = ones + rho[:, None] * products.triu(1)
+        alpha = torch.linalg.solve_triangular(upper, (rho * -(self.s @ grad)[order])[:, None], upper=True)[:, 0]
+        q = -grad - self.y.T @ self._ring(alpha, order)
+        # Second loop, oldest to newest: βᵢ = ρᵢ yᵢᵀ(γq + Σ_{j<i} (αⱼ − βⱼ) sⱼ).
+        cross = products.T.tril(-1)  # yᵢᵀsⱼ for j < i
+        lower = ones + rho[:, None] * cross
+        right = rho * (gamma * (self.y @ q)[order] + cross @ alpha)
+        beta = torch.linalg.solve_triangular(lower, right[:, None], upper=False)[:, 0]
+        return q.mul_(gamma).add_(self.s.T @ self._ring(alpha - beta, order))
+
+    def _ring(self, values: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
+        """Per-pair `values` (oldest first) placed at their pairs' rows of the ring (0 at rows not kept)."""
+        return self.rho.new_zeros(len(self.rho)).index_copy_(0, order, values)
 
 
 @torch.no_grad()

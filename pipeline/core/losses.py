@@ -26,8 +26,9 @@ own name holds its Gram (for a Gaussian fit, the second raw moment), and with
 ``layer.sqrt`` the symmetric square root of the covariance.
 
 All functions take and return tensors and work on any device. Features may be
-reduced precision; Grams and losses are computed in float32, the Wasserstein
-term in float64.
+reduced precision; losses are computed in float32, the Wasserstein term in
+float64. Grams come out in float32; those of bfloat16 features are products
+of the bfloat16 values, accumulated in float32 (see `gram`).
 """
 
 from __future__ import annotations
@@ -44,7 +45,8 @@ _FLOOR = 1e-8  # the backward of tr √A holds A's eigenvalues at least this fra
 
 
 class _Gram(torch.autograd.Function):
-    """F Fᵀ / n for (N, C, n) F; the backward is one batched matmul, (G' + G'ᵀ) F / n, not autograd's two."""
+    """F Fᵀ / n for (N, C, n) F; the backward is one batched matmul, (G' + G'ᵀ) F / n, not autograd's two.
+    The gradient keeps F's memory layout, so that it meets the layer's own gradient without a copy."""
 
     @staticmethod
     def forward(ctx: torch.autograd.function.FunctionCtx, f: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
@@ -54,23 +56,39 @@ class _Gram(torch.autograd.Function):
     @staticmethod
     def backward(ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
         (f,) = ctx.saved_tensors
-        return torch.bmm(grad + grad.transpose(1, 2), f).div_(f.shape[-1])
+        both = (grad + grad.transpose(1, 2)).to(f.dtype)
+        if f.transpose(1, 2).is_contiguous():  # positions × channels in memory (channels-last features)
+            return torch.bmm(f.transpose(1, 2), both).div_(f.shape[-1]).transpose(1, 2)
+        return torch.bmm(both, f).div_(f.shape[-1])
 
 
-def gram(features: torch.Tensor) -> torch.Tensor:
-    """Gram matrices of (N, C, H, W) features, shape (N, C, C), divided by H·W."""
+def _by_position(features: torch.Tensor) -> torch.Tensor:
+    """(N, C, H, W) features as (N, C, H·W), a view in either memory layout (no copy of channels-last ones)."""
     n, c, h, w = features.shape
-    f = features.to(torch.promote_types(features.dtype, torch.float32))  # reduced precision -> float32
-    with torch.autocast(f.device.type, enabled=False):  # under autocast too: the product stays float32
-        return _Gram.apply(f.reshape(n, c, h * w))
+    if features.is_contiguous() or not features.is_contiguous(memory_format=torch.channels_last):
+        return features.reshape(n, c, h * w)
+    return features.permute(0, 2, 3, 1).reshape(n, h * w, c).transpose(1, 2)
+
+
+def gram(features: torch.Tensor, exact: bool = False) -> torch.Tensor:
+    """Gram matrices of (N, C, H, W) features, shape (N, C, C), divided by H·W, in float32 (or float64).
+
+    bfloat16 features are multiplied as they are (the products accumulate in float32; the result carries
+    bfloat16's rounding, 2⁻⁹ of each entry) unless `exact`; any other reduced precision is cast to float32 first.
+    """
+    reduced = features.dtype == torch.bfloat16 and not exact
+    f = features if reduced else features.to(torch.promote_types(features.dtype, torch.float32))
+    with torch.autocast(f.device.type, enabled=False):  # under autocast too: the product stays as asked
+        g = _Gram.apply(_by_position(f))
+        return g.to(torch.promote_types(g.dtype, torch.float32))
 
 
 def squared_error(x: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(‖x − target‖², ‖target‖²) per batch element, each of shape (N,), in float32 at least."""
     dtype = torch.promote_types(x.dtype, torch.float32)  # reduced precision -> float32; float64 stays
-    x = x.to(dtype).flatten(1)
-    target = target.to(dtype).flatten(1)
-    return (x - target).pow(2).sum(1), target.pow(2).sum(1)
+    dims = tuple(range(1, x.dim()))  # summed in place: flattening a channels-last tensor would copy it
+    x, target = x.to(dtype), target.to(dtype)
+    return (x - target).pow(2).sum(dims), target.pow(2).sum(dims)
 
 
 def relative_error(x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -109,7 +127,9 @@ def feature_mean(features: torch.Tensor) -> torch.Tensor:
 def style_statistics(features: Mapping[str, torch.Tensor], layers: Sequence[str], kind: str) -> dict[str, torch.Tensor]:
     """The statistics (see `statistic_names`) of features at `layers`: (N, C, C) Grams, (N, C) means."""
     return {
-        name: feature_mean(features[layer_of(name)]) if name.endswith(MEAN) else gram(features[name])
+        name: feature_mean(features[layer_of(name)])
+        if name.endswith(MEAN)
+        else gram(features[name], exact=kind == "wasserstein")  # W2's covariance M − μμᵀ cancels digits
         for name in statistic_names(layers, kind)
     }
 

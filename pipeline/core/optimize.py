@@ -10,6 +10,7 @@ import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -25,8 +26,9 @@ from pipeline.core.losses import (
     style_targets_of,
     tv_loss,
 )
+from pipeline.core.scaling import loss_scale_for
 from pipeline.core.temporal import temporal_loss
-from pipeline.core.tiles import grid, positions, stride, tiled_statistics
+from pipeline.core.tiles import Tile, grid, positions, stride, tiled_statistics
 
 DEFAULT_CONTENT_LAYERS: tuple[str, ...] = ("relu4_2",)
 DEFAULT_STYLE_LAYERS: Mapping[str, float] = {f"relu{i}_1": 1.0 for i in range(1, 6)}
@@ -296,6 +298,7 @@ class Objective:
         self.style_targets = {k: t for k, t in targets.items() if layer_of(k) in settings.style_layers}
         self.shape = tuple(content.shape[-2:])
         self.held = [(resize(w, self.shape), resize(m, self.shape)) for w, m in held]
+        self.loss_scale = loss_scale_for(model)  # scales only for float16 layers (see scaling)
         self._encode(content)
 
     @torch.inference_mode()
@@ -324,9 +327,15 @@ class Objective:
 
     def backward(self, image: torch.Tensor) -> torch.Tensor:
         """The loss components at `image` (as `__call__`), with the gradient of the total left in `image.grad`."""
-        total, parts = self(image)
-        total.backward()
-        return parts
+        out: list[torch.Tensor] = []
+
+        def total() -> torch.Tensor:
+            loss, parts = self(image)
+            out[:] = [parts]
+            return loss
+
+        self.loss_scale.backward(total, image)
+        return out[0]
 
 
 def _combine(
@@ -367,6 +376,26 @@ class TiledObjective(Objective):
             k: f.float().flatten(1).pow(2).sum(1) + 1e-8 for k, f in self.content_targets.items()
         }
 
+    def _tile_share(
+        self,
+        t: Tile,
+        crop: torch.Tensor,
+        names: Sequence[str],
+        stat_grads: Mapping[str, torch.Tensor],
+        found: dict[str, torch.Tensor],
+    ) -> torch.Tensor:
+        """Tile `t`'s share of the loss at `crop` (its pixels): its statistics' sums weighted by the loss's
+        gradients with respect to the level's statistics, plus its content error (each also left in `found`)."""
+        s = self.settings
+        feats = self.model(crop)
+        sums = t.sums(feats, names)
+        share = sum((stat_grads[k] * sums[k]).sum() / positions(self.shape, layer_of(k)) for k in sums)
+        for k, target in self.content_targets.items():
+            error = (t.window(feats[k], k).float() - target[(..., *t.placed(k))].float()).flatten(1).pow(2).sum(1)
+            found[k] = error.detach()
+            share = share + s.content_weight * (error / self.content_norms[k]).sum() / len(self.content_targets)
+        return share
+
     def backward(self, image: torch.Tensor) -> torch.Tensor:
         """As `Objective.backward`; each evaluation moves the tile grid (see `tiles.grid`)."""
         s = self.settings
@@ -382,14 +411,10 @@ class TiledObjective(Objective):
         errors = {k: torch.zeros(image.shape[0], device=image.device) for k in self.content_targets}
         for t in tiles:
             crop = t.crop(image).detach().requires_grad_()
-            feats = self.model(crop)
-            sums = t.sums(feats, names)
-            share = sum((stat_grads[k] * sums[k]).sum() / positions(self.shape, layer_of(k)) for k in sums)
-            for k, target in self.content_targets.items():
-                error = (t.window(feats[k], k).float() - target[(..., *t.placed(k))].float()).flatten(1).pow(2).sum(1)
-                errors[k] += error.detach()
-                share = share + s.content_weight * (error / self.content_norms[k]).sum() / len(errors)
-            share.backward()
+            found: dict[str, torch.Tensor] = {}
+            self.loss_scale.backward(partial(self._tile_share, t, crop, names, stat_grads, found), crop)
+            for k, error in found.items():
+                errors[k] += error
             t.crop(grad).add_(crop.grad)
         pixels = image.detach().requires_grad_()
         tv = tv_loss(pixels)

@@ -19,7 +19,9 @@ from pipeline.core.optimize import StyleTargets
 from pipeline.media.digest import value_digest
 from pipeline.media.images import atomic_path
 
-_FORMAT = 1  # bump when the Gram normalisation or the file layout changes
+_FORMAT = (
+    2  # bump when the Gram computation or normalisation or the file layout changes (2: bf16 Grams of bf16 features)
+)
 _ZIP = b"PK\x03\x04"  # how every torch.save file starts
 _SMALLEST = 512  # bytes: torch.save's zip of even one small tensor is larger
 
