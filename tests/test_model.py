@@ -181,7 +181,7 @@ def test_vgg16_layer_names_and_a_user_file(tmp_path, shared):
     with torch.no_grad():  # the same numbers as torchvision's own network (RGB mean/std preprocessing)
         x = (image - torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)) / torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
         assert torch.allclose(feats["relu5_3"], net.features[:30](x), atol=1e-4)
-    with pytest.raises(ValueError, match="unknown VGG-16 layer 'relu5_4'"):
+    with pytest.raises(ValueError, match="VGG-16 has no layer 'relu5_4'; did you mean 'relu5_3'"):
         VGGFeatures(weights, ["relu5_4"])
     vgg19_file = tmp_path / "vgg19.pth"
     torch.save(resolve_weights("bundled").state, vgg19_file)

@@ -52,7 +52,7 @@ def test_tiled_statistics_equal_the_whole_images(shared, model):
 @pytest.mark.parametrize("style_loss", ["gram", "wasserstein"])
 def test_tiled_objective_has_the_whole_images_loss_and_gradient(shared, model, style_loss):
     content, style = _pair(shared)
-    settings = dataclasses.replace(SETTINGS, tile=256, style_loss=style_loss)
+    settings = dataclasses.replace(SETTINGS, tile_side=256, style_loss=style_loss)
     h, w = content.shape[-2:]
     targets = style_targets(model, [(style, 1.0)], h * w, list(settings.style_layers), loss=style_loss)
     start = read_image(shared / "content" / "coffee.png", 320)[..., :h, :w]
@@ -76,7 +76,7 @@ def test_a_tiled_result_matches_the_untiled_one_and_shows_no_seams(shared, model
     shapes = [lv.shape for lv in levels(tuple(content.shape[-2:]), settings)]
     targets = [style_targets(model, [(style, 1.0)], h * w, list(settings.style_layers)) for h, w in shapes]
     whole = stylize(model, content, targets, settings)
-    tiled = stylize(model, content, targets, dataclasses.replace(settings, tile=256))
+    tiled = stylize(model, content, targets, dataclasses.replace(settings, tile_side=256))
     assert tiled.image.shape == content.shape
     with torch.inference_mode():
         fw, ft, fc = model(whole.image), model(tiled.image), model(content)

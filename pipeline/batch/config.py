@@ -112,7 +112,7 @@ class OptimizeConfig(_Strict):
     optimizer: Literal["lbfgs", "adam"] = Field(default=Settings.optimizer, description="lbfgs | adam")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
         default="auto",
-        description="auto | fp32 | bf16 | fp16: the precision of the VGG layers; Grams and losses are fp32. auto: bf16 on CPUs with AVX-512 BF16 or AMX and on CUDA devices that support it, else fp32 (the manifest records which)",
+        description="auto | fp32 | bf16 | fp16: the precision of the VGG layers; losses are fp32, Grams too (those of bf16 layers multiply the bf16 features, accumulating in fp32), and fp16 runs its backward pass through a dynamic loss scale. auto: bf16 on CPUs with AVX-512 BF16 or AMX and on CUDA devices that support it, else fp32 (the manifest records which)",
     )
     batch: int = Field(
         default=1,
@@ -147,12 +147,12 @@ class OptimizeConfig(_Strict):
     @field_validator("content_layers", "style_layers")
     @classmethod
     def _known_layers(cls, value: Any) -> Any:
-        from pipeline.core.vgg import LAYER_INDEX
+        """Layers of VGG-19, whose names hold VGG-16's (model.arch is checked against them in Config)."""
+        from pipeline.core.vgg import layer_error
 
-        for name in value:
-            if name not in LAYER_INDEX:
-                near = difflib.get_close_matches(name, LAYER_INDEX, n=1)
-                raise ValueError(f"unknown layer {name!r}" + (f" (did you mean {near[0]!r}?)" if near else ""))
+        error = layer_error(value)
+        if error:
+            raise ValueError(error)
         return value
 
     @model_validator(mode="after")
@@ -280,17 +280,14 @@ class Config(_Strict):
     @field_validator("model")
     @classmethod
     def _layers_in_arch(cls, model: ModelConfig, info: ValidationInfo) -> ModelConfig:
-        from pipeline.core.vgg import TITLES, layer_index
+        from pipeline.core.vgg import layer_error
 
         optimize = info.data.get("optimize")
         if optimize is not None:
-            index = layer_index(model.arch)
             for key, layers in (("content_layers", optimize.content_layers), ("style_layers", optimize.style_layers)):
-                missing = [n for n in layers if n not in index]
-                if missing:
-                    raise ValueError(
-                        f"arch {model.arch}: {TITLES[model.arch]} has no layer {missing[0]!r} (optimize.{key})"
-                    )
+                error = layer_error(layers, model.arch, f"optimize.{key}")
+                if error:
+                    raise ValueError(f"arch {model.arch}: {error}")
         return model
 
     @field_validator("scheduler")

@@ -51,7 +51,7 @@ class Settings:
     iterations: int = 300
     coarse_iterations: float = 1.0  # each coarser level runs this many times the next finer level's iterations
     refine_iterations: int | None = None  # each level above `size` (content larger than it); None: iterations // 4
-    tile: int = 0  # a level with a side over this many px is evaluated in tiles of at most this side; 0: never
+    tile_side: int = 0  # a level with a side over this many px is evaluated in tiles of at most this side; 0: never
     history: int = 50  # L-BFGS (s, y) pairs kept (whole-image vectors: the shell shrinks it for huge tiled images)
     optimizer: str = "lbfgs"
     learning_rate: float = 0.02  # Adam only; the image is in [0, 1]
@@ -115,6 +115,13 @@ StyleTargets = dict[str, torch.Tensor]  # per style loss, its targets by name (s
 Held = Sequence[tuple[torch.Tensor, torch.Tensor]]  # (earlier stylised frame warped onto this one, its mask)
 
 
+def fit_longest(shape: tuple[int, int], side: float) -> tuple[int, int]:
+    """(height, width) scaled so that the longest side is `side`, aspect kept (each side at least 1 px)."""
+    h, w = shape
+    longest = max(h, w)
+    return max(1, round(h * side / longest)), max(1, round(w * side / longest))
+
+
 def scale_shapes(height: int, width: int, size: int, scales: int) -> list[tuple[int, int]]:
     """Shapes of the coarse-to-fine levels for a (height, width) image whose longest side becomes `size`.
 
@@ -126,8 +133,7 @@ def scale_shapes(height: int, width: int, size: int, scales: int) -> list[tuple[
         side = size / 2**level
         if side < MIN_SIDE and level > 0:
             continue
-        ratio = side / max(height, width)
-        shapes.append((max(1, round(height * ratio)), max(1, round(width * ratio))))
+        shapes.append(fit_longest((height, width), side))
     return shapes
 
 
@@ -160,7 +166,7 @@ def levels(shape: tuple[int, int], settings: Settings) -> list[Level]:
     refine = settings.refine_iterations or max(1, settings.iterations // 4)
     side = 2 * size
     while side * 1.5 <= longest:  # no level within 1.5x of the full size: the last step goes straight there
-        out.append(Level((max(1, round(h * side / longest)), max(1, round(w * side / longest))), refine))
+        out.append(Level(fit_longest(shape, side), refine))
         side *= 2
     if size < longest:
         out.append(Level((h, w), refine))
@@ -168,8 +174,8 @@ def levels(shape: tuple[int, int], settings: Settings) -> list[Level]:
 
 
 def tile_for(shape: tuple[int, int], settings: Settings) -> int:
-    """The tile side a level of `shape` is evaluated in: `settings.tile` when a side exceeds it, else 0 (whole)."""
-    return settings.tile if settings.tile and max(shape) > settings.tile else 0
+    """The tile side a level of `shape` is evaluated in: `settings.tile_side` when a side exceeds it, else 0 (whole)."""
+    return settings.tile_side if settings.tile_side and max(shape) > settings.tile_side else 0
 
 
 def min_side(layers: Sequence[str]) -> int:
@@ -241,7 +247,7 @@ def style_targets(
     area: int,
     layers: Sequence[str],
     preserve_colors: bool = False,
-    tile: int = 0,
+    tile_side: int = 0,
     loss: str = "gram",
 ) -> StyleTargets:
     """Blended targets of style loss `loss` (see `losses.style_targets_of`) for style images rescaled to `area` pixels.
@@ -249,7 +255,7 @@ def style_targets(
     `styles` holds (image (1, 3, H, W) RGB [0, 1], weight) pairs; the weights
     are normalised to sum to 1 and the statistics blended by them: the Grams,
     and for wasserstein the means (the covariance follows from the blended
-    moments). With `tile` (the optimiser's tile side), a rescaled style image
+    moments). With `tile_side` (the optimiser's), a rescaled style image
     with a side over it is encoded in tiles (see `tiled_statistics`).
     """
     total = sum(w for _, w in styles)
@@ -260,8 +266,8 @@ def style_targets(
         x = pad(x, padding(tuple(x.shape[-2:]), min_side(layers)))  # a thin strip of a style: see `min_side`
         if preserve_colors:
             x = luminance(x)
-        if tile and max(x.shape[-2:]) > tile:
-            stats = tiled_statistics(model, x, names, grid(tuple(x.shape[-2:]), tile))
+        if tile_side and max(x.shape[-2:]) > tile_side:
+            stats = tiled_statistics(model, x, names, grid(tuple(x.shape[-2:]), tile_side))
         else:
             stats = style_statistics(model(x), layers, loss)
         for name in names:
@@ -364,7 +370,7 @@ class TiledObjective(Objective):
     def _encode(self, content: torch.Tensor) -> None:
         self.evaluations = 0
         self.content_targets = {}  # the whole level's content features, assembled from the pieces'
-        for t in grid(self.shape, self.settings.tile):
+        for t in grid(self.shape, self.settings.tile_side):
             feats = self.model(t.crop(content))
             for k in self.settings.content_layers:
                 piece = t.window(feats[k], k)
@@ -399,7 +405,7 @@ class TiledObjective(Objective):
     def backward(self, image: torch.Tensor) -> torch.Tensor:
         """As `Objective.backward`; each evaluation moves the tile grid (see `tiles.grid`)."""
         s = self.settings
-        tiles = grid(self.shape, s.tile, (self.evaluations * _GOLDEN) % 1.0)
+        tiles = grid(self.shape, s.tile_side, (self.evaluations * _GOLDEN) % 1.0)
         self.evaluations += 1
         names = statistic_names(list(dict.fromkeys(layer_of(k) for k in self.style_targets)), s.style_loss)
         with torch.no_grad():
@@ -538,7 +544,7 @@ def stylize(
     `init_image` is one image for all or one per image. `held` adds the
     temporal term (video): earlier stylised frames warped onto this one, with
     their (N, 1, H, W) reliability masks, weighted by `settings.temporal_weight`.
-    A level with a side over `settings.tile` is evaluated in tiles (see `TiledObjective`). A level ends early
+    A level with a side over `settings.tile_side` is evaluated in tiles (see `TiledObjective`). A level ends early
     once its loss has converged (`settings.tolerance`: see `converged`); the trace holds the iterations run.
     Returns the images in [0, 1], a per-iteration trace and each image's final losses.
     """

@@ -8,6 +8,7 @@ is part of the model, so callers never see it. Where the weights come from is
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import cache
@@ -36,6 +37,20 @@ def layer_names(arch: str = "vgg19") -> tuple[str, ...]:
 def layer_index(arch: str = "vgg19") -> dict[str, int]:
     """Layer name to its position in `arch`'s `features`."""
     return {name: i for i, name in enumerate(layer_names(arch))}
+
+
+def layer_error(names: Iterable[str], arch: str = "vgg19", where: str = "") -> str | None:
+    """The error for the first of `names` that `arch` has no layer of, with the nearest name it has
+    ("VGG-16 has no layer 'relu5_4' (optimize.style_layers); did you mean 'relu5_3'?"), or None.
+    `where` names the setting in the message."""
+    index = layer_index(arch)
+    missing = next((n for n in names if n not in index), None)
+    if missing is None:
+        return None
+    near = difflib.get_close_matches(missing, index, n=1)
+    return f"{TITLES[arch]} has no layer {missing!r}{f' ({where})' if where else ''}" + (
+        f"; did you mean {near[0]!r}?" if near else ""
+    )
 
 
 LAYER_NAMES = layer_names("vgg19")
@@ -133,10 +148,10 @@ class VGGFeatures(nn.Module):
         if winograd and dtype != torch.float32:
             raise ValueError(f"the Winograd layers are float32 only, not {dtype}")
         self.layers = tuple(dict.fromkeys(layers))
+        error = layer_error(self.layers, weights.arch)
+        if error:
+            raise ValueError(error)
         index = layer_index(weights.arch)
-        unknown = [n for n in self.layers if n not in index]
-        if unknown:
-            raise ValueError(f"unknown {TITLES[weights.arch]} layer {unknown[0]!r}; valid: {', '.join(index)}")
         taps = {index[n]: n for n in self.layers}
         last = max(taps)
         body = features(last + 1, weights.arch)

@@ -14,6 +14,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, TiffImagePlugin, UnidentifiedImageError
 
+from pipeline.core.optimize import fit_longest
+
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"})  # read; see WRITABLE
 UMASK = os.umask(0o022)  # read once, at import (os.umask can only be read by setting it)
 os.umask(UMASK)
@@ -35,13 +37,6 @@ NAME_MAX = 255  # bytes in one file name, on every file system we write to
 
 class ImageError(ValueError):
     """An input image cannot be used; the message names the file."""
-
-
-def fit_longest(shape: tuple[int, int], size: int) -> tuple[int, int]:
-    """(height, width) scaled so that the longest side is `size`, aspect kept."""
-    h, w = shape
-    ratio = size / max(h, w)
-    return max(1, round(h * ratio)), max(1, round(w * ratio))
 
 
 _SWAPS_AXES = frozenset({5, 6, 7, 8})  # EXIF orientations that turn the image by 90°

@@ -12,28 +12,24 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from pipeline.core.losses import target_names
 from pipeline.core.optimize import (
     Callback,
     Held,
     Progress,
     Result,
     Settings,
-    StyleTargets,
     levels,
     resize,
     stack_targets,
-    style_area,
-    style_targets,
     stylize,
     tile_for,
 )
 from pipeline.core.vgg import VGGFeatures
-from pipeline.media.digest import file_digest
 from pipeline.media.images import depth_note, read_alpha, read_image, working_shape, write_image
 from pipeline.media.weights import resolve_weights
 from pipeline.render.memory import CUDA_FACTOR, available_bytes, check_fits, tile_plan
 from pipeline.render.style_cache import StyleCache
+from pipeline.render.styles import StyleSource
 
 TRACE_POINTS = 24  # per scale, in a job's loss curve (it lives in the manifest: keep it small)
 TraceRow = tuple[int, int, float, float, float]  # scale, iteration, loss, content, style
@@ -65,7 +61,7 @@ class Rendered:
     style_misses: int  # style target sets encoded for this job
     style_seconds: float  # time spent getting style targets
     image: torch.Tensor  # the output, (1, 3, H, W) RGB [0, 1] on the device
-    tile: int = 0  # the tile side of its tiled levels (0: none was tiled)
+    tile_side: int = 0  # the tile side of its tiled levels (0: none was tiled)
     precision: str = "fp32"  # the VGG layers' precision (see resolve_precision)
     trace: tuple[TraceRow, ...] = ()  # the loss curve, at most TRACE_POINTS per scale (see compact_trace)
     note: str | None = (
@@ -160,7 +156,7 @@ class Renderer:
         cache: StyleCache | None = None,
         keep_alpha: bool = True,
         full_size: bool = False,
-        tile: int | str = "auto",
+        tiling: int | str = "auto",
         precision: str = "auto",
         memory_share: float = 1.0,
     ) -> None:
@@ -179,55 +175,12 @@ class Renderer:
         self.init_path = init_path
         self.keep_alpha = keep_alpha  # an input's transparency goes into its output (see images.write_image)
         self.full_size = full_size  # output.size: original: content is read, and its result written, at its own size
-        self.tile = tile  # auto | off | a tile side in px (optimize.tile)
+        self.tiling = tiling  # auto | off | a tile side in px (optimize.tile)
         self.memory_share = memory_share  # of the device's free memory, this worker's (workers that share it split it)
-        self._styles: dict[Path, torch.Tensor] = {}
-        self._digests: dict[Path, str] = {}
+        self.styles = StyleSource(self.model, settings, self.cache, self.device)
         self.on_progress: Callable[[Path, Progress], None] | None = (
             None  # each render's progress (with its output) when it has no callback
         )
-
-    def _style_image(self, path: Path) -> torch.Tensor:
-        """A style image at its full size, kept on the CPU (each level takes a rescaled copy to the device)."""
-        if path not in self._styles:
-            self._styles[path] = read_image(path)
-        return self._styles[path]
-
-    def _digest(self, path: Path) -> str:
-        if path not in self._digests:
-            self._digests[path] = file_digest(path)
-        return self._digests[path]
-
-    def targets(
-        self,
-        blend: Sequence[tuple[Path, float]],
-        shapes: Sequence[tuple[int, int]],
-        tile: int = 0,
-        style_scale: float = 1.0,
-    ) -> list[StyleTargets]:
-        """Style targets for each level shape, from the cache or computed once per (style blend, area, style loss):
-        the style images are rescaled to the level's area times `style_scale`² (see `style_area`), in tiles
-        when the style image, rescaled, is over `tile` (see `style_targets`)."""
-        s = self.settings
-        layers = list(s.style_layers)
-        out = []
-        for area in (style_area(shape, style_scale) for shape in shapes):
-            key = StyleCache.key(
-                styles=[(self._digest(p), wt) for p, wt in blend],
-                area=area,
-                layers=sorted(layers),
-                weights=self.model.identity,
-                pooling=self.model.pooling,
-                luminance=s.preserve_colors,
-                loss=s.style_loss,
-            )
-
-            def compute(area: int = area) -> StyleTargets:
-                styles = [(self._style_image(p).to(self.device), wt) for p, wt in blend]
-                return style_targets(self.model, styles, area, layers, s.preserve_colors, tile, s.style_loss)
-
-            out.append(self.cache.get(key, target_names(layers, s.style_loss), self.device, compute))
-        return out
 
     def _alpha(self, content_path: Path) -> Image.Image | None:
         return read_alpha(content_path) if self.keep_alpha else None
@@ -240,7 +193,7 @@ class Renderer:
     def read_content(self, path: Path, images: int = 1) -> torch.Tensor:
         """A content image at the working size, on the device. With tiling off, on the CPU, an image (or a
         batch of `images` like it) that would not fit in RAM raises MemoryError before it is decoded."""
-        if self.tile == "off" and self.device.type == "cpu" and (shape := working_shape(path, self.read_size)):
+        if self.tiling == "off" and self.device.type == "cpu" and (shape := working_shape(path, self.read_size)):
             check_fits(shape, self.settings.optimizer, images, self.precision)
         return read_image(path, self.read_size).to(self.device)
 
@@ -256,17 +209,17 @@ class Renderer:
 
     def _tiled(self, s: Settings, shape: tuple[int, int], images: int = 1) -> Settings:
         """`s` with this job's tile side and L-BFGS history: optimize.tile, or with auto, from the memory free now."""
-        if self.tile == "off":
+        if self.tiling == "off":
             return s
         tile, history = tile_plan(
             self._free_bytes(),
             shape,
             s.optimizer,
             images,
-            None if self.tile == "auto" else int(self.tile),
+            None if self.tiling == "auto" else int(self.tiling),
             self.precision,
         )
-        return replace(s, tile=tile, history=history)
+        return replace(s, tile_side=tile, history=history)
 
     def render(
         self,
@@ -289,7 +242,7 @@ class Renderer:
         try:
             return self._render(*args)
         except Exception as exc:  # noqa: BLE001  re-raised unless it is the one failure a retry can mend
-            if self.tile != "auto" or not out_of_memory(exc):
+            if self.tiling != "auto" or not out_of_memory(exc):
                 raise
         release_memory(self.device)  # out here, the failed attempt's tensors are free
         share, self.memory_share = self.memory_share, self.memory_share / 2
@@ -326,8 +279,8 @@ class Renderer:
         else:
             init = self._init([blend], shape)
         s = self._tiled(s, shape)
-        _search_convs(self.device, repeats=not s.tile and not self.full_size)
-        targets, *counts = self._counted(blend, [lv.shape for lv in levels(shape, s)], s.tile, style_scale)
+        _search_convs(self.device, repeats=not s.tile_side and not self.full_size)
+        targets, *counts = self.styles.counted(blend, [lv.shape for lv in levels(shape, s)], s.tile_side, style_scale)
         held = follow.held if follow is not None else ()
         if callback is None and self.on_progress is not None:
             callback = partial(self.on_progress, output)
@@ -357,9 +310,12 @@ class Renderer:
             raise ValueError(f"a batch needs images of one size, got {sorted({tuple(i.shape[-2:]) for i in images})}")
         init = self._init(blends, shape)
         s = self._tiled(s, shape, len(images))
-        _search_convs(self.device, repeats=not s.tile and not self.full_size)
+        _search_convs(self.device, repeats=not s.tile_side and not self.full_size)
         shapes = [lv.shape for lv in levels(shape, s)]
-        counted = [self._counted(b, shapes, s.tile, sc) for b, sc in zip(blends, style_scales or [1.0] * len(blends))]
+        counted = [
+            self.styles.counted(b, shapes, s.tile_side, sc)
+            for b, sc in zip(blends, style_scales or [1.0] * len(blends))
+        ]
         callback = None
         if self.on_progress is not None:  # the batch's progress (its summed loss), named by its first output
             callback = partial(self.on_progress, outputs[0].with_name(f"{outputs[0].name} +{len(outputs) - 1}"))
@@ -377,18 +333,10 @@ class Renderer:
     def _init(self, blends: Sequence[Sequence[tuple[Path, float]]], shape: tuple[int, int]) -> torch.Tensor | None:
         """The init image(s) `settings.init` asks for: each blend's first style image, or the init file."""
         if self.settings.init == "style":
-            return torch.cat([resize(self._style_image(b[0][0]), shape) for b in blends])
+            return torch.cat([resize(self.styles.image(b[0][0]), shape) for b in blends])
         if self.settings.init == "image" and self.init_path is not None:
             return read_image(self.init_path)
         return None
-
-    def _counted(
-        self, blend: Sequence[tuple[Path, float]], shapes: Sequence[tuple[int, int]], tile: int, style_scale: float
-    ) -> tuple[list[StyleTargets], int, int, float]:
-        """`targets(blend, shapes, tile, style_scale)`, with the cache hits and misses it took and its seconds."""
-        hits, misses, start = self.cache.hits, self.cache.misses, time.perf_counter()
-        targets = self.targets(blend, shapes, tile, style_scale)
-        return targets, self.cache.hits - hits, self.cache.misses - misses, time.perf_counter() - start
 
     def _rendered(
         self,
@@ -398,7 +346,7 @@ class Renderer:
         hits: int,
         misses: int,
         style_seconds: float,
-        tile: int,
+        tile_side: int,
         note: str | None = None,
     ) -> Rendered:
         final = result.finals[index]
@@ -416,7 +364,7 @@ class Renderer:
             style_seconds=style_seconds,
             image=result.image[index : index + 1],
             trace=compact_trace(result.traces[index]),
-            tile=tile,
+            tile_side=tile_side,
             precision=self.precision,
             note=note,
         )

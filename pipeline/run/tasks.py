@@ -67,7 +67,7 @@ def done_record(job: Job, rel: str, r: Rendered) -> Record:
         style_misses=r.style_misses,
         style_seconds=round(r.style_seconds, 3),
         trace=trace,
-        tile=r.tile or None,
+        tile=r.tile_side or None,
         precision=r.precision,
         warning=r.note,
     )
@@ -165,7 +165,7 @@ def make_renderer(config: Config, device: str) -> Renderer:
         cache=StyleCache(config.cache_dir),
         keep_alpha=config.output.alpha == "keep",
         full_size=config.output.size == "original",
-        tile=config.optimize.tile,
+        tiling=config.optimize.tile,
         precision=config.optimize.precision,
         memory_share=1 / config.workers_per_device,
     )

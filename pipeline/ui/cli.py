@@ -317,7 +317,7 @@ def _render_one(
             device=device,
             weights=weights,
             init_path=opts.init_path,
-            tile=opts.tile,
+            tiling=opts.tile,
             full_size=original_size,
             precision=opts.precision,
         )
@@ -332,7 +332,7 @@ def _render_one(
         )
     if result.note:
         _log(f"warning: {result.note}")
-    tiled = f" in {result.tile} px tiles" if result.tile else ""
+    tiled = f" in {result.tile_side} px tiles" if result.tile_side else ""
     _log(
         f"wrote {output} in {result.seconds:.1f}s on {result.device} ({result.precision}){tiled}: loss {result.loss:.4g} "
         f"(content {result.content:.4g}, style {result.style:.4g}, tv {result.tv:.4g})"
