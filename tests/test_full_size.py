@@ -85,7 +85,7 @@ def test_a_video_keeps_its_source_resolution_with_output_size_original(shared, t
 @pytest.mark.slow
 def test_a_job_too_large_for_the_free_memory_runs_in_tiles(shared, tmp_path, monkeypatch):
     """With tile: auto and 40 MiB free, a 320 px job does not fit whole: it runs in 256 px tiles and says so."""
-    monkeypatch.setattr("pipeline.render.renderer.available_bytes", lambda: 40 * 2**20)
+    monkeypatch.setattr("pipeline.render.memory.available_bytes", lambda: 40 * 2**20)
     config = _config(
         tmp_path, [shared / "content/chelsea.png"], shared / "style/wave.jpg", {"size": 320, "iterations": 2}
     )

@@ -3,11 +3,14 @@ the keys that jobs done before those settings existed were recorded with."""
 
 from pathlib import Path
 
+import cv2
+import numpy as np
 import pytest
 
 from pipeline.batch.config import Config
 from pipeline.batch.discover import discover
 from pipeline.batch.plan import pixel_settings, plan
+from pipeline.media.digest import file_digest, value_digest
 
 
 def _config(shared: Path, tmp_path: Path, optimize: dict | None = None, style: dict | None = None) -> Config:
@@ -54,3 +57,29 @@ def test_the_tolerance_window_changes_the_key_only_with_a_tolerance(shared, tmp_
         shared, tmp_path, {"tolerance": 0.01, "tolerance_window": 5}
     )
     assert _keys(shared, tmp_path, {"tolerance_window": 5}) == _keys(shared, tmp_path)
+
+
+def test_output_depth_joins_the_key_only_for_16_bit_outputs(shared, tmp_path):
+    """An 8-bit input's jobs keep the keys made before output.depth (same and 8 alike); 16 changes them,
+    and so does the default for a 16-bit input, whose output became 16-bit."""
+    config = _config(shared, tmp_path)
+    (job,) = plan(config, discover(config.inputs, exclude=config.output.dir).sources).jobs
+    style = [(file_digest(shared / "style" / "wave.jpg"), 1.0)]
+    before = {"content": file_digest(job.content), "style": style, "settings": pixel_settings(config), "format": ".png"}
+    assert job.key == value_digest(before)
+
+    def keys(inputs: list[Path], depth: object) -> list[str]:
+        config = Config.model_validate(
+            {
+                "inputs": [str(p) for p in inputs],
+                "styles": [{"name": "wave", "images": [str(shared / "style" / "wave.jpg")]}],
+                "output": {"dir": str(tmp_path / "out"), "depth": depth},
+            }
+        )
+        return [j.key for j in plan(config, discover(config.inputs, exclude=config.output.dir).sources).jobs]
+
+    chelsea = shared / "content" / "chelsea.png"
+    assert keys([chelsea], "same") == keys([chelsea], 8) == [job.key] != keys([chelsea], 16)
+    deep = tmp_path / "deep.png"
+    cv2.imwrite(str(deep), (np.random.default_rng(0).random((8, 8, 3)) * 65535).astype(np.uint16))
+    assert keys([deep], "same") == keys([deep], 16) != keys([deep], 8)

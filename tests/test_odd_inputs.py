@@ -14,7 +14,15 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from pipeline.core.optimize import Settings, crop, levels, min_side, pad, padding, style_area, style_targets, stylize
-from pipeline.media.images import depth_note, read_alpha, read_image, sample_depth, working_shape
+from pipeline.media.images import (
+    depth_note,
+    output_bits,
+    read_alpha,
+    read_image,
+    sample_depth,
+    working_shape,
+    write_image,
+)
 from pipeline.ui.cli import app
 
 runner = CliRunner()
@@ -177,10 +185,10 @@ def test_a_16_bit_png_is_turned_upright_per_its_exif(tmp_path):
     assert working_shape(tmp_path / "turned.png", None) == (30, 20)
 
 
-# --- 3. more than 8 bits in, 8 bits out: the job says so ---------------------------------------------
+# --- 3. more than 8 bits in: 16 bits out where the format holds them, else the job says so -------------
 
 
-def test_the_depth_of_an_input_and_the_note_it_owes(tmp_path):
+def test_the_depth_of_an_input_its_output_and_the_note_it_owes(tmp_path):
     _, files = _deep(tmp_path)
     eight = _noise(tmp_path / "eight.png", 8, 8)
     Image.new("RGB", (8, 8)).save(tmp_path / "eight.tif")
@@ -192,14 +200,40 @@ def test_the_depth_of_an_input_and_the_note_it_owes(tmp_path):
     ]
     assert sample_depth(eight) is None and sample_depth(tmp_path / "eight.tif") is None and depth_note(eight) is None
     assert sample_depth(tmp_path / "missing.png") is None
+    out = tmp_path / "out.png"
+    assert output_bits(files["deep.tif"], out) == 16 and output_bits(files["float.tif"], out.with_suffix(".tif")) == 16
+    assert output_bits(files["deep.tif"], out.with_suffix(".jpg")) == 8  # JPEG holds 8 bits
+    assert output_bits(files["deep.tif"], out, 8) == 8 and output_bits(eight, out) == 8
+    assert output_bits(eight, out, 16) == 16 and output_bits(eight, out.with_suffix(".webp"), 16) == 8
+    assert depth_note(files["deep.tif"], 16) is None
     assert (
         depth_note(files["deep.tif"])
-        == f"{files['deep.tif']}: 16-bit input written as 8-bit (16-bit output is not supported yet)"
+        == f"{files['deep.tif']}: 16-bit input written as 8-bit (its output's format holds 8; PNG and TIFF hold 16)"
+    )
+    assert depth_note(files["float.tif"], 16) == (
+        f"{files['float.tif']}: 32-bit float input written as 16-bit (16 is the most stylize writes)"
     )
 
 
+@pytest.mark.parametrize("suffix", [".png", ".tif"])
+def test_a_16_bit_output_keeps_the_levels_and_the_alpha(tmp_path, suffix):
+    """A smooth ramp with 4000 levels, written at 16 bits, reads back to within half a 16-bit step; its alpha
+    (8-bit, as read_alpha gives it) is carried as 16-bit."""
+    ramp = torch.linspace(0, 1, 4000).view(1, 1, 1, 4000).expand(1, 3, 2, 4000).contiguous()
+    alpha = Image.fromarray(np.tile(np.linspace(0, 255, 4000).astype(np.uint8), (2, 1)), "L")
+    out = tmp_path / f"ramp{suffix}"
+    write_image(ramp, out, alpha, bits=16)
+    assert sample_depth(out) == "16-bit"
+    back = read_image(out)
+    assert back.shape == ramp.shape and (back - ramp).abs().max() < 1 / 65535
+    assert len(np.unique(back.numpy())) == 4000  # not 256 levels in a 16-bit file
+    assert np.abs(np.asarray(read_alpha(out), float) - np.asarray(alpha, float)).max() <= 0.5
+    write_image(ramp, out.with_suffix(".jpg"), bits=16)  # JPEG holds 8: written at 8
+    assert sample_depth(out.with_suffix(".jpg")) is None
+
+
 @pytest.mark.slow
-def test_a_batch_logs_and_records_the_8_bit_output_of_a_deeper_input_and_stylize_image_warns(tmp_path):
+def test_a_batch_writes_16_bit_outputs_of_deeper_inputs_and_stylize_image_warns_where_it_cannot(tmp_path):
     _, files = _deep(tmp_path)
     inputs = tmp_path / "in"
     inputs.mkdir()
@@ -220,25 +254,40 @@ def test_a_batch_logs_and_records_the_8_bit_output_of_a_deeper_input_and_stylize
     records = {
         Path(r["source"]).name: r for r in json.loads((tmp_path / "out/manifest.json").read_text())["jobs"].values()
     }
-    assert (
-        records["float.tif"]["warning"] == depth_note(inputs / "float.tif")
-        and "32-bit float" in records["float.tif"]["warning"]
-    )
-    assert records["deep.png"]["warning"] == depth_note(inputs / "deep.png") and records["plain.png"]["warning"] is None
     assert all(r["state"] == "done" for r in records.values())
+    depths = {name: sample_depth(tmp_path / "out" / r["output"]) for name, r in records.items()}
+    assert depths == {"float.tif": "16-bit", "deep.png": "16-bit", "plain.png": None}
+    assert records["float.tif"]["warning"] == depth_note(inputs / "float.tif", 16)
+    assert records["deep.png"]["warning"] is None and records["plain.png"]["warning"] is None
     for where in (result.output, (tmp_path / "out/stylize.log").read_text()):  # once each, also when quiet
         warnings = [line for line in where.splitlines() if "warning:" in line]
-        assert len(warnings) == 2 and all("input written as 8-bit" in line for line in warnings), where
+        assert len(warnings) == 1 and "32-bit float input written as 16-bit" in warnings[0], where
 
     out = tmp_path / "one.png"
-    alone = runner.invoke(
-        app,
-        image_args(
-            files["deep.tif"], style, out, "--size", "32", "--iterations", "2", "--scales", "1", "--device", "cpu"
-        ),
-    )
-    assert alone.exit_code == 0, alone.output
-    assert f"warning: {files['deep.tif']}: 16-bit input written as 8-bit" in alone.output and Image.open(out).size == (
-        32,
-        21,
-    )
+    args = (files["deep.tif"], style, out, "--size", "32", "--iterations", "2", "--scales", "1", "--device", "cpu")
+    alone = runner.invoke(app, image_args(*args))
+    assert alone.exit_code == 0 and "warning" not in alone.output, alone.output
+    assert sample_depth(out) == "16-bit" and Image.open(out).size == (32, 21)
+    eight = runner.invoke(app, image_args(*args, "--depth", "8"))
+    assert eight.exit_code == 0 and f"warning: {files['deep.tif']}: 16-bit input written as 8-bit" in eight.output
+    assert sample_depth(out) is None
+    bad = runner.invoke(app, image_args(*args, "--depth", "12"))
+    assert bad.exit_code == 2 and "--depth: '12' is not same, 8 or 16" in bad.output
+
+
+@pytest.mark.slow
+def test_a_16_bit_png_comes_through_a_near_identity_render_at_16_bits(shared, tmp_path):
+    """Issue 20's round trip for 16-bit PNG: one iteration, a vanishing style weight, no TV, the original
+    size: the output is still 16-bit, with more levels than 8 bits hold, and its mean within 1 % of the plate's."""
+    photo = read_image(shared / "content" / "chelsea.png", 64)[0].permute(1, 2, 0).numpy()
+    photo = (photo + np.random.default_rng(0).random(photo.shape, np.float32) / 255).clip(0, 1)  # between 8-bit levels
+    plate = tmp_path / "plate.png"
+    cv2.imwrite(str(plate), (photo[..., ::-1] * 65535).round().astype(np.uint16))
+    out = tmp_path / "out.png"
+    extra = ("--iterations", "1", "--scales", "1", "--style-weight", "1e-9", "--tv-weight", "0", "--original-size")
+    result = runner.invoke(app, image_args(plate, shared / "style" / "wave.jpg", out, *extra, "--device", "cpu"))
+    assert result.exit_code == 0 and "warning" not in result.output, result.output
+    back = read_image(out)[0].permute(1, 2, 0).numpy()
+    assert sample_depth(out) == "16-bit" and back.shape == photo.shape
+    assert len(np.unique(back)) > 256
+    assert abs(back.mean() - photo.mean()) < 0.01 * photo.mean()

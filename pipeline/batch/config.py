@@ -71,6 +71,10 @@ class OutputConfig(_Strict):
         default="keep",
         description="keep | drop: an input's transparency, resized, goes into PNG, WebP and TIFF outputs (JPEG has none); the optimiser works on RGB",
     )
+    depth: Literal["same", 8, 16] = Field(
+        default="same",
+        description="same | 8 | 16: bits per sample of image outputs; same: 16 for PNG and TIFF inputs with more than 8 (16-bit, float), else 8. 16 needs PNG or TIFF output (JPEG and WebP stay 8-bit, with a warning)",
+    )
     size: Literal["optimize", "original"] = Field(
         default="optimize",
         description="optimize (the longest side is optimize.size) | original: each output at its source's own resolution, videos and frame sequences too; above optimize.size the result is refined at full resolution, level by level (see optimize.refine_iterations), in tiles where it does not fit",

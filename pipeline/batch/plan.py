@@ -16,7 +16,7 @@ from pipeline.core.vgg import pooling_identity
 from pipeline.media.animation import AnimationError, AnimationInfo
 from pipeline.media.animation import probe as probe_animation
 from pipeline.media.digest import file_digest, value_digest
-from pipeline.media.images import NAME_MAX, WRITABLE
+from pipeline.media.images import NAME_MAX, WRITABLE, output_bits
 from pipeline.media.video import VideoError, VideoInfo, probe
 from pipeline.media.weights import weights_identity
 
@@ -304,8 +304,12 @@ class _Planner:
             self.clips.append(clip)
         return clip
 
-    def _key(self, content: object, style_digest: list, suffix: str) -> str:
-        return value_digest({"content": content, "style": style_digest, "settings": self.settings, "format": suffix})
+    def _key(self, content: object, style_digest: list, output: Path, source: Path | None = None) -> str:
+        """The job key; a 16-bit output's holds its depth (the keys of the 8-bit jobs made before there was one stay)."""
+        parts = {"content": content, "style": style_digest, "settings": self.settings, "format": output.suffix}
+        if source is not None and output_bits(source, output, self.config.output.depth) == 16:
+            parts["bits"] = 16
+        return value_digest(parts)
 
     def image(self, source: Source) -> list[Job]:
         cfg = self.config.output
@@ -313,7 +317,7 @@ class _Planner:
         jobs = []
         for style, style_digest in self.styles:
             out = output_path(source, style.name, cfg.dir, cfg.format)
-            jobs.append(Job(source, style, source.path, out, self._key(content, style_digest, out.suffix)))
+            jobs.append(Job(source, style, source.path, out, self._key(content, style_digest, out, source.path)))
         return jobs
 
     def sequence(self, source: Source) -> list[Job]:
@@ -326,7 +330,7 @@ class _Planner:
             for frame, digest in zip(source.frames, digests):
                 same = fmt == "same" and frame.suffix.lower() in WRITABLE  # the frame's own name
                 out = folder / (frame.name if same else fit_name(frame.stem, _image_ext(frame, fmt)))
-                frames.append(Job(source, style, frame, out, self._key(digest, style_digest, out.suffix)))
+                frames.append(Job(source, style, frame, out, self._key(digest, style_digest, out, frame)))
             jobs.extend(self._clip(source, tuple(frames), folder).frames)
         return jobs
 
@@ -346,14 +350,9 @@ class _Planner:
         frames_dir = video_frames_dir(cfg.cache_dir, digest)
         folder = frame_folder(source, style.name, cfg.output.dir)
         jobs = tuple(
-            Job(
-                source,
-                style,
-                frames_dir / f"frame_{i:06d}.png",
-                folder / f"frame_{i:06d}{suffix}",
-                self._key((digest, i), style_digest, suffix),
-            )
+            Job(source, style, frame, out, self._key((digest, i), style_digest, out, frame))
             for i in range(1, count + 1)
+            for frame, out in [(frames_dir / f"frame_{i:06d}.png", folder / f"frame_{i:06d}{suffix}")]
         )
         return self._clip(source, jobs, folder)
 

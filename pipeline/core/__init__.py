@@ -3,7 +3,8 @@
 - `vgg`: the VGG-19/16 feature extractor (`VGGFeatures`, `Weights`, layer names, preprocessing);
   `winograd`: its fast CPU convs.
 - `losses`: Gram and Wasserstein style terms, content and total variation.
-- `descent`: L-BFGS and Adam.
+- `descent`: L-BFGS (`lbfgs`, its pairs stacked in a `History`) and Adam.
+- `scaling`: `LossScale`, the dynamic loss scale of fp16 layers' backward passes.
 - `tiles`: losses and gradients of a large image evaluated in tiles.
 - `temporal`: warping, masks and the temporal loss between video frames.
 - `optimize`: one image (or a batch) coarse to fine (`Settings`, `stylize`, `style_targets`); progress leaves

@@ -30,6 +30,8 @@ _SAVE_FORMATS = {
     ".tiff": "TIFF",
 }
 WRITABLE = frozenset(_SAVE_FORMATS)  # the suffixes an output image may have (a still GIF's output is PNG)
+DEEP_FORMATS = frozenset({"PNG", "TIFF"})  # the output formats that hold 16 bits per sample
+DEPTHS = ("same", 8, 16)  # output.depth: the input's (8, or 16 for a deeper PNG or TIFF), or as given
 
 
 NAME_MAX = 255  # bytes in one file name, on every file system we write to
@@ -116,10 +118,21 @@ def sample_depth(path: Path) -> str | None:
     return None if bits <= 8 else f"{bits}-bit float" if _largest(tags.get(339, 1)) == 3 else f"{bits}-bit"
 
 
-def depth_note(path: Path) -> str | None:
-    """The warning a job whose input has more than 8 bits per sample owes (its output is 8-bit); else None."""
+def output_bits(source: Path, output: Path, depth: str | int = "same") -> int:
+    """Bits per sample of `output` for `source`: 16 where `depth` is 16, or `same` and the source has more than
+    8 (see sample_depth), and the output's format holds them (PNG, TIFF); else 8."""
+    deep = depth == 16 or (depth == "same" and sample_depth(source) is not None)
+    return 16 if deep and _SAVE_FORMATS.get(output.suffix.lower()) in DEEP_FORMATS else 8
+
+
+def depth_note(path: Path, bits: int = 8) -> str | None:
+    """The warning a job owes whose input has more bits per sample than its output's `bits`; else None."""
     depth = sample_depth(path)
-    return f"{path}: {depth} input written as 8-bit (16-bit output is not supported yet)" if depth else None
+    if depth is None or (bits == 16 and depth == "16-bit"):
+        return None
+    return f"{path}: {depth} input written as {bits}-bit" + (
+        " (its output's format holds 8; PNG and TIFF hold 16)" if bits == 8 else " (16 is the most stylize writes)"
+    )
 
 
 @contextmanager
@@ -281,14 +294,30 @@ def atomic_path(path: Path) -> Iterator[Path]:
         tmp_path.unlink(missing_ok=True)
 
 
-def write_image(image: torch.Tensor, path: Path, alpha: Image.Image | None = None) -> None:
-    """Write a (1, 3, H, W) RGB [0, 1] tensor atomically; the format follows the suffix.
+def _write_deep(image: torch.Tensor, path: Path, alpha: Image.Image | None) -> None:
+    """Write a (1, 3, H, W) RGB [0, 1] tensor as a 16-bit PNG or TIFF (OpenCV's encoders), atomically."""
+    array = image.detach()[0].clamp(0, 1).mul(65535).round().permute(1, 2, 0).cpu().numpy().astype(np.uint16)
+    planes = [array[..., ::-1]]  # OpenCV's order: BGR(A)
+    if alpha is not None:
+        size = (array.shape[1], array.shape[0])
+        planes.append(np.asarray(alpha.resize(size, Image.Resampling.LANCZOS), dtype=np.uint16)[..., None] * 257)
+    with atomic_path(path) as tmp:
+        if not cv2.imwrite(str(tmp), np.ascontiguousarray(np.concatenate(planes, axis=2))):
+            raise ImageError(f"{path}: cannot write a 16-bit {path.suffix} image")
+
+
+def write_image(image: torch.Tensor, path: Path, alpha: Image.Image | None = None, bits: int = 8) -> None:
+    """Write a (1, 3, H, W) RGB [0, 1] tensor atomically, with `bits` (8, or 16 for PNG and TIFF) per sample;
+    the format follows the suffix.
 
     `alpha` (see read_alpha), resized to the image, is attached where the format holds one (PNG, WebP, TIFF).
     """
     fmt = _SAVE_FORMATS.get(path.suffix.lower())
     if fmt is None:
         raise ImageError(f"{path}: unsupported output format {path.suffix!r}")
+    if bits == 16 and fmt in DEEP_FORMATS:
+        _write_deep(image, path, alpha)
+        return
     options = {"quality": 95} if fmt in ("JPEG", "WEBP") else {}
     pil = to_pil(image)
     if alpha is not None and fmt in _ALPHA_FORMATS:

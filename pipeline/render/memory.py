@@ -15,6 +15,8 @@ import math
 from os import sysconf
 from pathlib import Path
 
+import torch
+
 GIB = 2**30
 PER_PIXEL = {
     "fp32": 4100,
@@ -56,6 +58,17 @@ def available_bytes() -> int | None:
     except (KeyError, ValueError):
         return None
     return available_kib * 1024 + max(0, resident_pages * sysconf("SC_PAGE_SIZE") - BASE)
+
+
+def free_bytes(device: torch.device, share: float = 1.0) -> int | None:
+    """Memory a job may plan on now: `share` of the device's free memory (CUDA's free memory plus what its
+    allocator holds unused, less CUDA_FACTOR's margin; the host's on the CPU), None where unknown."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        held = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+        return int((free + held) / CUDA_FACTOR * share)
+    free = available_bytes()
+    return None if free is None else int(free * share)
 
 
 def check_fits(shape: tuple[int, int], optimizer: str, images: int = 1, precision: str = "fp32") -> None:

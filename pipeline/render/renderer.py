@@ -25,9 +25,9 @@ from pipeline.core.optimize import (
     tile_for,
 )
 from pipeline.core.vgg import VGGFeatures
-from pipeline.media.images import depth_note, read_alpha, read_image, working_shape, write_image
+from pipeline.media.images import depth_note, output_bits, read_alpha, read_image, working_shape, write_image
 from pipeline.media.weights import resolve_weights
-from pipeline.render.memory import CUDA_FACTOR, available_bytes, check_fits, tile_plan
+from pipeline.render.memory import check_fits, free_bytes, tile_plan
 from pipeline.render.style_cache import StyleCache
 from pipeline.render.styles import StyleSource
 
@@ -155,6 +155,7 @@ class Renderer:
         init_path: Path | None = None,
         cache: StyleCache | None = None,
         keep_alpha: bool = True,
+        depth: str | int = "same",
         full_size: bool = False,
         tiling: int | str = "auto",
         precision: str = "auto",
@@ -174,6 +175,7 @@ class Renderer:
         ).to(self.device)
         self.init_path = init_path
         self.keep_alpha = keep_alpha  # an input's transparency goes into its output (see images.write_image)
+        self.depth = depth  # output.depth: same | 8 | 16 (see images.output_bits)
         self.full_size = full_size  # output.size: original: content is read, and its result written, at its own size
         self.tiling = tiling  # auto | off | a tile side in px (optimize.tile)
         self.memory_share = memory_share  # of the device's free memory, this worker's (workers that share it split it)
@@ -197,22 +199,12 @@ class Renderer:
             check_fits(shape, self.settings.optimizer, images, self.precision)
         return read_image(path, self.read_size).to(self.device)
 
-    def _free_bytes(self) -> int | None:
-        """Memory a job of this worker may plan on now: its share of the device's free memory (CUDA's free
-        memory plus what its allocator holds unused, less CUDA_FACTOR's margin; the host's on the CPU)."""
-        if self.device.type == "cuda":
-            free, _ = torch.cuda.mem_get_info(self.device)
-            held = torch.cuda.memory_reserved(self.device) - torch.cuda.memory_allocated(self.device)
-            return int((free + held) / CUDA_FACTOR * self.memory_share)
-        free = available_bytes()
-        return None if free is None else int(free * self.memory_share)
-
     def _tiled(self, s: Settings, shape: tuple[int, int], images: int = 1) -> Settings:
         """`s` with this job's tile side and L-BFGS history: optimize.tile, or with auto, from the memory free now."""
         if self.tiling == "off":
             return s
         tile, history = tile_plan(
-            self._free_bytes(),
+            free_bytes(self.device, self.memory_share),
             shape,
             s.optimizer,
             images,
@@ -285,9 +277,10 @@ class Renderer:
         if callback is None and self.on_progress is not None:
             callback = partial(self.on_progress, output)
         result = stylize(self.model, content, targets, s, init_image=init, callback=callback, held=held)
-        write_image(result.image, output, self._alpha(content_path))
+        bits = output_bits(content_path, output, self.depth)
+        write_image(result.image, output, self._alpha(content_path), bits)
         return self._rendered(
-            result, 0, time.perf_counter() - start, *counts, tile_for(shape, s), depth_note(content_path)
+            result, 0, time.perf_counter() - start, *counts, tile_for(shape, s), depth_note(content_path, bits)
         )
 
     def render_batch(
@@ -322,11 +315,12 @@ class Renderer:
         result = stylize(
             self.model, torch.cat(images), stack_targets([c[0] for c in counted]), s, init_image=init, callback=callback
         )
+        bits = [output_bits(c, o, self.depth) for c, o in zip(contents, outputs)]
         for i, output in enumerate(outputs):
-            write_image(result.image[i : i + 1], output, self._alpha(contents[i]))
+            write_image(result.image[i : i + 1], output, self._alpha(contents[i]), bits[i])
         seconds = (time.perf_counter() - start) / len(images)
         return [
-            self._rendered(result, i, seconds, *c[1:], tile_for(shape, s), depth_note(contents[i]))
+            self._rendered(result, i, seconds, *c[1:], tile_for(shape, s), depth_note(contents[i], bits[i]))
             for i, c in enumerate(counted)
         ]
 

@@ -16,7 +16,7 @@ from pipeline.batch.manifest import Manifest, Record, reason
 from pipeline.batch.plan import AnimationOut, Clip, Job, Plan, Seam, VideoOut, is_done, relative_output
 from pipeline.media import animation
 from pipeline.media.flow import FlowCache
-from pipeline.media.images import read_image, write_image
+from pipeline.media.images import output_bits, read_image, write_image
 from pipeline.media.video import VideoError, VideoWarning, assemble, extract_frames
 from pipeline.render.warp_error import measure
 from pipeline.run.tasks import RunLog, record_fields
@@ -49,7 +49,8 @@ def _stitch(seam: Seam, rel: str) -> Record:
 
     def step() -> dict:
         earlier, later = read_image(seam.earlier), read_image(seam.later)
-        write_image(torch.lerp(earlier, later, seam.weight), seam.job.output)
+        bits = output_bits(seam.earlier, seam.job.output)  # the segments' own depth
+        write_image(torch.lerp(earlier, later, seam.weight), seam.job.output, bits=bits)
         return {"iterations": 0}
 
     return _timed(

@@ -164,6 +164,7 @@ def make_renderer(config: Config, device: str) -> Renderer:
         init_path=config.optimize.init_path,
         cache=StyleCache(config.cache_dir),
         keep_alpha=config.output.alpha == "keep",
+        depth=config.output.depth,
         full_size=config.output.size == "original",
         tiling=config.optimize.tile,
         precision=config.optimize.precision,

@@ -264,6 +264,9 @@ def image(
     original_size: bool = typer.Option(
         False, "--original-size", help="write the output at the content's own resolution, refined above --size"
     ),
+    depth: str = typer.Option(
+        "same", help="same | 8 | 16: bits per sample of the output (same: 16 for a deeper PNG or TIFF content)"
+    ),
 ) -> None:
     """Stylise one image with one or more style images."""
     from pipeline.run.devices import DeviceError, pick_device
@@ -272,11 +275,13 @@ def image(
     for path in (content, *styles):
         if not path.is_file():
             _fail(f"{path}: file not found")
+    if depth not in ("same", "8", "16"):
+        _fail(f"--depth: {depth!r} is not same, 8 or 16")
     try:
         device = pick_device(device)
     except DeviceError as exc:
         _fail(f"--device: {exc}")
-    _render_one(opts, style, content, output, device, weights, original_size)
+    _render_one(opts, style, content, output, device, weights, original_size, depth)
 
 
 def _image_options(given: dict) -> tuple[OptimizeConfig, StyleConfig]:
@@ -305,6 +310,7 @@ def _render_one(
     device: str,
     weights: str,
     original_size: bool,
+    depth: str = "same",
 ) -> None:
     """`stylize image`'s work, once its options are valid: render, then one line (or one error line, exit 1)."""
     from pipeline.batch.manifest import reason
@@ -320,6 +326,7 @@ def _render_one(
             tiling=opts.tile,
             full_size=original_size,
             precision=opts.precision,
+            depth=depth if depth == "same" else int(depth),
         )
         with progress_callback(sys.stderr.isatty()) as callback:
             result = renderer.render(content, style.blend, output, callback=callback, style_scale=style.scale)
