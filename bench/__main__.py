@@ -118,8 +118,13 @@ def floor_and_iteration(sizes: list[int]) -> list[dict]:
 
 
 def _iteration_seconds(model: VGGFeatures, size: int, iterations: int = 8) -> float:
-    """Median wall time between consecutive iterations of the real optimiser (scales=1, L-BFGS)."""
+    """Median wall time between consecutive iterations of the real optimiser (scales=1, L-BFGS), its losses
+    read back at every iteration (`optimize.READ_EVERY` 0: on the CPU a read costs nothing, and reads in
+    bursts would give the callbacks the times of the bursts)."""
+    from pipeline.core import optimize
     from pipeline.media.images import read_image
+
+    optimize.READ_EVERY = 0.0
 
     settings = Settings(size=size, scales=1, iterations=iterations)
     content = torch.nn.functional.interpolate(read_image(CONTENT), size=(size, size), mode="bilinear", antialias=True)

@@ -56,10 +56,10 @@ class _Gram(torch.autograd.Function):
     @staticmethod
     def backward(ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
         (f,) = ctx.saved_tensors
-        both = (grad + grad.transpose(1, 2)).to(f.dtype)
+        both = (grad + grad.transpose(1, 2)).div_(f.shape[-1]).to(f.dtype)  # the 1/n on C × C, not on F's size
         if f.transpose(1, 2).is_contiguous():  # positions × channels in memory (channels-last features)
-            return torch.bmm(f.transpose(1, 2), both).div_(f.shape[-1]).transpose(1, 2)
-        return torch.bmm(both, f).div_(f.shape[-1])
+            return torch.bmm(f.transpose(1, 2), both).transpose(1, 2)
+        return torch.bmm(both, f)
 
 
 def _by_position(features: torch.Tensor) -> torch.Tensor:
