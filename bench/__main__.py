@@ -2,7 +2,8 @@
 
 Writes bench/results.json and bench/results.md. Inputs come from ../shared/data.
 
-    python -m bench                 # core, pastiche and pipeline figures (about 8 minutes on a 2-core CPU)
+    python -m bench                 # core, pastiche and pipeline figures (about 12 minutes on a 2-core CPU)
+    python -m bench --neural-style  # and stylize against neural-style-pt on the same work (10 minutes more)
     python -m bench --skip-pastiche # without the pastiche comparison
     python -m bench --skip-core --skip-pipeline --video   # temporal consistency only (about 25 minutes; make bench-video)
     python -m bench --skip-core --skip-pipeline --tiling  # tiled optimisation at 1024-4096 px (about 25 minutes; make bench-tiling)
@@ -374,6 +375,7 @@ def versus_neural_style(out: Path, size: int = 512, iterations: int = 300) -> di
     each tool's default weights), astronaut × starry night: wall time and the quality bench's three measures."""
     from bench.quality import TOOLS, render_point
 
+    subprocess.run(["bash", str(SHARED.parent / "peers" / "setup.sh"), sys.executable], check=True)  # offline, once
     ours, theirs = out / "same_work_stylize.png", out / "same_work_neural_style.png"
     seconds = {"stylize": _timed(image_command(CONTENT, STYLE, ours, size, iterations, "--scales", "1", "--seed", "0"))}
     weight = TOOLS["neural-style-pt"][2]
@@ -849,23 +851,15 @@ def main() -> None:
     parser.add_argument(
         "--skip-pipeline", action="store_true", help="skip the rerun, style-cache and video-with-audio figures"
     )
-    parser.add_argument("--video", action="store_true", help="also the temporal-consistency figures (about 25 minutes)")
-    parser.add_argument(
-        "--memory", action="store_true", help="also peak memory at 512, 1024 and 2048 px (about 4 minutes)"
-    )
-    parser.add_argument(
-        "--tiling",
-        action="store_true",
-        help="also tiled optimisation at 1024, 2048 and 4096 px, and tiled against untiled (about 25 minutes)",
-    )
-    parser.add_argument(
-        "--precision", action="store_true", help="also bf16 against fp32 on 6 content × style pairs (about 8 minutes)"
-    )
-    parser.add_argument(
-        "--neural-style",
-        action="store_true",
-        help="also stylize against neural-style-pt on the same work, 512 px, 300 iterations, one scale (about 12 minutes)",
-    )
+    extras = {  # the sections `make bench` leaves out, each with its own make target
+        "--video": "the temporal-consistency figures (about 25 minutes)",
+        "--memory": "peak memory at 512, 1024 and 2048 px (about 4 minutes)",
+        "--tiling": "tiled optimisation at 1024, 2048 and 4096 px, and tiled against untiled (about 25 minutes)",
+        "--precision": "bf16 against fp32 on 6 content × style pairs (about 8 minutes)",
+        "--neural-style": "stylize against neural-style-pt on the same work, 512 px, 300 iterations, one scale (about 10 minutes)",
+    }
+    for flag, what in extras.items():
+        parser.add_argument(flag, action="store_true", help=f"also {what}")
     parser.add_argument("--sizes", type=int, nargs="+", default=[256, 512, 1024])
     args = parser.parse_args()
     keep_freed_memory("bench")  # the same allocator settings as the stylize command
