@@ -304,10 +304,10 @@ class _Planner:
             self.clips.append(clip)
         return clip
 
-    def _key(self, content: object, style_digest: list, output: Path, source: Path | None = None) -> str:
+    def _key(self, content: object, style_digest: list, output: Path, source: Path) -> str:
         """The job key; a 16-bit output's holds its depth (the keys of the 8-bit jobs made before there was one stay)."""
         parts = {"content": content, "style": style_digest, "settings": self.settings, "format": output.suffix}
-        if source is not None and output_bits(source, output, self.config.output.depth) == 16:
+        if output_bits(source, output, self.config.output.depth) == 16:
             parts["bits"] = 16
         return value_digest(parts)
 

@@ -31,7 +31,6 @@ _SAVE_FORMATS = {
 }
 WRITABLE = frozenset(_SAVE_FORMATS)  # the suffixes an output image may have (a still GIF's output is PNG)
 DEEP_FORMATS = frozenset({"PNG", "TIFF"})  # the output formats that hold 16 bits per sample
-DEPTHS = ("same", 8, 16)  # output.depth: the input's (8, or 16 for a deeper PNG or TIFF), or as given
 
 
 NAME_MAX = 255  # bytes in one file name, on every file system we write to

@@ -15,6 +15,7 @@ from pipeline.batch.config import (
     Config,
     ConfigError,
     OptimizeConfig,
+    OutputConfig,
     StyleConfig,
     check_output_dir,
     check_styles,
@@ -275,13 +276,11 @@ def image(
     for path in (content, *styles):
         if not path.is_file():
             _fail(f"{path}: file not found")
-    if depth not in ("same", "8", "16"):
-        _fail(f"--depth: {depth!r} is not same, 8 or 16")
     try:
         device = pick_device(device)
     except DeviceError as exc:
         _fail(f"--device: {exc}")
-    _render_one(opts, style, content, output, device, weights, original_size, depth)
+    _render_one(opts, style, content, output, device, weights, original_size, _depth_option(depth))
 
 
 def _image_options(given: dict) -> tuple[OptimizeConfig, StyleConfig]:
@@ -302,6 +301,18 @@ def _image_options(given: dict) -> tuple[OptimizeConfig, StyleConfig]:
     return opts, style
 
 
+def _depth_option(depth: str) -> str | int:
+    """--depth as output.depth takes it (its own rule: same | 8 | 16); anything else exits 2."""
+    from pydantic import TypeAdapter, ValidationError
+
+    try:
+        return TypeAdapter(OutputConfig.model_fields["depth"].annotation).validate_python(
+            int(depth) if depth.isdigit() else depth
+        )
+    except ValidationError:
+        _fail(f"--depth: {depth!r} is not same, 8 or 16")
+
+
 def _render_one(
     opts: OptimizeConfig,
     style: StyleConfig,
@@ -310,7 +321,7 @@ def _render_one(
     device: str,
     weights: str,
     original_size: bool,
-    depth: str = "same",
+    depth: str | int = "same",
 ) -> None:
     """`stylize image`'s work, once its options are valid: render, then one line (or one error line, exit 1)."""
     from pipeline.batch.manifest import reason
@@ -326,7 +337,7 @@ def _render_one(
             tiling=opts.tile,
             full_size=original_size,
             precision=opts.precision,
-            depth=depth if depth == "same" else int(depth),
+            depth=depth,
         )
         with progress_callback(sys.stderr.isatty()) as callback:
             result = renderer.render(content, style.blend, output, callback=callback, style_scale=style.scale)
