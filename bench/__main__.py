@@ -28,6 +28,7 @@ from torch import nn
 from bench import BIN, image_command, machine
 from bench.evaluator import Evaluator
 from pipeline.core.optimize import Settings, scale_shapes, style_targets, stylize
+from pipeline.core.packed import available as packed_available
 from pipeline.core.vgg import VGGFeatures
 from pipeline.media.weights import resolve_weights
 from pipeline.render.renderer import Renderer, resolve_precision
@@ -68,8 +69,9 @@ def _conv_gflop(model: VGGFeatures, size: int) -> float:
 
 def bare_passes(weights) -> dict[str, VGGFeatures]:
     """The bare VGG-19 passes to relu5_1, no taps, the floor is the fastest of: precision × memory format with
-    torch's own convs (weights in that precision, no autocast), and our fp32 Winograd layers. bf16 only where
-    `precision: auto` picks it: elsewhere it is many times slower."""
+    torch's own convs (weights in that precision, no autocast), our fp32 Winograd layers, and our packed oneDNN
+    convs in each precision (with Winograd's in fp32). bf16 only where `precision: auto` picks it: elsewhere
+    it is many times slower."""
     passes = {}
     for precision, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
         if precision == "bf16" and PRECISION != "bf16":
@@ -78,8 +80,15 @@ def bare_passes(weights) -> dict[str, VGGFeatures]:
             model = VGGFeatures(weights, ("relu5_1",), dtype=dtype)
             model.layout, model.body = fmt, model.body.to(memory_format=fmt)
             passes[f"{precision} {layout}"] = model
+        passes[f"{precision} packed"] = _ours(weights, ("relu5_1",), precision)
     passes["fp32 Winograd"] = VGGFeatures(weights, ("relu5_1",), winograd=True)
     return passes
+
+
+def _ours(weights, layers: tuple[str, ...], precision: str) -> VGGFeatures:
+    """The model a CPU Renderer builds in `precision`: packed convs, and in fp32 Winograd's where they win."""
+    dtype = torch.float32 if precision == "fp32" else torch.bfloat16
+    return VGGFeatures(weights, layers, winograd=precision == "fp32", dtype=dtype, packed=packed_available(dtype))
 
 
 def bare(model: VGGFeatures, x: torch.Tensor) -> None:
@@ -94,9 +103,7 @@ def floor_and_iteration(sizes: list[int]) -> list[dict]:
     `precision: auto` picks it, bf16 (its channels-last layers). The iteration also taps relu1_1..relu4_2."""
     weights = resolve_weights("bundled")
     passes = bare_passes(weights)
-    ours = {"fp32": VGGFeatures(weights, LAYERS, winograd=True)}
-    if PRECISION == "bf16":
-        ours["bf16"] = VGGFeatures(weights, LAYERS, dtype=torch.bfloat16)
+    ours = {precision: _ours(weights, LAYERS, precision) for precision in dict.fromkeys(("fp32", PRECISION))}
     rows = []
     for size in sizes:
         x = torch.rand(1, 3, size, size)

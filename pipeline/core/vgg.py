@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pipeline.core.packed import use_packed
 from pipeline.core.winograd import use_winograd
 
 # Convs per block of each network; layer names follow torchvision's `vggNN().features` order.
@@ -139,8 +140,10 @@ class VGGFeatures(nn.Module):
         pooling: str = "max",
         winograd: bool = False,
         dtype: torch.dtype = torch.float32,
+        packed: bool = False,
     ) -> None:
         """`winograd` computes the wide 3x3 convs with Winograd F(4x4, 3x3), faster on CPUs (float32 only).
+        `packed` hands oneDNN the other convs' weights packed once, each with its ReLU (CPU only: see `packed`).
         `dtype` is the precision of the layers (bfloat16 or float16 for reduced precision): the image is
         preprocessed in float32, then cast, and the features come out in `dtype`. Reduced-precision layers run
         channels-last, which their kernels prefer. The figures: docs/performance.md."""
@@ -164,7 +167,9 @@ class VGGFeatures(nn.Module):
         self.preprocess = Preprocess(weights.caffe)
         self.dtype = dtype
         self.layout = torch.contiguous_format if dtype == torch.float32 else torch.channels_last
-        self.body = (use_winograd(body) if winograd else body).to(dtype=dtype, memory_format=self.layout)
+        body = use_winograd(body) if winograd else body
+        body = use_packed(body, set(taps)) if packed else body
+        self.body = body.to(dtype=dtype, memory_format=self.layout)
         self.identity = (
             weights.identity if dtype == torch.float32 else f"{weights.identity}@{str(dtype).removeprefix('torch.')}"
         )

@@ -148,7 +148,7 @@ def winograd_conv(
     return full if exact else full[:, :, :h, :w].clone(memory_format=torch.contiguous_format)
 
 
-def _eligible(conv: nn.Conv2d) -> bool:
+def eligible(conv: nn.Conv2d) -> bool:
     """Whether `conv` is a dense 3x3 stride-1 pad-1 undilated convolution."""
     return (
         conv.kernel_size == (3, 3)
@@ -188,7 +188,7 @@ class WinogradConv3x3(nn.Module):
 
     def __init__(self, conv: nn.Conv2d, block: int = 4, min_pixels: int = MIN_PIXELS) -> None:
         super().__init__()
-        if not _eligible(conv):
+        if not eligible(conv):
             raise ValueError(f"WinogradConv3x3 needs a 3x3 stride-1 pad-1 dense conv, got {conv}")
         if block not in _TRANSFORMS:
             raise ValueError(f"block must be one of {sorted(_TRANSFORMS)}, got {block}")
@@ -222,6 +222,6 @@ def use_winograd(
     Returns `features` for chaining; other layers (and thinner convs) are kept as they are.
     """
     for i, module in enumerate(features):
-        if isinstance(module, nn.Conv2d) and module.in_channels >= min_in_channels and _eligible(module):
+        if isinstance(module, nn.Conv2d) and module.in_channels >= min_in_channels and eligible(module):
             features[i] = WinogradConv3x3(module, block, min_pixels)
     return features

@@ -24,6 +24,7 @@ from pipeline.core.optimize import (
     stylize,
     tile_for,
 )
+from pipeline.core.packed import available as packed_convs_available
 from pipeline.core.vgg import VGGFeatures
 from pipeline.media.images import depth_note, output_bits, read_alpha, read_image, working_shape, write_image
 from pipeline.media.weights import resolve_weights
@@ -170,9 +171,10 @@ class Renderer:
         resolved = resolve_weights(weights, arch)
         # cuDNN picks its own algorithms (Winograd among them) on GPUs; our Winograd layers are float32 only.
         winograd = self.device.type == "cpu" and self.precision == "fp32"
-        self.model = VGGFeatures(
-            resolved, settings.layers, pooling=pooling, winograd=winograd, dtype=PRECISIONS[self.precision]
-        ).to(self.device)
+        packed = self.device.type == "cpu" and packed_convs_available(PRECISIONS[self.precision])
+        self.model = VGGFeatures(resolved, settings.layers, pooling, winograd, PRECISIONS[self.precision], packed).to(
+            self.device
+        )
         self.init_path = init_path
         self.keep_alpha = keep_alpha  # an input's transparency goes into its output (see images.write_image)
         self.depth = depth  # output.depth: same | 8 | 16 (see images.output_bits)
