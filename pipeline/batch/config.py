@@ -75,6 +75,10 @@ class OutputConfig(_Strict):
         default="same",
         description="same | 8 | 16: bits per sample of image outputs; same: 16 for PNG and TIFF inputs with more than 8 (16-bit, float), else 8. 16 needs PNG or TIFF output (JPEG and WebP stay 8-bit, with a warning)",
     )
+    color: Literal["srgb", "source"] = Field(
+        default="srgb",
+        description="srgb | source: the colour space of 8-bit image outputs. Inputs with an embedded ICC profile are converted into sRGB to be stylised; srgb writes every output in sRGB, tagged so; source converts each output back into its input's RGB profile and embeds it (untagged, sRGB, grey and CMYK inputs stay sRGB)",
+    )
     size: Literal["optimize", "original"] = Field(
         default="optimize",
         description="optimize (the longest side is optimize.size) | original: each output at its source's own resolution, videos and frame sequences too; above optimize.size the result is refined at full resolution, level by level (see optimize.refine_iterations), in tiles where it does not fit",

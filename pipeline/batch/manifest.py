@@ -42,6 +42,7 @@ class Record:
     trace: list[list[float]] | None = (
         None  # an image's loss curve: [scale, iteration, loss, content, style] rows (see render.compact_trace)
     )
+    color: str | None = None  # the colour space its input was converted from into sRGB (an embedded ICC profile's)
     warning: str | None = (
         None  # what the job did not do as asked, in one line (an input over 8 bits per sample written as 8-bit)
     )

@@ -16,7 +16,7 @@ from pipeline.core.vgg import pooling_identity
 from pipeline.media.animation import AnimationError, AnimationInfo
 from pipeline.media.animation import probe as probe_animation
 from pipeline.media.digest import file_digest, value_digest
-from pipeline.media.images import NAME_MAX, WRITABLE, output_bits
+from pipeline.media.images import NAME_MAX, WRITABLE, converted_space, output_bits
 from pipeline.media.video import VideoError, VideoInfo, probe
 from pipeline.media.weights import weights_identity
 
@@ -305,10 +305,13 @@ class _Planner:
         return clip
 
     def _key(self, content: object, style_digest: list, output: Path, source: Path) -> str:
-        """The job key; a 16-bit output's holds its depth (the keys of the 8-bit jobs made before there was one stay)."""
+        """The job key; a 16-bit output's holds its depth, and an ICC-tagged input's the colour space it is
+        converted from (and output.color: source), so that the keys of jobs made before either stay."""
         parts = {"content": content, "style": style_digest, "settings": self.settings, "format": output.suffix}
         if output_bits(source, output, self.config.output.depth) == 16:
             parts["bits"] = 16
+        if space := converted_space(source):  # converted into sRGB (jobs made before there was colour stay)
+            parts["color"] = space if self.config.output.color == "srgb" else [space, "source"]
         return value_digest(parts)
 
     def image(self, source: Source) -> list[Job]:

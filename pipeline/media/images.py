@@ -15,11 +15,13 @@ import torch
 from PIL import Image, ImageOps, TiffImagePlugin, UnidentifiedImageError
 
 from pipeline.core.optimize import fit_longest
+from pipeline.media.color import SRGB_ICC, ColorError, from_srgb, source_space, to_srgb
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"})  # read; see WRITABLE
 UMASK = os.umask(0o022)  # read once, at import (os.umask can only be read by setting it)
 os.umask(UMASK)
 _ALPHA_FORMATS = frozenset({"PNG", "WEBP", "TIFF"})
+_ICC_FORMATS = frozenset({"PNG", "JPEG", "WEBP", "TIFF"})  # the 8-bit outputs that carry their sRGB profile
 _SAVE_FORMATS = {
     ".jpg": "JPEG",
     ".jpeg": "JPEG",
@@ -134,6 +136,25 @@ def depth_note(path: Path, bits: int = 8) -> str | None:
     )
 
 
+def converted_space(path: Path) -> str | None:
+    """The colour space an input's pixels are converted from into sRGB (its embedded ICC profile's name, see
+    `color.source_space`), for job keys and the manifest; None where nothing is converted: untagged or sRGB
+    inputs, and inputs of more than 8 bits per sample (see `color_note`)."""
+    return None if sample_depth(path) is not None else source_space(path)
+
+
+def color_note(path: Path) -> str | None:
+    """The warning a job owes whose input has an ICC profile that is not applied (more than 8 bits per sample)."""
+    depth = sample_depth(path)
+    space = source_space(path) if depth is not None else None
+    return f"{path}: its ICC profile ({space}) is not applied to {depth} samples: read as sRGB" if space else None
+
+
+def input_note(path: Path, bits: int = 8) -> str | None:
+    """The warnings a job owes for its input (see `depth_note` and `color_note`), in one line; None for none."""
+    return "; ".join(n for n in (depth_note(path, bits), color_note(path)) if n) or None
+
+
 @contextmanager
 def _one_line(path: Path) -> Iterator[None]:
     """Errors inside become one-line ImageErrors that name `path`; Pillow's warnings of a corrupt file are dropped
@@ -150,6 +171,8 @@ def _one_line(path: Path) -> Iterator[None]:
         raise ImageError(f"{path}: not a readable image") from None
     except ImageError:
         raise
+    except ColorError as exc:
+        raise ImageError(str(exc)) from None
     except OSError as exc:
         raise ImageError(
             f"{path}: " + (f"cannot read file ({exc.strerror})" if exc.errno else f"cannot decode image ({exc})")
@@ -229,16 +252,17 @@ def _read_deep(path: Path, size: int | None = None) -> np.ndarray:
 
 
 def read_image(path: Path, size: int | None = None) -> torch.Tensor:
-    """Decode an image file to (1, 3, H, W) float RGB in [0, 1], upright per EXIF.
+    """Decode an image file to (1, 3, H, W) float RGB in [0, 1], upright per EXIF, in sRGB (an embedded ICC
+    profile is applied: see `color`).
 
     With `size`, the longest side is resized to it (Lanczos). PNG and TIFF with more than 8 bits per sample
-    keep their precision (see `_read_deep`).
+    keep their precision (see `_read_deep`); their ICC profiles are not applied (see `color_note`).
     """
     if sample_depth(path) is not None:
         array = _read_deep(path, size)[..., :3]
         return torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1).unsqueeze(0).contiguous()
     with _upright(path) as im:
-        im = im.convert("RGB")
+        im = to_srgb(im, path)
         if size is not None:
             h, w = fit_longest((im.height, im.width), size)
             im = im.resize((w, h), Image.Resampling.LANCZOS)
@@ -305,9 +329,12 @@ def _write_deep(image: torch.Tensor, path: Path, alpha: Image.Image | None) -> N
             raise ImageError(f"{path}: cannot write a 16-bit {path.suffix} image")
 
 
-def write_image(image: torch.Tensor, path: Path, alpha: Image.Image | None = None, bits: int = 8) -> None:
-    """Write a (1, 3, H, W) RGB [0, 1] tensor atomically, with `bits` (8, or 16 for PNG and TIFF) per sample;
-    the format follows the suffix.
+def write_image(
+    image: torch.Tensor, path: Path, alpha: Image.Image | None = None, bits: int = 8, icc: bytes | None = None
+) -> None:
+    """Write a (1, 3, H, W) sRGB [0, 1] tensor atomically, with `bits` (8, or 16 for PNG and TIFF) per sample;
+    the format follows the suffix. 8-bit PNG, JPEG, WebP and TIFF outputs carry an sRGB ICC profile, or, with
+    `icc` (an RGB profile: see `color.source_profile`), are converted into that space and carry it.
 
     `alpha` (see read_alpha), resized to the image, is attached where the format holds one (PNG, WebP, TIFF).
     """
@@ -317,8 +344,11 @@ def write_image(image: torch.Tensor, path: Path, alpha: Image.Image | None = Non
     if bits == 16 and fmt in DEEP_FORMATS:
         _write_deep(image, path, alpha)
         return
-    options = {"quality": 95} if fmt in ("JPEG", "WEBP") else {}
+    options: dict[str, object] = {"quality": 95} if fmt in ("JPEG", "WEBP") else {}
     pil = to_pil(image)
+    if fmt in _ICC_FORMATS:
+        pil = from_srgb(pil, icc) if icc is not None else pil
+        options["icc_profile"] = icc or SRGB_ICC
     if alpha is not None and fmt in _ALPHA_FORMATS:
         pil.putalpha(alpha.resize(pil.size, Image.Resampling.LANCZOS))
     with atomic_path(path) as tmp:

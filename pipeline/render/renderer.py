@@ -10,7 +10,6 @@ from functools import partial
 from pathlib import Path
 
 import torch
-from PIL import Image
 
 from pipeline.core.optimize import (
     Callback,
@@ -26,7 +25,16 @@ from pipeline.core.optimize import (
 )
 from pipeline.core.packed import available as packed_convs_available
 from pipeline.core.vgg import VGGFeatures
-from pipeline.media.images import depth_note, output_bits, read_alpha, read_image, working_shape, write_image
+from pipeline.media.color import source_profile
+from pipeline.media.images import (
+    converted_space,
+    input_note,
+    output_bits,
+    read_alpha,
+    read_image,
+    working_shape,
+    write_image,
+)
 from pipeline.media.weights import resolve_weights
 from pipeline.render.memory import check_fits, free_bytes, tile_plan
 from pipeline.render.style_cache import StyleCache
@@ -65,9 +73,8 @@ class Rendered:
     tile_side: int = 0  # the tile side of its tiled levels (0: none was tiled)
     precision: str = "fp32"  # the VGG layers' precision (see resolve_precision)
     trace: tuple[TraceRow, ...] = ()  # the loss curve, at most TRACE_POINTS per scale (see compact_trace)
-    note: str | None = (
-        None  # a warning for the log and the manifest: an input with more than 8 bits per sample (see images.depth_note)
-    )
+    color: str | None = None  # the colour space the input was converted from into sRGB (see images.converted_space)
+    note: str | None = None  # a warning for the log and the manifest (see images.input_note)
 
 
 def compact_trace(trace: Sequence[Progress]) -> tuple[TraceRow, ...]:
@@ -157,6 +164,7 @@ class Renderer:
         cache: StyleCache | None = None,
         keep_alpha: bool = True,
         depth: str | int = "same",
+        color: str = "srgb",
         full_size: bool = False,
         tiling: int | str = "auto",
         precision: str = "auto",
@@ -178,6 +186,7 @@ class Renderer:
         self.init_path = init_path
         self.keep_alpha = keep_alpha  # an input's transparency goes into its output (see images.write_image)
         self.depth = depth  # output.depth: same | 8 | 16 (see images.output_bits)
+        self.color = color  # output.color: srgb | source (each output back in its input's RGB profile)
         self.full_size = full_size  # output.size: original: content is read, and its result written, at its own size
         self.tiling = tiling  # auto | off | a tile side in px (optimize.tile)
         self.memory_share = memory_share  # of the device's free memory, this worker's (workers that share it split it)
@@ -186,8 +195,12 @@ class Renderer:
             None  # each render's progress (with its output) when it has no callback
         )
 
-    def _alpha(self, content_path: Path) -> Image.Image | None:
-        return read_alpha(content_path) if self.keep_alpha else None
+    def _write(self, image: torch.Tensor, content_path: Path, output: Path, bits: int) -> None:
+        """`image` written to `output` with `bits` per sample, the content's alpha (output.alpha: keep), and, with
+        output.color: source, in the content's own RGB profile."""
+        alpha = read_alpha(content_path) if self.keep_alpha else None
+        icc = source_profile(content_path) if self.color == "source" and bits == 8 else None
+        write_image(image, output, alpha, bits, icc)
 
     @property
     def read_size(self) -> int | None:
@@ -280,10 +293,8 @@ class Renderer:
             callback = partial(self.on_progress, output)
         result = stylize(self.model, content, targets, s, init_image=init, callback=callback, held=held)
         bits = output_bits(content_path, output, self.depth)
-        write_image(result.image, output, self._alpha(content_path), bits)
-        return self._rendered(
-            result, 0, time.perf_counter() - start, *counts, tile_for(shape, s), depth_note(content_path, bits)
-        )
+        self._write(result.image, content_path, output, bits)
+        return self._rendered(result, 0, time.perf_counter() - start, *counts, tile_for(shape, s), content_path, bits)
 
     def render_batch(
         self,
@@ -319,10 +330,10 @@ class Renderer:
         )
         bits = [output_bits(c, o, self.depth) for c, o in zip(contents, outputs)]
         for i, output in enumerate(outputs):
-            write_image(result.image[i : i + 1], output, self._alpha(contents[i]), bits[i])
+            self._write(result.image[i : i + 1], contents[i], output, bits[i])
         seconds = (time.perf_counter() - start) / len(images)
         return [
-            self._rendered(result, i, seconds, *c[1:], tile_for(shape, s), depth_note(contents[i], bits[i]))
+            self._rendered(result, i, seconds, *c[1:], tile_for(shape, s), contents[i], bits[i])
             for i, c in enumerate(counted)
         ]
 
@@ -343,7 +354,8 @@ class Renderer:
         misses: int,
         style_seconds: float,
         tile_side: int,
-        note: str | None = None,
+        source: Path,
+        bits: int,
     ) -> Rendered:
         final = result.finals[index]
         return Rendered(
@@ -362,5 +374,6 @@ class Renderer:
             trace=compact_trace(result.traces[index]),
             tile_side=tile_side,
             precision=self.precision,
-            note=note,
+            color=converted_space(source),
+            note=input_note(source, bits),
         )

@@ -69,6 +69,7 @@ def done_record(job: Job, rel: str, r: Rendered) -> Record:
         trace=trace,
         tile=r.tile_side or None,
         precision=r.precision,
+        color=r.color,
         warning=r.note,
     )
 
@@ -165,6 +166,7 @@ def make_renderer(config: Config, device: str) -> Renderer:
         cache=StyleCache(config.cache_dir),
         keep_alpha=config.output.alpha == "keep",
         depth=config.output.depth,
+        color=config.output.color,
         full_size=config.output.size == "original",
         tiling=config.optimize.tile,
         precision=config.optimize.precision,

@@ -1,0 +1,208 @@
+"""Colour management (pipeline.media.color): ICC-tagged inputs read into sRGB, outputs tagged sRGB.
+
+The profiles are made here: matrix/TRC ICC v2 profiles built byte by byte from published primaries, so that the
+expected sRGB values come from the colorimetry by hand (numpy), not from LittleCMS itself."""
+
+import io
+import json
+import struct
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from PIL import Image, ImageCms
+from typer.testing import CliRunner
+
+from pipeline.media.color import SRGB_ICC, describe
+from pipeline.media.images import ImageError, color_note, converted_space, input_note, read_image, write_image
+from pipeline.ui.cli import app
+from tests.conftest import image_args, write_config
+
+runner = CliRunner()
+D50 = (0.9642, 1.0, 0.8249)
+# Colorants adapted to D50 (Bradford), columns r, g, b: the matrices of the published profiles.
+ADOBE_RGB = np.array([[0.60974, 0.20528, 0.14919], [0.31111, 0.62567, 0.06322], [0.01947, 0.06087, 0.74457]])
+WIDE_GAMUT = np.array([[0.71637, 0.10099, 0.14689], [0.25870, 0.72467, 0.01664], [0.00000, 0.05121, 0.77324]])
+SRGB_D50 = np.array([[0.43607, 0.38515, 0.14307], [0.22249, 0.71687, 0.06061], [0.01392, 0.09708, 0.71410]])
+
+
+def _s15(values) -> bytes:
+    return b"".join(struct.pack(">i", round(v * 65536)) for v in values)
+
+
+def _desc(text: str) -> bytes:
+    ascii_ = text.encode() + b"\0"
+    return b"desc\0\0\0\0" + struct.pack(">I", len(ascii_)) + ascii_ + b"\0" * 8 + b"\0\0\0" + b"\0" * 67
+
+
+def icc_profile(name: str, colorants: np.ndarray, gamma: float) -> bytes:
+    """A display RGB ICC v2 profile: D50 white, `colorants` (XYZ columns r, g, b), one gamma curve per channel."""
+    curve = b"curv\0\0\0\0" + struct.pack(">IH", 1, round(gamma * 256)) + b"\0\0"
+    xyz = [b"XYZ \0\0\0\0" + _s15(colorants[:, i]) for i in range(3)]
+    tags = [
+        (b"desc", _desc(name)),
+        (b"wtpt", b"XYZ \0\0\0\0" + _s15(D50)),
+        (b"cprt", b"text\0\0\0\0public domain\0\0\0"),
+        *zip((b"rXYZ", b"gXYZ", b"bXYZ"), xyz),
+        *((sig, curve) for sig in (b"rTRC", b"gTRC", b"bTRC")),
+    ]
+    offset, table, data = 128 + 4 + 12 * len(tags), b"", b""
+    for sig, body in tags:
+        body += b"\0" * (-len(body) % 4)
+        table += sig + struct.pack(">II", offset + len(data), len(body))
+        data += body
+    size = offset + len(data)
+    header = struct.pack(">I4sI4s4s4s", size, b"\0\0\0\0", 0x02100000, b"mntr", b"RGB ", b"XYZ ")
+    header += b"\0" * 12 + b"acsp" + b"\0" * 24 + struct.pack(">I", 0) + _s15(D50) + b"\0" * 48
+    return header + struct.pack(">I", len(tags)) + table + data
+
+
+def expected_srgb(rgb8: np.ndarray, colorants: np.ndarray, gamma: float) -> np.ndarray:
+    """The colorimetric conversion by hand: decode, to XYZ (D50), to linear sRGB, clip, sRGB's curve."""
+    linear = (rgb8 / 255.0) ** gamma
+    srgb = (linear @ colorants.T) @ np.linalg.inv(SRGB_D50).T
+    srgb = srgb.clip(0, 1)
+    return np.where(srgb <= 0.0031308, 12.92 * srgb, 1.055 * srgb ** (1 / 2.4) - 0.055)
+
+
+def chart(seed: int = 0) -> np.ndarray:
+    """A 24 × 32 patch chart: random colours, the primaries and greys."""
+    rng = np.random.default_rng(seed)
+    patches = rng.integers(0, 256, (6, 8, 3))
+    patches[0, :3] = np.eye(3, dtype=int) * 255
+    patches[0, 3:6] = [[0, 0, 0], [128, 128, 128], [255, 255, 255]]
+    return patches.repeat(4, 0).repeat(4, 1).astype(np.uint8)
+
+
+@pytest.mark.parametrize(
+    ("name", "colorants", "gamma", "suffix"),
+    [("Adobe RGB (test)", ADOBE_RGB, 563 / 256, ".png"), ("Wide Gamut RGB (test)", WIDE_GAMUT, 2.2, ".tif")],
+)
+def test_an_icc_tagged_chart_is_read_into_srgb_as_the_colorimetry_says(tmp_path, name, colorants, gamma, suffix):
+    pixels = chart()
+    path = tmp_path / f"chart{suffix}"
+    Image.fromarray(pixels).save(path, icc_profile=icc_profile(name, colorants, gamma))
+    ours = read_image(path)[0].permute(1, 2, 0).numpy()
+    want = expected_srgb(pixels.astype(np.float64), colorants, round(gamma * 256) / 256)
+    error = np.abs(ours - want) * 255
+    assert error.mean() < 1.0 and error.max() <= 3.0, (error.mean(), error.max())
+    untouched = np.abs(pixels / 255.0 - want) * 255  # what reading it as sRGB would be off by
+    assert untouched.mean() > 4 * error.mean() + 2
+    assert converted_space(path) == name and input_note(path) is None
+
+
+def test_untagged_and_srgb_tagged_inputs_are_read_as_they_are(tmp_path):
+    pixels = chart(1)
+    plain, tagged = tmp_path / "plain.png", tmp_path / "tagged.jpg"
+    Image.fromarray(pixels).save(plain)
+    Image.fromarray(pixels).save(tagged, icc_profile=SRGB_ICC, quality=100)
+    assert np.array_equal(read_image(plain)[0].permute(1, 2, 0).numpy(), pixels / np.float32(255))
+    decoded = np.asarray(Image.open(tagged).convert("RGB"))
+    assert np.array_equal(read_image(tagged)[0].permute(1, 2, 0).numpy(), decoded / np.float32(255))
+    assert converted_space(plain) is None and converted_space(tagged) is None
+
+
+def test_outputs_carry_an_srgb_profile(tmp_path):
+    for suffix in (".png", ".jpg", ".webp", ".tif"):
+        out = tmp_path / f"out{suffix}"
+        write_image(torch.rand(1, 3, 16, 24), out)
+        with Image.open(out) as im:
+            profile = ImageCms.ImageCmsProfile(io.BytesIO(im.info["icc_profile"]))
+        assert "sRGB" in describe(profile), suffix
+
+
+def test_a_broken_profile_fails_its_input_in_one_line(tmp_path):
+    path = tmp_path / "broken.png"
+    Image.fromarray(chart()).save(path, icc_profile=b"\0" * 200)
+    with pytest.raises(ImageError) as err:
+        read_image(path)
+    assert str(err.value).startswith(f"{path}: cannot read its embedded ICC profile") and "\n" not in str(err.value)
+
+
+def test_a_16_bit_input_s_profile_is_named_in_a_warning(tmp_path):
+    """OpenCV decodes 16-bit samples and LittleCMS is reached through 8-bit images only: the profile is not
+    applied, and the job says so rather than lose it in silence."""
+    path = tmp_path / "deep.png"
+    Image.fromarray(chart()).save(path, icc_profile=icc_profile("Adobe RGB (test)", ADOBE_RGB, 2.2))
+    with Image.open(path) as im:
+        icc = im.info["icc_profile"]
+    deep = (chart().astype(np.uint16) * 257)[..., ::-1]
+    cv2.imwrite(str(path), np.ascontiguousarray(deep))
+    with Image.open(path) as im:  # OpenCV writes no profile: put it back with Pillow's 16-bit PNG chunk copy
+        assert "icc_profile" not in im.info
+    _add_iccp(path, icc)
+    assert converted_space(path) is None
+    assert (
+        color_note(path) == f"{path}: its ICC profile (Adobe RGB (test)) is not applied to 16-bit samples: read as sRGB"
+    )
+
+
+def _add_iccp(path, icc: bytes) -> None:
+    """Insert an iCCP chunk after a PNG's IHDR."""
+    import zlib
+
+    data = path.read_bytes()
+    body = b"test\0\0" + zlib.compress(icc)
+    chunk = struct.pack(">I", len(body)) + b"iCCP" + body + struct.pack(">I", zlib.crc32(b"iCCP" + body))
+    path.write_bytes(data[:33] + chunk + data[33:])
+
+
+def test_the_manifest_records_what_a_photo_was_converted_from(shared, tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    photo = Image.open(shared / "content" / "chelsea.png").convert("RGB").resize((48, 32))
+    photo.save(folder / "tagged.png", icc_profile=icc_profile("Adobe RGB (test)", ADOBE_RGB, 2.2))
+    photo.save(folder / "plain.png")
+    config = write_config(tmp_path / "c.yaml", [folder], tmp_path / "out", optimize={"size": 48, "iterations": 2})
+    result = runner.invoke(app, ["run", str(config)])
+    assert result.exit_code == 0, result.output
+    records = json.loads((tmp_path / "out" / "manifest.json").read_text())["jobs"].values()
+    assert {Path(r["source"]).name: r["color"] for r in records} == {
+        "tagged.png": "Adobe RGB (test)",
+        "plain.png": None,
+    }
+
+
+def test_stylize_image_converts_a_tagged_photo(shared, tmp_path):
+    pixels = chart(2)
+    path = tmp_path / "chart.png"
+    Image.fromarray(pixels).save(path, icc_profile=icc_profile("Adobe RGB (test)", ADOBE_RGB, 2.2))
+    out = tmp_path / "out.png"
+    extra = ("--iterations", "1", "--scales", "1", "--style-weight", "1e-9", "--tv-weight", "0", "--original-size")
+    result = runner.invoke(app, image_args(path, shared / "style" / "wave.jpg", out, *extra, "--device", "cpu"))
+    assert result.exit_code == 0 and "warning" not in result.output, result.output
+    back = np.asarray(Image.open(out).convert("RGB"), dtype=np.float64) / 255
+    want = expected_srgb(pixels.astype(np.float64), ADOBE_RGB, round(2.2 * 256) / 256)
+    assert np.abs(back - want).mean() * 255 < 3.0
+
+
+def test_output_color_source_carries_the_input_profile_back(shared, tmp_path):
+    """A near-identity render of an Adobe RGB chart with output.color: source comes back in Adobe RGB, tagged
+    so, within a few levels of the input where sRGB holds its colours (the working space clips the others);
+    with srgb, the same chart comes out as the colorimetry says in sRGB."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    pixels = chart(3)
+    icc = icc_profile("Adobe RGB (test)", ADOBE_RGB, 2.2)
+    Image.fromarray(pixels).save(folder / "chart.png", icc_profile=icc)
+    optimize = {"size": 32, "iterations": 1, "scales": 1, "style_weight": 1e-9, "tv_weight": 0}
+    outs = {}
+    for color in ("source", "srgb"):
+        output = {"dir": str(tmp_path / color), "size": "original", "color": color}
+        config = write_config(tmp_path / f"{color}.yaml", [folder], tmp_path / color, optimize=optimize, output=output)
+        result = runner.invoke(app, ["run", str(config)])
+        assert result.exit_code == 0, result.output
+        outs[color] = tmp_path / color / "chart.wave.png"
+    want = expected_srgb(pixels.astype(np.float64), ADOBE_RGB, round(2.2 * 256) / 256) * 255
+    inside = ((want > 3) & (want < 252)).all(axis=2)  # sRGB holds these patches: the round trip clips no channel
+    assert inside.mean() > 0.3
+    with Image.open(outs["source"]) as im:
+        assert im.info["icc_profile"] == icc
+        back = np.asarray(im.convert("RGB"), dtype=np.float64)
+    assert np.abs(back - pixels)[inside].mean() < 3.0
+    with Image.open(outs["srgb"]) as im:
+        assert "sRGB" in describe(ImageCms.ImageCmsProfile(io.BytesIO(im.info["icc_profile"])))
+        srgb = np.asarray(im.convert("RGB"), dtype=np.float64)
+    assert np.abs(srgb - want).mean() < 3.0 < np.abs(srgb - pixels).mean()
