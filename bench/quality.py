@@ -10,6 +10,7 @@ three figures and took no more wall time.
     python -m bench.quality --pairs 2 --tools stylize   # a quick look while tuning
     python -m bench.quality --reuse-peers    # keep peer outputs already made (their recorded wall times too)
     python -m bench.quality --reuse-peers --reuse-ours   # add sweep points: only the new ones are rendered
+    python -m bench.quality --defaults       # each tool at its default only: wall-time ratios and the grid
 
 Writes bench/quality.json, bench/quality.md, bench/quality_front.png and docs/quality_grid.jpg.
 Peers come from ../shared/peers (set up offline by its setup.sh).
@@ -166,7 +167,11 @@ def render_point(
     return seconds
 
 
-def sweep(chosen: list, tools: list[str], size: int, iterations: int, reuse: set[str]) -> list[Point]:
+def sweep(
+    chosen: list, tools: list[str], size: int, iterations: int, reuse: set[str], defaults: bool = False
+) -> list[Point]:
+    """Every tool's points on every pair, pair by pair (each pair's tools minutes apart); only the defaults
+    with `defaults`."""
     evaluator, points = Evaluator(), []
     for cname, content, sname, style in chosen:
         pair = f"{cname} × {sname}"
@@ -174,7 +179,7 @@ def sweep(chosen: list, tools: list[str], size: int, iterations: int, reuse: set
         folder.mkdir(parents=True, exist_ok=True)
         for tool in tools:
             _, weights, default = TOOLS[tool]
-            for weight in weights:
+            for weight in (default,) if defaults else weights:
                 out = folder / f"{tool}-{weight:g}.png"
                 seconds = render_point(tool, content, style, out, weight, size, iterations, tool in reuse)
                 scores = evaluator.score(out, content, style)
@@ -338,15 +343,22 @@ def main() -> None:
     parser.add_argument(
         "--reuse-ours", action="store_true", help="also keep ours (when the code has not changed since)"
     )
+    parser.add_argument(
+        "--defaults",
+        action="store_true",
+        help="each tool at its default weight only: the wall-time ratios, dominance and the grid "
+        "(bench/quality_defaults.json and .md; the sweep's files are kept)",
+    )
     args = parser.parse_args()
     subprocess.run(["bash", str(SHARED / "peers" / "setup.sh"), sys.executable], check=True)
     chosen = pairs()[: args.pairs]
     reuse = ({"neural-style-pt", "pastiche"} if args.reuse_peers else set()) | (
         {"stylize"} if args.reuse_ours else set()
     )
-    points = sweep(chosen, args.tools.split(","), args.size, args.iterations, reuse)
+    points = sweep(chosen, args.tools.split(","), args.size, args.iterations, reuse, args.defaults)
     verdict = verdicts(points)
-    (HERE / "quality.json").write_text(
+    name = "quality_defaults" if args.defaults else "quality"
+    (HERE / f"{name}.json").write_text(
         json.dumps(
             {
                 "size": args.size,
@@ -357,8 +369,9 @@ def main() -> None:
             indent=1,
         )
     )
-    (HERE / "quality.md").write_text(markdown(points, verdict, args.size, args.iterations))
-    scatter(points, HERE / "quality_front.png")
+    (HERE / f"{name}.md").write_text(markdown(points, verdict, args.size, args.iterations))
+    if not args.defaults:
+        scatter(points, HERE / "quality_front.png")
     grid(points, chosen, REPO / "docs" / "quality_grid.jpg")
     print(json.dumps(verdict, indent=1))
 
