@@ -6,6 +6,9 @@ expected sRGB values come from the colorimetry by hand (numpy), not from LittleC
 import io
 import json
 import struct
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import cv2
@@ -104,13 +107,22 @@ def test_untagged_and_srgb_tagged_inputs_are_read_as_they_are(tmp_path):
     assert converted_space(plain) is None and converted_space(tagged) is None
 
 
-def test_outputs_carry_an_srgb_profile(tmp_path):
+def test_outputs_carry_an_srgb_profile_the_same_in_every_process(tmp_path):
     for suffix in (".png", ".jpg", ".webp", ".tif"):
         out = tmp_path / f"out{suffix}"
         write_image(torch.rand(1, 3, 16, 24), out)
         with Image.open(out) as im:
             profile = ImageCms.ImageCmsProfile(io.BytesIO(im.info["icc_profile"]))
         assert "sRGB" in describe(profile), suffix
+    # LittleCMS dates a profile it makes: a date of its own would make two processes' renders differ in bytes.
+    time.sleep(1.1)
+    code = "import sys; from pipeline.media.color import SRGB_ICC; sys.stdout.buffer.write(SRGB_ICC)"
+    assert (
+        subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, check=True, cwd=Path(__file__).parents[1]
+        ).stdout
+        == SRGB_ICC
+    )
 
 
 def test_a_broken_profile_fails_its_input_in_one_line(tmp_path):

@@ -17,8 +17,19 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
+from pipeline.batch.frames import PatternError, frame_range, is_pattern
 from pipeline.core.optimize import Settings
 from pipeline.media.images import probe_writable
 
@@ -247,12 +258,32 @@ class VideoConfig(_Strict):
         return self
 
 
+class InputEntry(_Strict):
+    """A frame pattern with its frame range apart."""
+
+    path: str = Field(description="a frame pattern: plate.####.png, plate.%04d.png (see docs/plates-and-colour.md)")
+    frames: str = Field(description="its frames, in fileseq's syntax: 1001-1100, 1001-1100x2, 1001-1010,1020-1030")
+
+    @model_validator(mode="after")
+    def _a_pattern_and_a_range(self) -> InputEntry:
+        if not is_pattern(self.path):
+            raise ValueError(f"{self.path}: frames needs a frame pattern in the file name (#, @, %04d or $F4)")
+        try:
+            frame_range(self.frames)
+        except PatternError as exc:
+            raise ValueError(str(exc)) from None
+        return self
+
+
+_INPUT_KIND = Discriminator(lambda v: "file" if isinstance(v, str) else "pattern")  # a mapping is a pattern and range
+
+
 class Config(_Strict):
     """The whole batch config."""
 
-    inputs: list[str] = Field(
+    inputs: list[Annotated[Annotated[str, Tag("file")] | Annotated[InputEntry, Tag("pattern")], _INPUT_KIND]] = Field(
         min_length=1,
-        description="image files, video files, folders (recursive; numbered frame folders become sequences) and globs",
+        description="image files, video files, folders (recursive; numbered frame folders become sequences), globs, frame patterns (plate.####.png, plate.1001-1100#.png) and {path: pattern, frames: range}",
     )
     styles: list[StyleConfig] = Field(min_length=1, description="one or more named styles")
     output: OutputConfig
@@ -362,7 +393,7 @@ def _valid_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
 
 def _format_error(path: Path, exc: ValidationError) -> str:
     err = exc.errors()[0]
-    loc = tuple(err["loc"])
+    loc = tuple(p for i, p in enumerate(err["loc"]) if not (i == 2 and err["loc"][0] == "inputs"))  # the tag
     where = _key_path(loc) or "(top level)"
     if err["type"] == "extra_forbidden":
         near = difflib.get_close_matches(str(loc[-1]), _valid_keys(Config, loc), n=1)
@@ -441,7 +472,12 @@ def load_config(path: Path) -> Config:
         if not weights.is_file():
             raise ConfigError(f"{path}: model.weights: not bundled, torchvision or an existing file: {weights}")
         model = model.model_copy(update={"weights": str(weights)})
-    inputs = [str(_resolve(base, Path(p))) for p in config.inputs]
+    inputs = [
+        str(_resolve(base, Path(p)))
+        if isinstance(p, str)
+        else p.model_copy(update={"path": str(_resolve(base, Path(p.path)))})
+        for p in config.inputs
+    ]
     return config.model_copy(
         update={
             "inputs": inputs,

@@ -10,12 +10,24 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
+from pipeline.batch.frames import PatternError, expand, is_pattern, ranges
 from pipeline.batch.manifest import MANIFEST_NAME, RUN_FILES, Manifest
 from pipeline.media.animation import ANIMATION_SUFFIXES, frame_count
 from pipeline.media.images import IMAGE_SUFFIXES
 
 VIDEO_SUFFIXES = frozenset({".mp4", ".mov", ".avi", ".mkv", ".webm"})
+
+
+class Ranged(Protocol):
+    """An input that is a frame pattern with its range apart (the config's `{path: ..., frames: ...}`)."""
+
+    path: str
+    frames: str
+
+
+Entry = str | Ranged  # an input: a file, folder, glob or frame pattern; or a pattern and its range
 _NUMBERED = re.compile(r"^(?P<prefix>.*?)(?P<number>\d+)(?P<suffix>\.[^.]+)$")
 
 
@@ -93,18 +105,6 @@ def _step(numbers: list[int]) -> int:
     return step if len(numbers) >= 3 and step > 1 else 1
 
 
-def _ranges(numbers: list[int]) -> str:
-    """`5, 9-10` for [5, 9, 10]; at most ten ranges, then a count."""
-    runs: list[list[int]] = []
-    for n in numbers:
-        if runs and n == runs[-1][1] + 1:
-            runs[-1][1] = n
-        else:
-            runs.append([n, n])
-    text = [str(a) if a == b else f"{a}-{b}" for a, b in runs]
-    return ", ".join(text[:10]) + (f" and {len(text) - 10} more ranges" if len(text) > 10 else "")
-
-
 def _sequence(folder: Path, members: list[Path]) -> tuple[tuple[Path, ...], tuple[int, ...], str | None] | None:
     """The folder's sequence: its frames in order, the indices that follow a gap and a warning naming the
     missing numbers; None when no group of numbered files forms one (the largest group wins)."""
@@ -120,7 +120,7 @@ def _sequence(folder: Path, members: list[Path]) -> tuple[tuple[Path, ...], tupl
     if missing:
         pattern = f"{prefix}{'#' * len(_NUMBERED.match(numbered[0][1].name)['number'])}{suffix}"
         warning = (
-            f"{folder}: frames {_ranges(missing)} missing from {pattern}; the temporal chain restarts after each gap"
+            f"{folder}: frames {ranges(missing)} missing from {pattern}; the temporal chain restarts after each gap"
         )
     return tuple(f for _, f in numbered), gaps, warning
 
@@ -204,7 +204,29 @@ def _candidates(i: int, entry: str, exclude: Path) -> list[tuple[Path, Path]]:
     return candidates
 
 
-def discover(inputs: Iterable[str], exclude: Path) -> Discovery:
+def _pattern(i: int, entry: str, frames: str | None, seen: set[Path]) -> tuple[Source | None, str | None]:
+    """The sequence a frame pattern names (see `frames`), less frames already seen, and the warning that names
+    its missing frames; raises InputError where the pattern or range does not parse or matches no file."""
+    try:
+        found = expand(entry, frames)
+    except PatternError as exc:
+        raise InputError(f"inputs[{i}]: {exc}") from None
+    first = found.found[0][1]
+    if _kind(first) != "image":
+        raise InputError(f"inputs[{i}]: {entry}: {first.suffix or 'extensionless'} frames are not images stylize reads")
+    files = tuple(f for _, f in found.found if _real(f) not in seen)
+    seen.update(_real(f) for f in files)
+    warning = None
+    if found.missing:
+        warning = f"{entry}: frames {ranges(list(found.missing))} missing; the temporal chain restarts after each gap"
+    if not files:
+        return None, warning
+    folder = first.parent
+    gaps = found.gaps if len(files) == len(found.found) else ()
+    return Source(path=folder / found.name, root=folder, kind="sequence", frames=files, gaps=gaps), warning
+
+
+def discover(inputs: Iterable[Entry], exclude: Path) -> Discovery:
     """Expand inputs into Sources, in input order, each real file once.
 
     Folders are searched recursively; hidden files, anything inside `exclude`
@@ -214,7 +236,9 @@ def discover(inputs: Iterable[str], exclude: Path) -> Discovery:
     directly must be an image or video. A GIF or WebP of more than one frame is
     an `animation`, stylised as a clip. A folder's numbered images
     (`frame_0001.png`, …) become one `sequence` Source, also with frames
-    missing. Raises InputError when the inputs hold files but none to stylise.
+    missing; so does a frame pattern (`plate.####.png`, `plate.1001-1100#.png`,
+    or a (pattern, range) pair: see `frames`). Raises InputError when the
+    inputs hold files but none to stylise.
     """
     exclude = _real(exclude)
     seen: set[Path] = set()
@@ -222,7 +246,14 @@ def discover(inputs: Iterable[str], exclude: Path) -> Discovery:
     skipped: Counter[str] = Counter()
     earlier = 0
     run_files = _RunFiles()
-    for i, entry in enumerate(inputs):
+    warned: list[str] = []
+    for i, item in enumerate(inputs):
+        entry, frames = (item, None) if isinstance(item, str) else (item.path, item.frames)
+        if frames is not None or (is_pattern(entry) and not Path(entry).exists()):
+            source, warning = _pattern(i, entry, frames, seen)
+            sources += [source] if source is not None else []
+            warned += [warning] if warning else []
+            continue
         named = Path(entry).is_file() and not glob.has_magic(entry)
         for file, root in _candidates(i, entry, exclude):
             real = _real(file)
@@ -240,4 +271,4 @@ def discover(inputs: Iterable[str], exclude: Path) -> Discovery:
     if not sources and (skipped or earlier):
         raise InputError(f"the inputs hold no image or video to stylise: {found.notes()[-1]}")
     sources, warnings = _group_sequences(sources)
-    return Discovery(sources, dict(skipped), earlier, tuple(warnings))
+    return Discovery(sources, dict(skipped), earlier, tuple(warned + warnings))

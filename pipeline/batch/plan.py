@@ -16,7 +16,7 @@ from pipeline.core.vgg import pooling_identity
 from pipeline.media.animation import AnimationError, AnimationInfo
 from pipeline.media.animation import probe as probe_animation
 from pipeline.media.digest import file_digest, value_digest
-from pipeline.media.images import NAME_MAX, WRITABLE, converted_space, output_bits
+from pipeline.media.images import NAME_MAX, WRITABLE, converted_space, image_digest, output_bits
 from pipeline.media.video import VideoError, VideoInfo, probe
 from pipeline.media.weights import weights_identity
 
@@ -220,7 +220,7 @@ def pixel_settings(config: Config) -> dict:
 def _style_digest(style: StyleConfig) -> list:
     """The style part of its jobs' keys: its images' digests and blend weights, and its scale unless 1 (the
     keys of jobs done before there was a scale)."""
-    digest: list = [(file_digest(p), w) for p, w in style.blend]
+    digest: list = [(image_digest(p), w) for p, w in style.blend]
     return digest if style.scale == 1.0 else [*digest, ("scale", style.scale)]
 
 

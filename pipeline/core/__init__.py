@@ -1,7 +1,7 @@
 """The functional core: tensors in, tensors out; no files, configs, processes or printing.
 
 - `vgg`: the VGG-19/16 feature extractor (`VGGFeatures`, `Weights`, layer names, preprocessing);
-  `winograd`: its fast CPU convs.
+  `winograd` and `packed`: its fast CPU convs (Winograd's transforms; oneDNN's weights packed once).
 - `losses`: Gram and Wasserstein style terms, content and total variation.
 - `descent`: L-BFGS (`lbfgs`, its pairs stacked in a `History`) and Adam.
 - `scaling`: `LossScale`, the dynamic loss scale of fp16 layers' backward passes.

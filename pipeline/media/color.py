@@ -9,12 +9,16 @@ with its rendering intent: LittleCMS's perceptual intent, which matrix profiles 
 from __future__ import annotations
 
 import io
+import struct
 from pathlib import Path
 
 from PIL import Image, ImageCms
 
 SRGB = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB"))
-SRGB_ICC = SRGB.tobytes()  # embedded in every 8-bit output that can hold it (PNG, JPEG, WebP, TIFF)
+_ICC = SRGB.tobytes()  # its header's creation date (bytes 24-36) is the time of createProfile: fixed below
+# Embedded in every 8-bit output that can hold it (PNG, JPEG, WebP, TIFF), dated 2000-01-01 so that the same
+# render makes the same bytes in every process.
+SRGB_ICC = _ICC[:24] + struct.pack(">6H", 2000, 1, 1, 0, 0, 0) + _ICC[36:]
 _INPUT_MODES = frozenset({"RGB", "RGBA", "L", "CMYK"})  # what LittleCMS converts from; others go through RGB
 
 
@@ -60,24 +64,26 @@ def from_srgb(im: Image.Image, icc: bytes) -> Image.Image:
     return ImageCms.profileToProfile(im, SRGB, ImageCms.ImageCmsProfile(io.BytesIO(icc)), outputMode="RGB")
 
 
-def source_profile(path: Path) -> bytes | None:
-    """The ICC profile an output of `path` can carry back (`output.color: source`): its embedded profile where
-    that is an RGB one other than sRGB; None for untagged, sRGB, grey or CMYK inputs and unreadable files."""
+def _file_profile(path: Path) -> tuple[ImageCms.ImageCmsProfile, bytes] | None:
+    """`path`'s embedded profile (see `embedded_profile`) and its bytes; None for none, sRGB, and files that
+    cannot be opened (their jobs fail when they are read, with the reason)."""
     try:
         with Image.open(path) as im:
             profile = embedded_profile(im, path)
-            icc = im.info.get("icc_profile")
-    except (OSError, ValueError, SyntaxError):
+            return (profile, im.info["icc_profile"]) if profile is not None else None
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
         return None
-    return icc if profile is not None and profile.profile.xcolor_space.strip() == "RGB" else None
+
+
+def source_profile(path: Path) -> bytes | None:
+    """The ICC profile an output of `path` can carry back (`output.color: source`): its embedded profile where
+    that is an RGB one other than sRGB; None for untagged, sRGB, grey or CMYK inputs and unreadable files."""
+    found = _file_profile(path)
+    return found[1] if found is not None and found[0].profile.xcolor_space.strip() == "RGB" else None
 
 
 def source_space(path: Path) -> str | None:
     """The name of the colour space `path` is converted from, for job keys and the manifest: its embedded
     profile's (see `describe`) where that is not sRGB; None for untagged, sRGB and unreadable files."""
-    try:
-        with Image.open(path) as im:
-            profile = embedded_profile(im, path)
-    except (OSError, ValueError, SyntaxError):
-        return None
-    return describe(profile) if profile is not None else None
+    found = _file_profile(path)
+    return describe(found[0]) if found is not None else None

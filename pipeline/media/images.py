@@ -16,6 +16,7 @@ from PIL import Image, ImageOps, TiffImagePlugin, UnidentifiedImageError
 
 from pipeline.core.optimize import fit_longest
 from pipeline.media.color import SRGB_ICC, ColorError, from_srgb, source_space, to_srgb
+from pipeline.media.digest import file_digest
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"})  # read; see WRITABLE
 UMASK = os.umask(0o022)  # read once, at import (os.umask can only be read by setting it)
@@ -141,6 +142,13 @@ def converted_space(path: Path) -> str | None:
     `color.source_space`), for job keys and the manifest; None where nothing is converted: untagged or sRGB
     inputs, and inputs of more than 8 bits per sample (see `color_note`)."""
     return None if sample_depth(path) is not None else source_space(path)
+
+
+def image_digest(path: Path) -> str:
+    """The digest of what `read_image` makes of `path`, for keys: its file's digest, and the colour space it is
+    converted from where it has one (see `converted_space`), so that the keys of untagged images stay."""
+    space = converted_space(path)
+    return f"{file_digest(path)}:{space}" if space else file_digest(path)
 
 
 def color_note(path: Path) -> str | None:

@@ -12,8 +12,7 @@ import torch
 from pipeline.core.losses import target_names
 from pipeline.core.optimize import Settings, StyleTargets, style_area, style_targets
 from pipeline.core.vgg import VGGFeatures
-from pipeline.media.digest import file_digest
-from pipeline.media.images import read_image
+from pipeline.media.images import image_digest, read_image
 from pipeline.render.style_cache import StyleCache
 
 
@@ -32,9 +31,9 @@ class StyleSource:
         return self._images[path]
 
     def digest(self, path: Path) -> str:
-        """The style file's content digest (for the cache's keys), hashed once."""
+        """The style image's digest (for the cache's keys; see `images.image_digest`), hashed once."""
         if path not in self._digests:
-            self._digests[path] = file_digest(path)
+            self._digests[path] = image_digest(path)
         return self._digests[path]
 
     def targets(
