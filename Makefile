@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 CONFIG ?= configs/example.yaml
 STAMP := $(VENV)/.installed
 
-.PHONY: stylize test lint test-cpu bench bench-video bench-tiling bench-precision bench-quality bench-neural-style bench-candidates bench-faults bench-gpu install clean
+.PHONY: stylize test lint test-cpu bench bench-video bench-tiling bench-precision bench-quality bench-neural-style bench-candidates bench-faults bench-plates bench-gpu install clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -64,6 +64,10 @@ bench-candidates: $(VENV)/.bench
 # The faults of issue 17 as cron meets them, each in its own folder (about 5 minutes on 2 cores): bench/faults.md.
 bench-faults: $(STAMP)
 	$(BIN)/python -m bench.faults
+
+# Production plates (issue 20): 4K half EXR decode + encode, near-identity EXR and 16-bit round trips: bench/plates.md.
+bench-plates: $(STAMP)
+	$(BIN)/python -m bench.plates
 
 # The checks that need a CUDA device, in one short run (bench/gpu_check.md); run it where a GPU is lent.
 bench-gpu: $(VENV)/.bench

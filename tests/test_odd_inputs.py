@@ -201,7 +201,10 @@ def test_the_depth_of_an_input_its_output_and_the_note_it_owes(tmp_path):
     assert sample_depth(eight) is None and sample_depth(tmp_path / "eight.tif") is None and depth_note(eight) is None
     assert sample_depth(tmp_path / "missing.png") is None
     out = tmp_path / "out.png"
-    assert output_bits(files["deep.tif"], out) == 16 and output_bits(files["float.tif"], out.with_suffix(".tif")) == 16
+    assert output_bits(files["deep.tif"], out) == 16 and output_bits(files["float.tif"], out.with_suffix(".tif")) == 32
+    assert (
+        output_bits(files["float.tif"], out) == 16 and output_bits(files["deep.tif"], out.with_suffix(".exr")) is None
+    )
     assert output_bits(files["deep.tif"], out.with_suffix(".jpg")) == 8  # JPEG holds 8 bits
     assert output_bits(files["deep.tif"], out, 8) == 8 and output_bits(eight, out) == 8
     assert output_bits(eight, out, 16) == 16 and output_bits(eight, out.with_suffix(".webp"), 16) == 8
@@ -211,7 +214,7 @@ def test_the_depth_of_an_input_its_output_and_the_note_it_owes(tmp_path):
         == f"{files['deep.tif']}: 16-bit input written as 8-bit (its output's format holds 8; PNG and TIFF hold 16)"
     )
     assert depth_note(files["float.tif"], 16) == (
-        f"{files['float.tif']}: 32-bit float input written as 16-bit (16 is the most stylize writes)"
+        f"{files['float.tif']}: 32-bit float input written as 16-bit (PNG holds 16 at most; TIFF and EXR hold float)"
     )
 
 
@@ -272,7 +275,7 @@ def test_a_batch_writes_16_bit_outputs_of_deeper_inputs_and_stylize_image_warns_
     assert eight.exit_code == 0 and f"warning: {files['deep.tif']}: 16-bit input written as 8-bit" in eight.output
     assert sample_depth(out) is None
     bad = runner.invoke(app, image_args(*args, "--depth", "12"))
-    assert bad.exit_code == 2 and "--depth: '12' is not same, 8 or 16" in bad.output
+    assert bad.exit_code == 2 and "--depth: '12' is not same, 8, 16, half or float" in bad.output
 
 
 @pytest.mark.slow

@@ -32,6 +32,7 @@ from pydantic import (
 from pipeline.batch.frames import PatternError, frame_range, is_pattern
 from pipeline.core.optimize import Settings
 from pipeline.media.images import probe_writable
+from pipeline.media.scene import BUILTIN, SceneColor, SceneError
 
 
 class ConfigError(ValueError):
@@ -82,9 +83,9 @@ class OutputConfig(_Strict):
         default="keep",
         description="keep | drop: an input's transparency, resized, goes into PNG, WebP and TIFF outputs (JPEG has none); the optimiser works on RGB",
     )
-    depth: Literal["same", 8, 16] = Field(
+    depth: Literal["same", 8, 16, "half", "float"] = Field(
         default="same",
-        description="same | 8 | 16: bits per sample of image outputs; same: 16 for PNG and TIFF inputs with more than 8 (16-bit, float), else 8. 16 needs PNG or TIFF output (JPEG and WebP stay 8-bit, with a warning)",
+        description="same | 8 | 16 | half | float: samples of image outputs; same keeps each input's (EXR half or float, DPX 10-bit, PNG and TIFF 16-bit, float TIFF), else 8. PNG and TIFF hold 8 and 16 (half: 16), TIFF also float; EXR half and float (8, 16: half); DPX 8, 10 and 16 (half, float: 16); JPEG and WebP stay 8-bit, with a warning",
     )
     color: Literal["srgb", "source"] = Field(
         default="srgb",
@@ -94,6 +95,20 @@ class OutputConfig(_Strict):
         default="optimize",
         description="optimize (the longest side is optimize.size) | original: each output at its source's own resolution, videos and frame sequences too; above optimize.size the result is refined at full resolution, level by level (see optimize.refine_iterations), in tiles where it does not fit",
     )
+
+
+class ColorConfig(_Strict):
+    """Scene-linear plates (EXR) through OpenColorIO: see docs/plates-and-colour.md."""
+
+    config: str = Field(
+        default="",
+        description=f"an OCIO config: a file, an ocio:// URI or a built-in config's name; empty: $OCIO, else the built-in {BUILTIN}",
+    )
+    input: str = Field(default="scene_linear", description="the colour space (or role) of EXR inputs, in that config")
+    output: str = Field(default="", description="the colour space EXR outputs are written in; empty: color.input's")
+
+    def scene(self) -> SceneColor:
+        return SceneColor(self.config, self.input, self.output)
 
 
 class OptimizeConfig(_Strict):
@@ -287,6 +302,7 @@ class Config(_Strict):
     )
     styles: list[StyleConfig] = Field(min_length=1, description="one or more named styles")
     output: OutputConfig
+    color: ColorConfig = ColorConfig()
     optimize: OptimizeConfig = OptimizeConfig()
     model: ModelConfig = ModelConfig()
     video: VideoConfig = VideoConfig()
@@ -472,6 +488,13 @@ def load_config(path: Path) -> Config:
         if not weights.is_file():
             raise ConfigError(f"{path}: model.weights: not bundled, torchvision or an existing file: {weights}")
         model = model.model_copy(update={"weights": str(weights)})
+    color = config.color
+    if color.config and not color.config.startswith("ocio://") and Path(color.config).suffix == ".ocio":
+        color = color.model_copy(update={"config": str(_resolve(base, Path(color.config)))})
+    try:
+        color.scene().check()
+    except SceneError as exc:
+        raise ConfigError(f"{path}: color: {exc}") from None
     inputs = [
         str(_resolve(base, Path(p)))
         if isinstance(p, str)
@@ -484,6 +507,7 @@ def load_config(path: Path) -> Config:
             "styles": styles,
             "optimize": optimize,
             "model": model,
+            "color": color,
             "output": config.output.model_copy(update={"dir": _resolve(base, config.output.dir)}),
             "cache_dir": _resolve(base, config.cache_dir),
         }

@@ -308,9 +308,10 @@ class _Planner:
         """The job key; a 16-bit output's holds its depth, and an ICC-tagged input's the colour space it is
         converted from (and output.color: source), so that the keys of jobs made before either stay."""
         parts = {"content": content, "style": style_digest, "settings": self.settings, "format": output.suffix}
-        if output_bits(source, output, self.config.output.depth) == 16:
-            parts["bits"] = 16
-        if space := converted_space(source):  # converted into sRGB (jobs made before there was colour stay)
+        bits = output_bits(source, output, self.config.output.depth)
+        if bits is None or bits > 8:
+            parts["bits"] = bits if bits is not None else str(self.config.output.depth)  # a plate's: output.depth
+        if space := converted_space(source, self.config.color.scene()):  # (jobs made before there was colour stay)
             parts["color"] = space if self.config.output.color == "srgb" else [space, "source"]
         return value_digest(parts)
 

@@ -1,4 +1,5 @@
-"""Image files in and out: decoding with EXIF orientation, resizing, atomic writes."""
+"""Image files in and out: decoding with EXIF orientation, resizing, colour into the working space (ICC
+profiles: `color`; scene-linear plates: `plates` and `scene`), atomic writes."""
 
 from __future__ import annotations
 
@@ -17,8 +18,11 @@ from PIL import Image, ImageOps, TiffImagePlugin, UnidentifiedImageError
 from pipeline.core.optimize import fit_longest
 from pipeline.media.color import SRGB_ICC, ColorError, from_srgb, source_space, to_srgb
 from pipeline.media.digest import file_digest
+from pipeline.media.plates import PLATE_SUFFIXES, PlateError, PlateInfo, read_pixels, to_working, write_plate
+from pipeline.media.plates import probe as probe_plate
+from pipeline.media.scene import SceneColor, SceneError
 
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"})  # read; see WRITABLE
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"} | PLATE_SUFFIXES)
 UMASK = os.umask(0o022)  # read once, at import (os.umask can only be read by setting it)
 os.umask(UMASK)
 _ALPHA_FORMATS = frozenset({"PNG", "WEBP", "TIFF"})
@@ -32,7 +36,7 @@ _SAVE_FORMATS = {
     ".tif": "TIFF",
     ".tiff": "TIFF",
 }
-WRITABLE = frozenset(_SAVE_FORMATS)  # the suffixes an output image may have (a still GIF's output is PNG)
+WRITABLE = frozenset(_SAVE_FORMATS) | PLATE_SUFFIXES  # the suffixes an output image may have (a still GIF: PNG)
 DEEP_FORMATS = frozenset({"PNG", "TIFF"})  # the output formats that hold 16 bits per sample
 
 
@@ -72,7 +76,11 @@ def _largest(value: object) -> int:
 
 def _stored(path: Path) -> tuple[int, int, int | None]:
     """(height, width, EXIF orientation) as stored, from the header: Pillow's, or the tags of a TIFF whose
-    samples Pillow cannot decode (float colour). Over MAX_IMAGE_PIXELS raises a DecompressionBomb error or warning."""
+    samples Pillow cannot decode (float colour), or a plate's. Over MAX_IMAGE_PIXELS raises a DecompressionBomb
+    error or warning."""
+    if _plate(path):
+        info = probe_plate(path)
+        return info.height, info.width, None
     try:
         with Image.open(path) as im:
             return im.height, im.width, im.getexif().get(0x0112)
@@ -96,16 +104,32 @@ def working_shape(path: Path, size: int | None) -> tuple[int, int] | None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             h, w, orientation = _stored(path)
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):  # PlateError is a ValueError
         return None
     if orientation in _SWAPS_AXES:
         h, w = w, h
     return fit_longest((h, w), size) if size is not None else (h, w)
 
 
+def _plate(path: Path) -> bool:
+    """Whether `path` is read and written by `plates` (EXR, DPX)."""
+    return path.suffix.lower() in PLATE_SUFFIXES
+
+
+def _plate_info(path: Path) -> PlateInfo | None:
+    """A plate's header; None for other files and unreadable plates."""
+    try:
+        return probe_plate(path) if _plate(path) else None
+    except PlateError:
+        return None
+
+
 def sample_depth(path: Path) -> str | None:
-    """'16-bit' or '32-bit float' for a PNG or TIFF with more than 8 bits per sample, from its header;
-    None for 8 bits or fewer, other formats and unreadable files."""
+    """'16-bit' or '32-bit float' for a PNG or TIFF with more than 8 bits per sample, a plate's depth ('16-bit
+    half', '10-bit'), from its header; None for 8 bits or fewer, other formats and unreadable files."""
+    if _plate(path):
+        info = _plate_info(path)
+        return info.depth if info is not None and info.bits > 8 else None
     try:
         with path.open("rb") as f:
             head = f.read(26)
@@ -120,34 +144,52 @@ def sample_depth(path: Path) -> str | None:
     return None if bits <= 8 else f"{bits}-bit float" if _largest(tags.get(339, 1)) == 3 else f"{bits}-bit"
 
 
-def output_bits(source: Path, output: Path, depth: str | int = "same") -> int:
-    """Bits per sample of `output` for `source`: 16 where `depth` is 16, or `same` and the source has more than
-    8 (see sample_depth), and the output's format holds them (PNG, TIFF); else 8."""
-    deep = depth == 16 or (depth == "same" and sample_depth(source) is not None)
-    return 16 if deep and _SAVE_FORMATS.get(output.suffix.lower()) in DEEP_FORMATS else 8
+def output_bits(source: Path, output: Path, depth: str | int = "same") -> int | None:
+    """Bits per sample of `output` for `source`: None for a plate (EXR, DPX: see `plates.write_plate`); 32 for
+    a TIFF where `depth` is float, or `same` and the source is a float TIFF or plate; 16 where `depth` is 16 or
+    half, or `same` and the source has more than 8 (see sample_depth), and the output's format holds them
+    (PNG, TIFF); else 8."""
+    if _plate(output):
+        return None
+    fmt = _SAVE_FORMATS.get(output.suffix.lower())
+    if fmt not in DEEP_FORMATS:
+        return 8
+    stored = sample_depth(source) if depth == "same" else None
+    if fmt == "TIFF" and (depth == "float" or (stored or "").startswith("32-bit")):
+        return 32
+    return 16 if depth in (16, "half", "float") or stored is not None else 8
 
 
-def depth_note(path: Path, bits: int = 8) -> str | None:
-    """The warning a job owes whose input has more bits per sample than its output's `bits`; else None."""
+def depth_note(path: Path, bits: int | None = 8) -> str | None:
+    """The warning a job owes whose input has more bits per sample than its output's `bits` (None: a plate
+    output, which keeps them); else None."""
     depth = sample_depth(path)
-    if depth is None or (bits == 16 and depth == "16-bit"):
+    if depth is None or bits is None or bits == 32 or (bits == 16 and depth in ("16-bit", "16-bit half")):
         return None
     return f"{path}: {depth} input written as {bits}-bit" + (
-        " (its output's format holds 8; PNG and TIFF hold 16)" if bits == 8 else " (16 is the most stylize writes)"
+        " (its output's format holds 8; PNG and TIFF hold 16)"
+        if bits == 8
+        else " (PNG holds 16 at most; TIFF and EXR hold float)"
     )
 
 
-def converted_space(path: Path) -> str | None:
-    """The colour space an input's pixels are converted from into sRGB (its embedded ICC profile's name, see
-    `color.source_space`), for job keys and the manifest; None where nothing is converted: untagged or sRGB
-    inputs, and inputs of more than 8 bits per sample (see `color_note`)."""
+def converted_space(path: Path, scene: SceneColor | None = None) -> str | None:
+    """The colour space an input's pixels are converted from into the working space, for job keys and the
+    manifest: an EXR's (see `scene.SceneColor.describe`), a DPX's printing density, an ICC-tagged image's
+    profile (see `color.source_space`); None where nothing is converted: untagged or sRGB inputs, DPX in video
+    code values, and PNG or TIFF of more than 8 bits per sample (see `color_note`)."""
+    if _plate(path):
+        info = _plate_info(path)
+        if info is None or info.pixel_type.startswith("uint"):
+            return "Cineon printing density (DPX)" if info is not None and info.log else None
+        return (scene or SceneColor()).describe()
     return None if sample_depth(path) is not None else source_space(path)
 
 
-def image_digest(path: Path) -> str:
+def image_digest(path: Path, scene: SceneColor | None = None) -> str:
     """The digest of what `read_image` makes of `path`, for keys: its file's digest, and the colour space it is
     converted from where it has one (see `converted_space`), so that the keys of untagged images stay."""
-    space = converted_space(path)
+    space = converted_space(path, scene)
     return f"{file_digest(path)}:{space}" if space else file_digest(path)
 
 
@@ -179,8 +221,10 @@ def _one_line(path: Path) -> Iterator[None]:
         raise ImageError(f"{path}: not a readable image") from None
     except ImageError:
         raise
-    except ColorError as exc:
+    except (ColorError, PlateError) as exc:
         raise ImageError(str(exc)) from None
+    except SceneError as exc:
+        raise ImageError(f"{path}: {exc}") from None
     except OSError as exc:
         raise ImageError(
             f"{path}: " + (f"cannot read file ({exc.strerror})" if exc.errno else f"cannot decode image ({exc})")
@@ -259,15 +303,28 @@ def _read_deep(path: Path, size: int | None = None) -> np.ndarray:
         return _planes(_rgb(_unit_range(array, path)), orientation, size)
 
 
-def read_image(path: Path, size: int | None = None) -> torch.Tensor:
+def _read_plate(path: Path, size: int | None, scene: SceneColor | None) -> np.ndarray:
+    """A plate's colour channels in the working space (see `plates.to_working`), (H, W, 3) float32, with `size`
+    resized as read_image; its alpha (None for none) as a fourth channel."""
+    with _one_line(path):
+        if path.stat().st_size == 0:
+            raise ImageError(f"{path}: empty file")
+        pixels, info = read_pixels(path)
+        array = to_working(pixels, info, scene or SceneColor())  # in [0, 1]
+        if info.alpha is not None:
+            array = np.concatenate([array, pixels[..., info.alpha : info.alpha + 1].clip(0, 1)], axis=2)
+        return _planes(array, None, size) if size is not None else array
+
+
+def read_image(path: Path, size: int | None = None, scene: SceneColor | None = None) -> torch.Tensor:
     """Decode an image file to (1, 3, H, W) float RGB in [0, 1], upright per EXIF, in sRGB (an embedded ICC
-    profile is applied: see `color`).
+    profile is applied: see `color`) or, for EXR and DPX, the working space `scene` gives (see `scene`).
 
     With `size`, the longest side is resized to it (Lanczos). PNG and TIFF with more than 8 bits per sample
     keep their precision (see `_read_deep`); their ICC profiles are not applied (see `color_note`).
     """
-    if sample_depth(path) is not None:
-        array = _read_deep(path, size)[..., :3]
+    if _plate(path) or sample_depth(path) is not None:
+        array = (_read_plate(path, size, scene) if _plate(path) else _read_deep(path, size))[..., :3]
         return torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1).unsqueeze(0).contiguous()
     with _upright(path) as im:
         im = to_srgb(im, path)
@@ -280,8 +337,8 @@ def read_image(path: Path, size: int | None = None) -> torch.Tensor:
 
 def read_alpha(path: Path) -> Image.Image | None:
     """The image's alpha channel (8-bit, upright per EXIF), or None when it has no transparency."""
-    if sample_depth(path) is not None:
-        array = _read_deep(path)
+    if _plate(path) or sample_depth(path) is not None:
+        array = _read_plate(path, None, None) if _plate(path) else _read_deep(path)
         return Image.fromarray((array[..., 3] * 255).round().astype(np.uint8), "L") if array.shape[2] == 4 else None
     with _upright(path) as im:
         if "A" not in im.getbands() and "transparency" not in im.info:
@@ -325,23 +382,38 @@ def atomic_path(path: Path) -> Iterator[Path]:
         tmp_path.unlink(missing_ok=True)
 
 
-def _write_deep(image: torch.Tensor, path: Path, alpha: Image.Image | None) -> None:
-    """Write a (1, 3, H, W) RGB [0, 1] tensor as a 16-bit PNG or TIFF (OpenCV's encoders), atomically."""
-    array = image.detach()[0].clamp(0, 1).mul(65535).round().permute(1, 2, 0).cpu().numpy().astype(np.uint16)
+def _write_deep(image: torch.Tensor, path: Path, alpha: Image.Image | None, bits: int) -> None:
+    """Write a (1, 3, H, W) RGB [0, 1] tensor as a 16-bit PNG or TIFF, or a 32-bit float TIFF (OpenCV's
+    encoders), atomically."""
+    array = image.detach()[0].clamp(0, 1).permute(1, 2, 0).cpu().numpy()
     planes = [array[..., ::-1]]  # OpenCV's order: BGR(A)
     if alpha is not None:
         size = (array.shape[1], array.shape[0])
-        planes.append(np.asarray(alpha.resize(size, Image.Resampling.LANCZOS), dtype=np.uint16)[..., None] * 257)
+        planes.append(np.asarray(alpha.resize(size, Image.Resampling.LANCZOS), dtype=np.float32)[..., None] / 255)
+    samples = np.ascontiguousarray(np.concatenate(planes, axis=2), dtype=np.float32)
+    if bits == 16:
+        samples = (samples * 65535).round().astype(np.uint16)
     with atomic_path(path) as tmp:
-        if not cv2.imwrite(str(tmp), np.ascontiguousarray(np.concatenate(planes, axis=2))):
-            raise ImageError(f"{path}: cannot write a 16-bit {path.suffix} image")
+        if not cv2.imwrite(str(tmp), samples):
+            raise ImageError(f"{path}: cannot write a {bits}-bit {path.suffix} image")
+
+
+def write_plate_image(
+    image: torch.Tensor, path: Path, source: Path | None, depth: str | int = "same", scene: SceneColor | None = None
+) -> str:
+    """Write a (1, 3, H, W) working-space [0, 1] tensor as an EXR or DPX, atomically, with its `source`'s
+    header and other channels where the source is one of the same format (see `plates.write_plate`); returns
+    the pixel type written."""
+    working = image.detach()[0].permute(1, 2, 0).cpu().numpy()
+    with _one_line(path), atomic_path(path) as tmp:
+        return write_plate(working, tmp, source, depth, scene or SceneColor())
 
 
 def write_image(
     image: torch.Tensor, path: Path, alpha: Image.Image | None = None, bits: int = 8, icc: bytes | None = None
 ) -> None:
-    """Write a (1, 3, H, W) sRGB [0, 1] tensor atomically, with `bits` (8, or 16 for PNG and TIFF) per sample;
-    the format follows the suffix. 8-bit PNG, JPEG, WebP and TIFF outputs carry an sRGB ICC profile, or, with
+    """Write a (1, 3, H, W) sRGB [0, 1] tensor atomically, with `bits` (8; 16 for PNG and TIFF; 32, float, for
+    TIFF) per sample; the format follows the suffix (EXR and DPX: see `write_plate_image`). 8-bit PNG, JPEG, WebP and TIFF outputs carry an sRGB ICC profile, or, with
     `icc` (an RGB profile: see `color.source_profile`), are converted into that space and carry it.
 
     `alpha` (see read_alpha), resized to the image, is attached where the format holds one (PNG, WebP, TIFF).
@@ -349,8 +421,8 @@ def write_image(
     fmt = _SAVE_FORMATS.get(path.suffix.lower())
     if fmt is None:
         raise ImageError(f"{path}: unsupported output format {path.suffix!r}")
-    if bits == 16 and fmt in DEEP_FORMATS:
-        _write_deep(image, path, alpha)
+    if bits in (16, 32) and fmt in DEEP_FORMATS:
+        _write_deep(image, path, alpha, bits)
         return
     options: dict[str, object] = {"quality": 95} if fmt in ("JPEG", "WEBP") else {}
     pil = to_pil(image)

@@ -34,7 +34,10 @@ from pipeline.media.images import (
     read_image,
     working_shape,
     write_image,
+    write_plate_image,
 )
+from pipeline.media.plates import PLATE_SUFFIXES
+from pipeline.media.scene import SceneColor
 from pipeline.media.weights import resolve_weights
 from pipeline.render.memory import check_fits, free_bytes, tile_plan
 from pipeline.render.style_cache import StyleCache
@@ -165,6 +168,7 @@ class Renderer:
         keep_alpha: bool = True,
         depth: str | int = "same",
         color: str = "srgb",
+        scene: SceneColor | None = None,
         full_size: bool = False,
         tiling: int | str = "auto",
         precision: str = "auto",
@@ -187,6 +191,7 @@ class Renderer:
         self.keep_alpha = keep_alpha  # an input's transparency goes into its output (see images.write_image)
         self.depth = depth  # output.depth: same | 8 | 16 (see images.output_bits)
         self.color = color  # output.color: srgb | source (each output back in its input's RGB profile)
+        self.scene = scene or SceneColor()  # color: where EXR inputs come from and their outputs go (OCIO)
         self.full_size = full_size  # output.size: original: content is read, and its result written, at its own size
         self.tiling = tiling  # auto | off | a tile side in px (optimize.tile)
         self.memory_share = memory_share  # of the device's free memory, this worker's (workers that share it split it)
@@ -198,6 +203,9 @@ class Renderer:
     def _write(self, image: torch.Tensor, content_path: Path, output: Path, bits: int) -> None:
         """`image` written to `output` with `bits` per sample, the content's alpha (output.alpha: keep), and, with
         output.color: source, in the content's own RGB profile."""
+        if output.suffix.lower() in PLATE_SUFFIXES:
+            write_plate_image(image, output, content_path, self.depth, self.scene)
+            return
         alpha = read_alpha(content_path) if self.keep_alpha else None
         icc = source_profile(content_path) if self.color == "source" and bits == 8 else None
         write_image(image, output, alpha, bits, icc)
@@ -212,7 +220,7 @@ class Renderer:
         batch of `images` like it) that would not fit in RAM raises MemoryError before it is decoded."""
         if self.tiling == "off" and self.device.type == "cpu" and (shape := working_shape(path, self.read_size)):
             check_fits(shape, self.settings.optimizer, images, self.precision)
-        return read_image(path, self.read_size).to(self.device)
+        return read_image(path, self.read_size, self.scene).to(self.device)
 
     def _tiled(self, s: Settings, shape: tuple[int, int], images: int = 1) -> Settings:
         """`s` with this job's tile side and L-BFGS history: optimize.tile, or with auto, from the memory free now."""
@@ -374,6 +382,6 @@ class Renderer:
             trace=compact_trace(result.traces[index]),
             tile_side=tile_side,
             precision=self.precision,
-            color=converted_space(source),
+            color=converted_space(source, self.scene),
             note=input_note(source, bits),
         )

@@ -16,7 +16,8 @@ from pipeline.batch.manifest import Manifest, Record, reason
 from pipeline.batch.plan import AnimationOut, Clip, Job, Plan, Seam, VideoOut, is_done, relative_output
 from pipeline.media import animation
 from pipeline.media.flow import FlowCache
-from pipeline.media.images import output_bits, read_image, write_image
+from pipeline.media.images import output_bits, read_image, write_image, write_plate_image
+from pipeline.media.plates import PLATE_SUFFIXES
 from pipeline.media.video import VideoError, VideoWarning, assemble, extract_frames
 from pipeline.render.warp_error import measure
 from pipeline.run.tasks import RunLog, record_fields
@@ -44,13 +45,17 @@ def _timed(
     return Record(**fields, state="done", seconds=round(time.perf_counter() - start, 3), **extra)
 
 
-def _stitch(seam: Seam, rel: str) -> Record:
-    """Cross-fade a frame's two segment versions into its output."""
+def _stitch(seam: Seam, rel: str, config: Config) -> Record:
+    """Cross-fade a frame's two segment versions into its output (plates in the view the optimiser saw)."""
 
     def step() -> dict:
-        earlier, later = read_image(seam.earlier), read_image(seam.later)
-        bits = output_bits(seam.earlier, seam.job.output)  # the segments' own depth
-        write_image(torch.lerp(earlier, later, seam.weight), seam.job.output, bits=bits)
+        scene = config.color.scene()
+        earlier, later = (read_image(p, scene=scene.of_outputs()) for p in (seam.earlier, seam.later))
+        blend, output = torch.lerp(earlier, later, seam.weight), seam.job.output
+        if output.suffix.lower() in PLATE_SUFFIXES:
+            write_plate_image(blend, output, seam.job.content, config.output.depth, scene)
+        else:
+            write_image(blend, output, bits=output_bits(seam.earlier, output))  # the segments' own depth
         return {"iterations": 0}
 
     return _timed(
@@ -140,7 +145,9 @@ def finish_clips(config: Config, plan: Plan, manifest: Manifest, rendered: set[P
 
     for seam in plan.seams:
         if seam.earlier.is_file() and seam.later.is_file():
-            outcome = _finish(seam, manifest, out_dir, seam.job.output in rendered, lambda rel, s=seam: _stitch(s, rel))
+            outcome = _finish(
+                seam, manifest, out_dir, seam.job.output in rendered, lambda rel, s=seam: _stitch(s, rel, config)
+            )
             outcomes.append(outcome)
             if not outcome.skipped:
                 report.finished(outcome.record)

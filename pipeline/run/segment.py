@@ -102,7 +102,9 @@ def run_segment(
                 if cut or i - 1 not in stylised:
                     shot = i
                 if is_done:
-                    stylised[i] = read_image(frame.path, renderer.read_size).to(content.device)
+                    stylised[i] = read_image(frame.path, renderer.read_size, renderer.scene.of_outputs()).to(
+                        content.device
+                    )
                 else:
                     held = (back, mask) if i > shot else None
                     follow = held and _follow(

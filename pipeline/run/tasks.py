@@ -167,6 +167,7 @@ def make_renderer(config: Config, device: str) -> Renderer:
         keep_alpha=config.output.alpha == "keep",
         depth=config.output.depth,
         color=config.output.color,
+        scene=config.color.scene(),
         full_size=config.output.size == "original",
         tiling=config.optimize.tile,
         precision=config.optimize.precision,

@@ -266,7 +266,7 @@ def image(
         False, "--original-size", help="write the output at the content's own resolution, refined above --size"
     ),
     depth: str = typer.Option(
-        "same", help="same | 8 | 16: bits per sample of the output (same: 16 for a deeper PNG or TIFF content)"
+        "same", help="same | 8 | 16 | half | float: the output's samples (same: the content's; see output.depth)"
     ),
 ) -> None:
     """Stylise one image with one or more style images."""
@@ -302,7 +302,7 @@ def _image_options(given: dict) -> tuple[OptimizeConfig, StyleConfig]:
 
 
 def _depth_option(depth: str) -> str | int:
-    """--depth as output.depth takes it (its own rule: same | 8 | 16); anything else exits 2."""
+    """--depth as output.depth takes it (its own rule: same | 8 | 16 | half | float); anything else exits 2."""
     from pydantic import TypeAdapter, ValidationError
 
     try:
@@ -310,7 +310,7 @@ def _depth_option(depth: str) -> str | int:
             int(depth) if depth.isdigit() else depth
         )
     except ValidationError:
-        _fail(f"--depth: {depth!r} is not same, 8 or 16")
+        _fail(f"--depth: {depth!r} is not same, 8, 16, half or float")
 
 
 def _render_one(

@@ -25,7 +25,9 @@ from pipeline.batch.config import Config, StyleConfig
 from pipeline.batch.discover import Source
 from pipeline.batch.manifest import REPORT_NAME, SHEET_NAME, Manifest, Record
 from pipeline.batch.plan import Clip, Job, Plan, VideoOut, frame_folder, relative_output
-from pipeline.media.images import atomic_path
+from pipeline.media.images import ImageError, atomic_path, read_image, to_pil
+from pipeline.media.plates import PLATE_SUFFIXES
+from pipeline.media.scene import SceneColor
 
 THUMB = 160  # px, the longest side of every thumbnail
 PREVIEW_FRAMES = 24  # at most, in a video's animated preview
@@ -126,7 +128,8 @@ def _cells(config: Config, plan: Plan, manifest: Manifest) -> list[list[Cell]]:
 class _Thumbs:
     """Thumbnails, each file read once per report: PIL images for the sheet, data URIs for the page."""
 
-    def __init__(self) -> None:
+    def __init__(self, scene: SceneColor | None = None) -> None:
+        self.scene = scene  # EXR and DPX files are seen through the view the optimiser sees (see media.scene)
         self._images: dict[Path, Image.Image | None] = {}
         self._uris: dict[Path, str] = {}
 
@@ -134,6 +137,11 @@ class _Thumbs:
         """The file upright per EXIF, scaled to THUMB px on its longest side; None when unreadable."""
         if path is None:
             return None
+        if path not in self._images and path.suffix.lower() in PLATE_SUFFIXES:
+            try:
+                self._images[path] = to_pil(read_image(path, THUMB, self.scene))
+            except ImageError:
+                self._images[path] = None
         if path not in self._images:
             try:
                 with Image.open(path) as im:
@@ -383,7 +391,7 @@ def write_report(config: Config, plan: Plan) -> tuple[Path, Path]:
     """Write `report.html` and `contact_sheet.png` into the output dir (atomically); returns their paths."""
     out_dir = config.output.dir
     rows = _cells(config, plan, Manifest(out_dir))
-    thumbs = _Thumbs()
+    thumbs = _Thumbs(config.color.scene())
     page, sheet = out_dir / REPORT_NAME, out_dir / SHEET_NAME
     with atomic_path(sheet) as tmp:
         _sheet(rows, config.styles, thumbs).save(tmp, "PNG")
