@@ -45,7 +45,7 @@ def lbfgs(x: torch.Tensor, evaluate: Evaluate, iterations: int, history: int = 5
             y = grad - prev_grad
             ys = y.dot(step)
             curved = ys > 1e-10  # curvature condition; dropping the pair otherwise keeps H positive definite
-            pairs.push(step, y, torch.where(curved, ys.reciprocal(), 0.0))
+            pairs.push(step, y, torch.where(curved, ys.reciprocal(), 0.0), grad)
             gamma = torch.where(curved, ys / y.dot(y), gamma)
         direction = pairs.direction(grad, gamma)
         # No usable pair, or not a descent direction: restart along the gradient with the cautious
@@ -70,27 +70,33 @@ def _gradient(x: torch.Tensor, evaluate: Evaluate) -> torch.Tensor:
 
 
 class History:
-    """L-BFGS's last `size` pairs (s, y) as the rows of two stacked tensors, in a ring, with their weights
-    ρ = 1/yᵀs (0: left out of the recursion) and the matrix of their products sᵢᵀyⱼ.
+    """L-BFGS's last `size` pairs (s, y), stacked as the rows of one tensor in a ring, with their weights
+    ρ = 1/yᵀs (0: left out) and the small matrices of their products sᵢᵀyⱼ and yᵢᵀyⱼ.
 
-    `direction` is the two-loop recursion of Nocedal & Wright (Algorithm 7.4) with its two loops solved as
-    two small triangular systems: four matrix-vector products over the stacked pairs, and two per new pair,
-    instead of four vector operations per pair, so that the launches do not grow with the history.
+    `direction` is the compact form of Byrd, Nocedal & Schnabel (1994): the two-loop recursion's result from
+    Sᵀg and Yᵀg and small triangular solves. Over the pairs, which at 512 px hold 300 MB, an iteration makes
+    two passes: one product of the stacked pairs with (s, y, g) at `push`, one combination in `direction`.
     """
 
     def __init__(self, size: int, like: torch.Tensor) -> None:
-        self.s = like.new_zeros(size, like.numel())
-        self.y = like.new_zeros(size, like.numel())
+        self.pairs = like.new_zeros(2 * size, like.numel())  # s₀ … s_{size-1}, then y₀ … y_{size-1}
+        self.s, self.y = self.pairs[:size], self.pairs[size:]
         self.rho = like.new_zeros(size)
         self.sy = like.new_zeros(size, size)  # sy[i, j] = sᵢᵀyⱼ, rows and columns in ring order
+        self.yy = like.new_zeros(size, size)  # yy[i, j] = yᵢᵀyⱼ
         self.count = 0  # pairs pushed so far
+        self._grad: tuple[torch.Tensor, torch.Tensor] | None = None  # a gradient and its products [Sᵀg; Yᵀg]
 
-    def push(self, s: torch.Tensor, y: torch.Tensor, rho: torch.Tensor) -> None:
-        """Keep the pair (s, y) with weight `rho`, in place of the oldest once the ring is full."""
-        i = self.count % len(self.rho)
+    def push(self, s: torch.Tensor, y: torch.Tensor, rho: torch.Tensor, grad: torch.Tensor | None = None) -> None:
+        """Keep the pair (s, y) with weight `rho`, in place of the oldest once the ring is full; with `grad`, the
+        products `direction(grad)` needs come from the same pass over the pairs."""
+        size = len(self.rho)
+        i = self.count % size
         self.s[i], self.y[i], self.rho[i] = s, y, rho
-        self.sy[i] = self.y @ s
-        self.sy[:, i] = self.s @ y
+        products = torch.stack([s, y] if grad is None else [s, y, grad]) @ self.pairs.T  # one pass over the pairs
+        self.sy[i], self.sy[:, i] = products[0, size:], products[1, :size]  # sᵢᵀyⱼ and sⱼᵀyᵢ for the new pair i
+        self.yy[i], self.yy[:, i] = products[1, size:], products[1, size:]
+        self._grad = (grad, products[2]) if grad is not None else None
         self.count += 1
 
     def direction(self, grad: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
@@ -99,20 +105,18 @@ class History:
         kept = min(self.count, size)
         if kept == 0:
             return grad * -gamma
+        on_grad = self._grad[1] if self._grad is not None and self._grad[0] is grad else self.pairs @ grad
         order = torch.arange(self.count - kept, self.count, device=grad.device) % size  # oldest first
-        rho = self.rho[order]
-        products = self.sy[order][:, order]  # sᵢᵀyⱼ, oldest first
-        ones = torch.eye(kept, dtype=grad.dtype, device=grad.device)
-        # First loop, newest to oldest: αᵢ = ρᵢ sᵢᵀ(−g − Σ_{j>i} αⱼ yⱼ).
-        upper = ones + rho[:, None] * products.triu(1)
-        alpha = torch.linalg.solve_triangular(upper, (rho * -(self.s @ grad)[order])[:, None], upper=True)[:, 0]
-        q = -grad - self.y.T @ self._ring(alpha, order)
-        # Second loop, oldest to newest: βᵢ = ρᵢ yᵢᵀ(γq + Σ_{j<i} (αⱼ − βⱼ) sⱼ).
-        cross = products.T.tril(-1)  # yᵢᵀsⱼ for j < i
-        lower = ones + rho[:, None] * cross
-        right = rho * (gamma * (self.y @ q)[order] + cross @ alpha)
-        beta = torch.linalg.solve_triangular(lower, right[:, None], upper=False)[:, 0]
-        return q.mul_(gamma).add_(self.s.T @ self._ring(alpha - beta, order))
+        keep = self.rho[order].ne(0).to(grad.dtype)  # a pair left out (ρ = 0) is made inert
+        both = keep[:, None] * keep[None, :]
+        products = self.sy[order][:, order] * both
+        upper = products.triu() + torch.diag(1 - keep)  # R, sᵢᵀyⱼ for i ≤ j
+        p, q = on_grad[order] * keep, on_grad[size + order] * keep
+        v = torch.linalg.solve_triangular(upper, p[:, None], upper=True)  # R⁻¹Sᵀg
+        middle = torch.diag(products.diagonal()) + gamma * self.yy[order][:, order] * both  # D + γYᵀY
+        u = torch.linalg.solve_triangular(upper.T, middle @ v - gamma * q[:, None], upper=False)[:, 0]
+        coefficients = torch.cat([self._ring(u, order), self._ring(-gamma * v[:, 0], order)])
+        return grad * -gamma - self.pairs.T @ coefficients
 
     def _ring(self, values: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
         """Per-pair `values` (oldest first) placed at their pairs' rows of the ring (0 at rows not kept)."""
