@@ -144,6 +144,12 @@ class OptimizeConfig(_Strict):
         description="auto: a level too large for the device's free memory (measured when the job starts) is encoded in tiles sized to fit, with the same loss and gradient as whole | off: never tile (too large fails the job) | N: tiles of at most N px (256 or more keeps the gradient within 0.2 %). Not part of job keys",
     )
     optimizer: Literal["lbfgs", "adam"] = Field(default=Settings.optimizer, description="lbfgs | adam")
+    history: int = Field(
+        default=Settings.history,
+        ge=1,
+        le=200,
+        description="L-BFGS: the (s, y) pairs kept, each two image-sized float32 vectors that every iteration reads twice (a tiled image may keep fewer)",
+    )
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
         default="auto",
         description="auto | fp32 | bf16 | fp16: the precision of the VGG layers; losses are fp32, Grams too (those of bf16 layers multiply the bf16 features, accumulating in fp32), and fp16 runs its backward pass through a dynamic loss scale. auto: bf16 on CPUs with AVX-512 BF16 or AMX and on CUDA devices that support it, else fp32 (the manifest records which)",

@@ -234,7 +234,7 @@ class Renderer:
             None if self.tiling == "auto" else int(self.tiling),
             self.precision,
         )
-        return replace(s, tile_side=tile, history=history)
+        return replace(s, tile_side=tile, history=min(s.history, history))
 
     def render(
         self,
