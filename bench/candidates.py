@@ -98,14 +98,14 @@ def shift(points: list[dict], variant: str, figure: str) -> float:
 
 def markdown(points: list[dict], size: int, iterations: int) -> str:
     names = list(dict.fromkeys(p["variant"] for p in points))
-    base_time = statistics.median(p["seconds"] for p in points if p["variant"] == "default")
     pair_count = len({p["pair"] for p in points})
     lines = [
         f"# Candidates against the default front ({size} px, {iterations} iterations, {pair_count} pairs, "
         f"style weight × {', '.join(f'{w:g}' for w in WEIGHTS)}; {machine()}, {os.cpu_count()} cores)",
         "",
         "Style error at equal content error, as a ratio to the defaults' (geometric mean; < 1 is better), "
-        "and the median render time per point (a median: some points ran beside other work).",
+        "and the median render time per point (a median: some points ran beside other work), against the "
+        "defaults' rendered in the same run (— where that run rendered no defaults).",
         "",
         "| variant | settings | Gram | SWD | time | time ÷ default |",
         "|---|---|---|---|---|---|",
@@ -113,10 +113,12 @@ def markdown(points: list[dict], size: int, iterations: int) -> str:
     for name in names:
         mine = [p for p in points if p["variant"] == name]
         seconds = statistics.median(p["seconds"] for p in mine)
+        base = [p["seconds"] for p in points if p["variant"] == "default" and p.get("run") == mine[0].get("run")]
+        ratio = f"{seconds / statistics.median(base):.2f}" if base else "—"
         settings = ", ".join(f"{k}: {v}" for k, v in VARIANTS[name].items()) or "(the defaults)"
         lines.append(
             f"| {name} | {settings} | {shift(points, name, 'gram'):.3f} | {shift(points, name, 'swd'):.3f} "
-            f"| {seconds:.1f} s | {seconds / base_time:.2f} |"
+            f"| {seconds:.1f} s | {ratio} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -134,11 +136,11 @@ def main() -> None:
     record = HERE / "candidates.json"
     if args.keep and record.is_file():  # variants measured before (same pairs and sizes) are not rendered again
         points = json.loads(record.read_text())
-    start = time.perf_counter()
+    start, run = time.perf_counter(), time.strftime("%Y-%m-%d %H:%M")
     for name in names:
         if any(p["variant"] == name for p in points):
             continue
-        points += render_points(name, chosen, args.size, args.iterations, evaluator)
+        points += [dict(p, run=run) for p in render_points(name, chosen, args.size, args.iterations, evaluator)]
         record.write_text(json.dumps(points, indent=1))
     (HERE / "candidates.md").write_text(markdown(points, args.size, args.iterations))
     print(f"{len(points)} points in {time.perf_counter() - start:.0f} s: bench/candidates.md")

@@ -130,6 +130,9 @@ def test_a_half_exr_sequence_round_trips_with_its_numbers_header_channels_and_hi
         assert bright.sum() > 20 and got[bright].min() > 1.2  # highlights survive: no clip at 1.0
     record = next(iter(jobs.values()))
     assert record["color"] == "Linear Rec.709 (sRGB) -> Linear Rec.709 (sRGB) (cg-config-v2.2.0_aces-v1.3_ocio-v2.4)"
+    # The report shows the plates and their outputs through the view, not as unreadable files.
+    page = (out / "report.html").read_text()
+    assert "data:image/webp" in page and 'class="missing">unreadable' not in page
 
 
 @pytest.mark.slow
@@ -192,3 +195,21 @@ def test_output_depth_float_writes_a_float_tiff_and_the_deepest_each_format_hold
     assert cv2.imread(str(next(out.glob("cat.wave.tif"))), cv2.IMREAD_UNCHANGED).dtype == np.float32
     assert cv2.imread(str(next(out.glob("cat.wave.png"))), cv2.IMREAD_UNCHANGED).dtype == np.uint16  # 16 at most
     assert str(header(next(out.glob("plate.wave.exr"))).format) == "float"
+
+
+def test_a_users_ocio_config_comes_from_the_environment(shared, tmp_path, monkeypatch):
+    """$OCIO names the config where color.config is empty; the manifest's colour names it."""
+    import PyOpenColorIO as ocio
+
+    path = tmp_path / "show.ocio"
+    ocio.Config.CreateFromBuiltinConfig(scene.BUILTIN).serialize(str(path))
+    monkeypatch.setenv("OCIO", str(path))
+    color = scene.SceneColor(input="ACEScg")
+    assert color.source == str(path) and color.describe() == f"ACEScg -> ACEScg ({path})"
+    rgb = clip_frames(shared, 1)[0]
+    write_exr(tmp_path / "plate.exr", rgb)
+    builtin = scene.SceneColor(config=scene.BUILTIN, input="ACEScg")
+    np.testing.assert_array_equal(
+        read_image(tmp_path / "plate.exr", scene=color).numpy(),
+        read_image(tmp_path / "plate.exr", scene=builtin).numpy(),
+    )

@@ -346,6 +346,12 @@ def read_alpha(path: Path) -> Image.Image | None:
         return im.convert("RGBA").getchannel("A")
 
 
+def read_preview(path: Path, size: int, scene: SceneColor | None = None) -> Image.Image:
+    """An 8-bit RGB picture of any image file read here, its longest side `size`: for EXR and DPX, the
+    working view the optimiser sees (see `scene`), so that linear plates do not look dark and flat."""
+    return to_pil(read_image(path, size, scene))
+
+
 def to_pil(image: torch.Tensor) -> Image.Image:
     """(1, 3, H, W) RGB [0, 1] tensor to an 8-bit PIL image."""
     array = image.detach()[0].clamp(0, 1).mul(255).round().byte().permute(1, 2, 0).cpu().numpy()

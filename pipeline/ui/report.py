@@ -25,7 +25,7 @@ from pipeline.batch.config import Config, StyleConfig
 from pipeline.batch.discover import Source
 from pipeline.batch.manifest import REPORT_NAME, SHEET_NAME, Manifest, Record
 from pipeline.batch.plan import Clip, Job, Plan, VideoOut, frame_folder, relative_output
-from pipeline.media.images import ImageError, atomic_path, read_image, to_pil
+from pipeline.media.images import ImageError, atomic_path, read_preview
 from pipeline.media.plates import PLATE_SUFFIXES
 from pipeline.media.scene import SceneColor
 
@@ -139,7 +139,7 @@ class _Thumbs:
             return None
         if path not in self._images and path.suffix.lower() in PLATE_SUFFIXES:
             try:
-                self._images[path] = to_pil(read_image(path, THUMB, self.scene))
+                self._images[path] = read_preview(path, THUMB, self.scene)
             except ImageError:
                 self._images[path] = None
         if path not in self._images:
