@@ -37,7 +37,9 @@ def swirls(width: int = 384, height: int = 288) -> np.ndarray:
             vy = (d[:, 0] / r2 * 4000).sum()
             n = np.hypot(vx, vy) + 1e-6
             x, y = x + 3 * vx / n, y + 3 * vy / n
-        cv2.polylines(canvas, [np.int32(pts)], False, tuple(int(c) for c in color), int(rng.integers(2, 5)), cv2.LINE_AA)
+        cv2.polylines(
+            canvas, [np.int32(pts)], False, tuple(int(c) for c in color), int(rng.integers(2, 5)), cv2.LINE_AA
+        )
     return cv2.GaussianBlur(canvas, (3, 3), 0)
 
 
@@ -55,7 +57,14 @@ def shapes(width: int = 384, height: int = 288) -> np.ndarray:
         elif kind == 1:
             p1 = rng.uniform((0, 0), (width, height))
             p2 = p1 + rng.normal(0, 90, 2)
-            cv2.line(canvas, tuple(int(v) for v in p1), tuple(int(v) for v in p2), color, int(rng.integers(2, 9)), cv2.LINE_AA)
+            cv2.line(
+                canvas,
+                tuple(int(v) for v in p1),
+                tuple(int(v) for v in p2),
+                color,
+                int(rng.integers(2, 9)),
+                cv2.LINE_AA,
+            )
         else:
             tri = rng.uniform((0, 0), (width, height)) + rng.normal(0, 40, (3, 2))
             cv2.fillPoly(canvas, [np.int32(tri)], color, cv2.LINE_AA)
@@ -84,8 +93,12 @@ def pan_clip(photo: Path, out: Path, frames: int = 12, size: tuple[int, int] = (
 def main() -> None:
     (HERE / "style").mkdir(exist_ok=True)
     (HERE / "video").mkdir(exist_ok=True)
-    cv2.imwrite(str(HERE / "style" / "swirls.jpg"), cv2.cvtColor(swirls(), cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 92])
-    cv2.imwrite(str(HERE / "style" / "shapes.jpg"), cv2.cvtColor(shapes(), cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 92])
+    cv2.imwrite(
+        str(HERE / "style" / "swirls.jpg"), cv2.cvtColor(swirls(), cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 92]
+    )
+    cv2.imwrite(
+        str(HERE / "style" / "shapes.jpg"), cv2.cvtColor(shapes(), cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 92]
+    )
     pan_clip(HERE / "content" / "animals" / "chelsea.jpg", HERE / "video" / "pan.mp4")
 
 

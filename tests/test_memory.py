@@ -7,7 +7,7 @@ from conftest import write_config
 from PIL import Image
 from typer.testing import CliRunner
 
-from pipeline.render.memory import GIB, available_bytes, check_fits, needed_bytes
+from pipeline.render.memory import GIB, HISTORY, available_bytes, check_fits, needed_bytes
 from pipeline.ui.cli import app
 
 runner = CliRunner()
@@ -16,7 +16,7 @@ runner = CliRunner()
 def test_the_estimate_matches_the_measured_slope_and_lbfgs_adds_its_history():
     mp = (1000, 1000)
     assert needed_bytes(mp, "adam") / GIB == pytest.approx(3.8, rel=0.05)  # bench --memory: 3.78 GiB per MP
-    assert needed_bytes(mp, "lbfgs") - needed_bytes(mp, "adam") == 1_000_000 * 2 * 50 * 3 * 4
+    assert needed_bytes(mp, "lbfgs") - needed_bytes(mp, "adam") == 1_000_000 * 2 * HISTORY * 3 * 4
     assert needed_bytes(mp, "adam", images=4) == 4 * needed_bytes(mp, "adam")
     assert needed_bytes(mp, "adam", precision="bf16") / GIB == pytest.approx(1.83, rel=0.05)  # bf16: 1.83 GiB per MP
 

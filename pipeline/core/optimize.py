@@ -52,7 +52,7 @@ class Settings:
     coarse_iterations: float = 1.0  # each coarser level runs this many times the next finer level's iterations
     refine_iterations: int | None = None  # each level above `size` (content larger than it); None: iterations // 4
     tile_side: int = 0  # a level with a side over this many px is evaluated in tiles of at most this side; 0: never
-    history: int = 50  # L-BFGS (s, y) pairs kept (whole-image vectors: the shell shrinks it for huge tiled images)
+    history: int = 20  # L-BFGS (s, y) pairs kept (whole-image vectors: the shell shrinks it for huge tiled images)
     optimizer: str = "lbfgs"
     learning_rate: float = 0.02  # Adam only; the image is in [0, 1]
     content_weight: float = 1.0

@@ -6,7 +6,7 @@ of the kernel's OOM killer ending the whole run.
 The figures come from `python -m bench --memory` (peak resident memory of one-scale runs at
 512, 1024 and 2048 px): 3.78 GiB more per megapixel of the finest scale in float32, for
 activations, their gradients and the Winograd scratch buffers, and 1.83 GiB in bf16 (half-size
-activations, no Winograd); L-BFGS adds its history of 50 pairs of image-sized float32 vectors.
+activations, no Winograd); L-BFGS adds its history: optimize.history pairs of image-sized float32 vectors.
 """
 
 from __future__ import annotations
@@ -17,6 +17,8 @@ from pathlib import Path
 
 import torch
 
+from pipeline.core.optimize import Settings
+
 GIB = 2**30
 PER_PIXEL = {
     "fp32": 4100,
@@ -24,9 +26,8 @@ PER_PIXEL = {
     "fp16": 2000,
 }  # bytes per pixel of the finest scale by the layers' precision (fp32, bf16 measured; fp16 is bf16's size)
 BASE = int(1.5 * GIB)  # what a worker holds for itself: torch, the model (not reusable for images)
-HISTORY = 50  # L-BFGS (s, y) pairs kept by default
+HISTORY = Settings.history  # L-BFGS (s, y) pairs kept by default
 PAIR_PER_PIXEL = 2 * 3 * 4  # one pair of 3-channel float32 images
-HISTORY_PER_PIXEL = HISTORY * PAIR_PER_PIXEL
 MIN_HISTORY = 5
 WHOLE_PER_PIXEL = 256  # a tiled level's whole-image tensors: image, gradient, L-BFGS vectors, content and its features
 HEADROOM = 0.8  # of the free memory, what a tiled job plans on
@@ -37,10 +38,12 @@ MIN_TILE = 256  # smaller tiles leave too little halo for an exact gradient (see
 CUDA_FACTOR = 1.5
 
 
-def needed_bytes(shape: tuple[int, int], optimizer: str, images: int = 1, precision: str = "fp32") -> int:
+def needed_bytes(
+    shape: tuple[int, int], optimizer: str, images: int = 1, precision: str = "fp32", history: int = HISTORY
+) -> int:
     """Estimated peak memory of optimising `images` images of `shape` (height, width) on the CPU,
-    with VGG layers in `precision` (fp32 | bf16 | fp16)."""
-    per_pixel = PER_PIXEL[precision] + (HISTORY_PER_PIXEL if optimizer == "lbfgs" else 0)
+    with VGG layers in `precision` (fp32 | bf16 | fp16) and `history` L-BFGS pairs."""
+    per_pixel = PER_PIXEL[precision] + (history * PAIR_PER_PIXEL if optimizer == "lbfgs" else 0)
     return shape[0] * shape[1] * images * per_pixel
 
 
@@ -71,10 +74,12 @@ def free_bytes(device: torch.device, share: float = 1.0) -> int | None:
     return None if free is None else int(free * share)
 
 
-def check_fits(shape: tuple[int, int], optimizer: str, images: int = 1, precision: str = "fp32") -> None:
+def check_fits(
+    shape: tuple[int, int], optimizer: str, images: int = 1, precision: str = "fp32", history: int = HISTORY
+) -> None:
     """Raise MemoryError naming the size when the job would not fit in this machine's RAM."""
     available = available_bytes()
-    need = needed_bytes(shape, optimizer, images, precision)
+    need = needed_bytes(shape, optimizer, images, precision, history)
     if available is not None and need > available:
         batch = f" x {images} images" if images > 1 else ""
         raise MemoryError(
@@ -90,21 +95,22 @@ def tile_plan(
     images: int = 1,
     tile: int | None = None,
     precision: str = "fp32",
+    history: int = HISTORY,
 ) -> tuple[int, int]:
     """(tile side, L-BFGS history pairs) for optimising `images` images of `shape` in `free` bytes,
-    with VGG layers in `precision`.
+    with VGG layers in `precision`, keeping up to `history` L-BFGS pairs.
 
     The tile is 0 when the whole image fits (or nothing is known of the memory), else the largest multiple
     of 16 px whose crops fit beside the whole-image tensors, at least MIN_TILE; `tile` forces a side. A
-    tiled image keeps fewer history pairs when 50 of them would take over a quarter of the memory.
+    tiled image keeps fewer history pairs when `history` of them would take over a quarter of the memory.
     """
     if free is None:
-        return tile or 0, HISTORY
+        return tile or 0, history
     budget = free * HEADROOM
     pixels = shape[0] * shape[1] * images
-    if tile is None and needed_bytes(shape, optimizer, images, precision) <= budget:
-        return 0, HISTORY
-    pairs = max(MIN_HISTORY, min(HISTORY, int(budget / 4 / (PAIR_PER_PIXEL * pixels))))
+    if tile is None and needed_bytes(shape, optimizer, images, precision, history) <= budget:
+        return 0, history
+    pairs = max(min(MIN_HISTORY, history), min(history, int(budget / 4 / (PAIR_PER_PIXEL * pixels))))
     if tile is None:
         room = budget - pixels * (WHOLE_PER_PIXEL + (pairs * PAIR_PER_PIXEL if optimizer == "lbfgs" else 0))
         tile = max(MIN_TILE, int(math.sqrt(max(0.0, room) / (PER_PIXEL[precision] * images))) // 16 * 16)

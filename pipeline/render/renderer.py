@@ -219,7 +219,7 @@ class Renderer:
         """A content image at the working size, on the device. With tiling off, on the CPU, an image (or a
         batch of `images` like it) that would not fit in RAM raises MemoryError before it is decoded."""
         if self.tiling == "off" and self.device.type == "cpu" and (shape := working_shape(path, self.read_size)):
-            check_fits(shape, self.settings.optimizer, images, self.precision)
+            check_fits(shape, self.settings.optimizer, images, self.precision, self.settings.history)
         return read_image(path, self.read_size, self.scene).to(self.device)
 
     def _tiled(self, s: Settings, shape: tuple[int, int], images: int = 1) -> Settings:
@@ -233,8 +233,9 @@ class Renderer:
             images,
             None if self.tiling == "auto" else int(self.tiling),
             self.precision,
+            s.history,
         )
-        return replace(s, tile_side=tile, history=min(s.history, history))
+        return replace(s, tile_side=tile, history=history)
 
     def render(
         self,
