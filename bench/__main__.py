@@ -72,7 +72,7 @@ def _conv_gflop(model: VGGFeatures, size: int) -> float:
 def bare_passes(weights) -> dict[str, VGGFeatures]:
     """The bare VGG-19 passes to relu5_1, no taps, the floor is the fastest of: precision × memory format with
     torch's own convs (weights in that precision, no autocast), our fp32 Winograd layers, and our packed oneDNN
-    convs in each precision (with Winograd's in fp32). bf16 only where `precision: auto` picks it: elsewhere
+    convs in each precision. bf16 only where `precision: auto` picks it: elsewhere
     it is many times slower."""
     passes = {}
     for precision, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
@@ -82,15 +82,16 @@ def bare_passes(weights) -> dict[str, VGGFeatures]:
             model = VGGFeatures(weights, ("relu5_1",), dtype=dtype)
             model.layout, model.body = fmt, model.body.to(memory_format=fmt)
             passes[f"{precision} {layout}"] = model
-        passes[f"{precision} packed"] = _ours(weights, ("relu5_1",), precision)
+        passes[f"{precision} packed"] = VGGFeatures(weights, ("relu5_1",), dtype=dtype, packed=packed_available(dtype))
     passes["fp32 Winograd"] = VGGFeatures(weights, ("relu5_1",), winograd=True)
     return passes
 
 
 def _ours(weights, layers: tuple[str, ...], precision: str) -> VGGFeatures:
-    """The model a CPU Renderer builds in `precision`: packed convs, and in fp32 Winograd's where they win."""
-    dtype = torch.float32 if precision == "fp32" else torch.bfloat16
-    return VGGFeatures(weights, layers, winograd=precision == "fp32", dtype=dtype, packed=packed_available(dtype))
+    """The model a CPU Renderer builds in `precision`: Winograd's layers in fp32, packed convs in bf16."""
+    if precision == "fp32":
+        return VGGFeatures(weights, layers, winograd=True)
+    return VGGFeatures(weights, layers, dtype=torch.bfloat16, packed=packed_available(torch.bfloat16))
 
 
 def bare(model: VGGFeatures, x: torch.Tensor) -> None:

@@ -330,6 +330,26 @@ def test_a_cpu_renderer_runs_reduced_precision(shared, tmp_path):
     assert done.precision == "bf16" and renderer.model.identity.endswith("@bfloat16")
 
 
+def test_a_cpu_renderer_picks_its_layers_by_precision(monkeypatch):
+    """fp32 runs the Winograd layers and torch's own thin convs (packed ones lose to both in fp32); bf16 runs
+    packed convs where the CPU has bf16 units, and torch's own where it has not."""
+    from pipeline.core.packed import PackedConv3x3
+    from pipeline.core.winograd import WinogradConv3x3
+    from pipeline.render.renderer import Renderer
+
+    def kinds(precision: str) -> set[type]:
+        body = Renderer(Settings(size=32, scales=1), device="cpu", precision=precision).model.body
+        return {type(m) for m in body} & {PackedConv3x3, WinogradConv3x3, torch.nn.Conv2d}
+
+    assert kinds("fp32") == {WinogradConv3x3, torch.nn.Conv2d}
+    real = torch.cpu.get_capabilities()
+    for units, expected in ((True, PackedConv3x3), (False, torch.nn.Conv2d)):
+        monkeypatch.setattr(torch.cpu, "get_capabilities", lambda u=units: {**real, "avx512_bf16": u, "amx_bf16": u})
+        if units and not torch.backends.mkldnn.is_available():
+            continue
+        assert kinds("bf16") == {expected}
+
+
 @gpu
 @pytest.mark.slow
 def test_a_cuda_renderer_runs_its_auto_precision(shared, tmp_path):

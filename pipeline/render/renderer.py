@@ -181,9 +181,10 @@ class Renderer:
             _tune_cuda(self.device)
         self.precision = resolve_precision(precision, self.device)
         resolved = resolve_weights(weights, arch)
-        # cuDNN picks its own algorithms (Winograd among them) on GPUs; our Winograd layers are float32 only.
+        # cuDNN picks its own algorithms (Winograd among them) on GPUs; our Winograd layers are float32 only, and
+        # in float32 packed convs lose to them and to torch's own (docs/performance.md): packed is bf16's.
         winograd = self.device.type == "cpu" and self.precision == "fp32"
-        packed = self.device.type == "cpu" and packed_convs_available(PRECISIONS[self.precision])
+        packed = self.device.type == "cpu" and not winograd and packed_convs_available(PRECISIONS[self.precision])
         self.model = VGGFeatures(resolved, settings.layers, pooling, winograd, PRECISIONS[self.precision], packed).to(
             self.device
         )
