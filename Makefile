@@ -41,7 +41,7 @@ bench: $(STAMP)
 bench-video: $(STAMP)
 	$(BIN)/python -m bench --skip-core --skip-pipeline --video
 
-# stylize against neural-style-pt on the same work (512 px, 300 iterations, one scale): about 10 minutes on 2 cores.
+# stylize (at 1x, 2x, 4x its style weight) against neural-style-pt on the same work (512 px, 300 iterations, one scale): about 15 minutes on 2 cores.
 bench-neural-style: $(VENV)/.bench
 	$(BIN)/python -m bench --skip-core --skip-pipeline --neural-style
 
