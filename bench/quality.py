@@ -143,7 +143,11 @@ def _pastiche(content: Path, style: Path, out: Path, weight: float, size: int, i
 
 _OURS = OptimizeConfig().style_weight
 TOOLS = {  # name: (command, swept style weights, default weight)
-    "stylize": (_stylize, tuple(_OURS * f for f in (0.3, 0.4, 0.5, 0.7, 1, 1.2, 1.5, 3, 5, 10, 15, 20, 30)), _OURS),
+    "stylize": (
+        _stylize,
+        tuple(_OURS * f for f in (0.3, 0.4, 0.5, 0.7, 1, 1.2, 1.5, 2, 2.5, 3, 4, 5, 7, 10, 15, 17.5, 20, 30)),
+        _OURS,
+    ),
     "neural-style-pt": (_neural_style, (33.0, 100.0, 300.0), 100.0),
     "pastiche": (_pastiche, (0.3, 1.0, 3.0), 1.0),
 }
