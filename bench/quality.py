@@ -11,6 +11,7 @@ three figures and took no more wall time.
     python -m bench.quality --reuse-peers    # keep peer outputs already made (their recorded wall times too)
     python -m bench.quality --reuse-peers --reuse-ours   # add sweep points: only the new ones are rendered
     python -m bench.quality --defaults       # each tool at its default only: wall-time ratios and the grid
+    python -m bench.quality --only rocket-composition_vii   # one pair's fronts again (to quality_only.*)
 
 Writes bench/quality.json, bench/quality.md, bench/quality_front.png and docs/quality_grid.jpg.
 Peers come from ../shared/peers (set up offline by its setup.sh).
@@ -348,6 +349,13 @@ def main() -> None:
         "--reuse-ours", action="store_true", help="also keep ours (when the code has not changed since)"
     )
     parser.add_argument(
+        "--only",
+        action="append",
+        default=[],
+        metavar="CONTENT-STYLE",
+        help="this pair only (repeatable, e.g. rocket-composition_vii): to bench/quality_only.json and .md",
+    )
+    parser.add_argument(
         "--defaults",
         action="store_true",
         help="each tool at its default weight only: the wall-time ratios, dominance and the grid "
@@ -356,12 +364,18 @@ def main() -> None:
     args = parser.parse_args()
     subprocess.run(["bash", str(SHARED / "peers" / "setup.sh"), sys.executable], check=True)
     chosen = pairs()[: args.pairs]
+    if args.only:
+        chosen = [p for p in pairs() if f"{p[0]}-{p[2]}" in args.only]
+        if len(chosen) != len(set(args.only)):
+            sys.exit(
+                f"bench.quality: --only names pairs as content-style, of: {[f'{c}-{s}' for c, _, s, _ in pairs()]}"
+            )
     reuse = ({"neural-style-pt", "pastiche"} if args.reuse_peers else set()) | (
         {"stylize"} if args.reuse_ours else set()
     )
     points = sweep(chosen, args.tools.split(","), args.size, args.iterations, reuse, args.defaults)
     verdict = verdicts(points)
-    name = "quality_defaults" if args.defaults else "quality"
+    name = "quality_defaults" if args.defaults else "quality_only" if args.only else "quality"
     (HERE / f"{name}.json").write_text(
         json.dumps(
             {
@@ -374,9 +388,10 @@ def main() -> None:
         )
     )
     (HERE / f"{name}.md").write_text(markdown(points, verdict, args.size, args.iterations))
-    if not args.defaults:
+    if not (args.defaults or args.only):
         scatter(points, HERE / "quality_front.png")
-    grid(points, chosen, REPO / "docs" / "quality_grid.jpg")
+    if not args.only:
+        grid(points, chosen, REPO / "docs" / "quality_grid.jpg")
     print(json.dumps(verdict, indent=1))
 
 
