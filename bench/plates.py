@@ -4,12 +4,15 @@
   view, as a job reads and writes it (zip and piz compression).
 - Near-identity round trips through `stylize run` (one iteration, a vanishing style weight, no TV, at the
   source's own size): a scene-linear half EXR sequence numbered from 1001, and a 16-bit PNG.
+- ICC: Adobe RGB and Wide Gamut RGB patch charts, and a real Adobe RGB photo (scikit-image's rocket.jpg), read
+  as a job reads them, against LittleCMS's own sRGB conversion and against the colorimetry by hand.
 
     python -m bench.plates          # writes bench/plates.md and bench/plates.json
 """
 
 from __future__ import annotations
 
+import io
 import json
 import statistics
 import subprocess
@@ -22,8 +25,12 @@ import cv2
 import numpy as np
 import OpenImageIO as oiio
 import yaml
+from PIL import Image, ImageCms
 
 from bench import machine
+from bench.icc import ADOBE_RGB, WIDE_GAMUT, chart, expected_srgb, icc_profile
+from bench.quality import skimage_image
+from pipeline.media.color import SRGB
 from pipeline.media.images import read_image, write_plate_image
 from pipeline.media.plates import probe, read_pixels
 from pipeline.media.scene import SceneColor, view
@@ -144,6 +151,44 @@ def round_trips(folder: Path) -> dict:
     }
 
 
+def _levels(ours: np.ndarray, reference: np.ndarray) -> dict:
+    """Mean and max absolute difference in levels of 255."""
+    error = np.abs(ours.astype(np.float64) - reference) * 255
+    return {"mean": round(float(error.mean()), 2), "max": round(float(error.max()), 2)}
+
+
+def icc_figures(folder: Path) -> list[dict]:
+    """How far a job's read of each ICC-tagged input lies from LittleCMS's own conversion to sRGB (Pillow's
+    ImageCms, the profile embedded in the file) and, for the charts, from the colorimetry by hand."""
+    inputs = [
+        ("Adobe RGB chart", ADOBE_RGB, 563 / 256, ".png"),
+        ("Wide Gamut RGB chart", WIDE_GAMUT, 2.2, ".tif"),
+        ("Adobe RGB photo (rocket.jpg)", None, None, None),
+    ]
+    rows = []
+    for name, colorants, gamma, suffix in inputs:
+        if colorants is None:
+            path = skimage_image("rocket.jpg")
+        else:
+            path = folder / f"chart{suffix}"
+            Image.fromarray(chart()).save(path, icc_profile=icc_profile(name, colorants, gamma))
+        im = Image.open(path)
+        profile = ImageCms.ImageCmsProfile(io.BytesIO(im.info["icc_profile"]))
+        littlecms = np.asarray(ImageCms.profileToProfile(im, profile, SRGB, outputMode="RGB")) / 255.0
+        ours = read_image(path)[0].permute(1, 2, 0).numpy()
+        row = {
+            "input": name,
+            "littlecms": _levels(ours, littlecms),
+            "read_as_srgb": _levels(np.asarray(im) / 255.0, littlecms),
+        }
+        if colorants is not None:
+            row["by_hand"] = _levels(
+                ours, expected_srgb(chart().astype(np.float64), colorants, round(gamma * 256) / 256)
+            )
+        rows.append(row)
+    return rows
+
+
 def markdown(results: dict) -> str:
     lines = [f"# Plates ({results['machine']})", "", "## One 4K half-float EXR frame (3840x2160, RGB)", ""]
     lines += ["| compression | file | decoded | decode | encode | decode + encode |", "|---|---|---|---|---|---|"]
@@ -166,6 +211,15 @@ def markdown(results: dict) -> str:
         )
     png = trips["png16"]
     lines.append(f"| still.wave.png | {png['dtype']} | {png['mean_ratio']} | | |")
+    lines += ["", "## ICC-tagged inputs as a job reads them (levels of 255: mean / max)", ""]
+    lines += ["| input | vs LittleCMS's sRGB | vs the colorimetry by hand | read as if sRGB, vs LittleCMS |"]
+    lines.append("|---|---|---|---|")
+    for r in results["icc"]:
+        cells = [r[k] for k in ("littlecms", "by_hand", "read_as_srgb") if k in r]
+        text = [f"{c['mean']} / {c['max']}" for c in cells]
+        if "by_hand" not in r:
+            text.insert(1, "")
+        lines.append(f"| {r['input']} | " + " | ".join(text) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -173,6 +227,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         results = {"machine": machine(), "throughput": throughput(folder), "round_trips": round_trips(folder)}
+        results["icc"] = icc_figures(folder)
     (HERE / "plates.json").write_text(json.dumps(results, indent=1) + "\n")
     (HERE / "plates.md").write_text(markdown(results))
     print(markdown(results))
