@@ -47,8 +47,9 @@ def icc_profile(name: str, colorants: np.ndarray, gamma: float) -> bytes:
 
 
 def expected_srgb(rgb8: np.ndarray, colorants: np.ndarray, gamma: float) -> np.ndarray:
-    """The colorimetric conversion by hand: decode, to XYZ (D50), to linear sRGB, clip, sRGB's curve."""
-    linear = (rgb8 / 255.0) ** gamma
+    """The colorimetric conversion by hand: decode, to XYZ (D50), to linear sRGB, clip, sRGB's curve. `gamma` is
+    taken as `icc_profile` stores it (in 1/256ths)."""
+    linear = (rgb8 / 255.0) ** (round(gamma * 256) / 256)
     srgb = (linear @ colorants.T) @ np.linalg.inv(SRGB_D50).T
     srgb = srgb.clip(0, 1)
     return np.where(srgb <= 0.0031308, 12.92 * srgb, 1.055 * srgb ** (1 / 2.4) - 0.055)

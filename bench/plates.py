@@ -160,32 +160,25 @@ def _levels(ours: np.ndarray, reference: np.ndarray) -> dict:
 def icc_figures(folder: Path) -> list[dict]:
     """How far a job's read of each ICC-tagged input lies from LittleCMS's own conversion to sRGB (Pillow's
     ImageCms, the profile embedded in the file) and, for the charts, from the colorimetry by hand."""
-    inputs = [
+    pixels = chart()
+    inputs: dict[str, tuple[Path, np.ndarray | None]] = {}
+    for name, colorants, gamma, suffix in (
         ("Adobe RGB chart", ADOBE_RGB, 563 / 256, ".png"),
         ("Wide Gamut RGB chart", WIDE_GAMUT, 2.2, ".tif"),
-        ("Adobe RGB photo (rocket.jpg)", None, None, None),
-    ]
+    ):
+        path = folder / f"chart{suffix}"
+        Image.fromarray(pixels).save(path, icc_profile=icc_profile(name, colorants, gamma))
+        inputs[name] = (path, expected_srgb(pixels.astype(np.float64), colorants, gamma))
+    inputs["Adobe RGB photo (rocket.jpg)"] = (skimage_image("rocket.jpg"), None)
     rows = []
-    for name, colorants, gamma, suffix in inputs:
-        if colorants is None:
-            path = skimage_image("rocket.jpg")
-        else:
-            path = folder / f"chart{suffix}"
-            Image.fromarray(chart()).save(path, icc_profile=icc_profile(name, colorants, gamma))
+    for name, (path, by_hand) in inputs.items():
         im = Image.open(path)
         profile = ImageCms.ImageCmsProfile(io.BytesIO(im.info["icc_profile"]))
         littlecms = np.asarray(ImageCms.profileToProfile(im, profile, SRGB, outputMode="RGB")) / 255.0
         ours = read_image(path)[0].permute(1, 2, 0).numpy()
-        row = {
-            "input": name,
-            "littlecms": _levels(ours, littlecms),
-            "read_as_srgb": _levels(np.asarray(im) / 255.0, littlecms),
-        }
-        if colorants is not None:
-            row["by_hand"] = _levels(
-                ours, expected_srgb(chart().astype(np.float64), colorants, round(gamma * 256) / 256)
-            )
-        rows.append(row)
+        row = {"input": name, "littlecms": _levels(ours, littlecms)}
+        row |= {"by_hand": _levels(ours, by_hand)} if by_hand is not None else {}
+        rows.append(row | {"read_as_srgb": _levels(np.asarray(im) / 255.0, littlecms)})
     return rows
 
 
@@ -215,11 +208,8 @@ def markdown(results: dict) -> str:
     lines += ["| input | vs LittleCMS's sRGB | vs the colorimetry by hand | read as if sRGB, vs LittleCMS |"]
     lines.append("|---|---|---|---|")
     for r in results["icc"]:
-        cells = [r[k] for k in ("littlecms", "by_hand", "read_as_srgb") if k in r]
-        text = [f"{c['mean']} / {c['max']}" for c in cells]
-        if "by_hand" not in r:
-            text.insert(1, "")
-        lines.append(f"| {r['input']} | " + " | ".join(text) + " |")
+        cells = [f"{r[k]['mean']} / {r[k]['max']}" if k in r else "" for k in ("littlecms", "by_hand", "read_as_srgb")]
+        lines.append(f"| {r['input']} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
