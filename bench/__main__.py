@@ -41,7 +41,6 @@ REPO = HERE.parent
 SHARED = REPO.parent / "shared" / "data"
 CONTENT = SHARED / "content" / "astronaut.png"
 STYLE = SHARED / "style" / "starry_night.jpg"
-LAYERS = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu4_2", "relu5_1")
 
 
 PRECISION = resolve_precision("auto", torch.device("cpu"))  # what `precision: auto` runs on this CPU
@@ -87,13 +86,6 @@ def bare_passes(weights) -> dict[str, VGGFeatures]:
     return passes
 
 
-def _ours(weights, layers: tuple[str, ...], precision: str) -> VGGFeatures:
-    """The model a CPU Renderer builds in `precision`: Winograd's layers in fp32, packed convs in bf16."""
-    if precision == "fp32":
-        return VGGFeatures(weights, layers, winograd=True)
-    return VGGFeatures(weights, layers, dtype=torch.bfloat16, packed=packed_available(torch.bfloat16))
-
-
 def bare(model: VGGFeatures, x: torch.Tensor) -> None:
     """One bare forward and backward: relu5_1's features, back-propagated from a gradient of ones."""
     out = model(x.clone().requires_grad_(True))["relu5_1"]
@@ -106,7 +98,7 @@ def floor_and_iteration(sizes: list[int]) -> list[dict]:
     `precision: auto` picks it, bf16 (its channels-last layers). The iteration also taps relu1_1..relu4_2."""
     weights = resolve_weights("bundled")
     passes = bare_passes(weights)
-    ours = {precision: _ours(weights, LAYERS, precision) for precision in dict.fromkeys(("fp32", PRECISION))}
+    ours = {p: Renderer(Settings(), device="cpu", precision=p).model for p in dict.fromkeys(("fp32", PRECISION))}
     rows = []
     for size in sizes:
         x = torch.rand(1, 3, size, size)

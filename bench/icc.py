@@ -12,6 +12,7 @@ D50 = (0.9642, 1.0, 0.8249)
 # Colorants adapted to D50 (Bradford), columns r, g, b: the matrices of the published profiles.
 ADOBE_RGB = np.array([[0.60974, 0.20528, 0.14919], [0.31111, 0.62567, 0.06322], [0.01947, 0.06087, 0.74457]])
 WIDE_GAMUT = np.array([[0.71637, 0.10099, 0.14689], [0.25870, 0.72467, 0.01664], [0.00000, 0.05121, 0.77324]])
+ADOBE_RGB_GAMMA, WIDE_GAMUT_GAMMA = 563 / 256, 2.2  # the published tone curves
 SRGB_D50 = np.array([[0.43607, 0.38515, 0.14307], [0.22249, 0.71687, 0.06061], [0.01392, 0.09708, 0.71410]])
 
 

@@ -28,7 +28,7 @@ import yaml
 from PIL import Image, ImageCms
 
 from bench import machine
-from bench.icc import ADOBE_RGB, WIDE_GAMUT, chart, expected_srgb, icc_profile
+from bench.icc import ADOBE_RGB, ADOBE_RGB_GAMMA, WIDE_GAMUT, WIDE_GAMUT_GAMMA, chart, expected_srgb, icc_profile
 from bench.quality import skimage_image
 from pipeline.media.color import SRGB
 from pipeline.media.images import read_image, write_plate_image
@@ -163,8 +163,8 @@ def icc_figures(folder: Path) -> list[dict]:
     pixels = chart()
     inputs: dict[str, tuple[Path, np.ndarray | None]] = {}
     for name, colorants, gamma, suffix in (
-        ("Adobe RGB chart", ADOBE_RGB, 563 / 256, ".png"),
-        ("Wide Gamut RGB chart", WIDE_GAMUT, 2.2, ".tif"),
+        ("Adobe RGB chart", ADOBE_RGB, ADOBE_RGB_GAMMA, ".png"),
+        ("Wide Gamut RGB chart", WIDE_GAMUT, WIDE_GAMUT_GAMMA, ".tif"),
     ):
         path = folder / f"chart{suffix}"
         Image.fromarray(pixels).save(path, icc_profile=icc_profile(name, colorants, gamma))

@@ -18,7 +18,7 @@ import torch
 from PIL import Image, ImageCms
 from typer.testing import CliRunner
 
-from bench.icc import ADOBE_RGB, WIDE_GAMUT, chart, expected_srgb, icc_profile
+from bench.icc import ADOBE_RGB, ADOBE_RGB_GAMMA, WIDE_GAMUT, WIDE_GAMUT_GAMMA, chart, expected_srgb, icc_profile
 from pipeline.media.color import SRGB_ICC, describe
 from pipeline.media.images import ImageError, color_note, converted_space, input_note, read_image, write_image
 from pipeline.ui.cli import app
@@ -29,7 +29,10 @@ runner = CliRunner()
 
 @pytest.mark.parametrize(
     ("name", "colorants", "gamma", "suffix"),
-    [("Adobe RGB (test)", ADOBE_RGB, 563 / 256, ".png"), ("Wide Gamut RGB (test)", WIDE_GAMUT, 2.2, ".tif")],
+    [
+        ("Adobe RGB (test)", ADOBE_RGB, ADOBE_RGB_GAMMA, ".png"),
+        ("Wide Gamut RGB (test)", WIDE_GAMUT, WIDE_GAMUT_GAMMA, ".tif"),
+    ],
 )
 def test_an_icc_tagged_chart_is_read_into_srgb_as_the_colorimetry_says(tmp_path, name, colorants, gamma, suffix):
     pixels = chart()
