@@ -1,7 +1,8 @@
 """`make bench-quality`: stylize against neural-style-pt and pastiche, as fronts over many content × style pairs.
 
 Each tool sweeps its style weight on every pair, at one size and iteration count (for stylize, iterations at
-the finest scale), seed 0, each in its default precision. Every output is scored by the fixed evaluator
+the finest scale), seed 0, each in its default precision; stylize also runs a few weights at `LONGER` times the
+iterations: the work a user can buy with the time the peers take. Every output is scored by the fixed evaluator
 (`bench/evaluator.py`: content, Gram and sliced Wasserstein), and its wall time, start-up included, is taken
 as a user sees it. A peer point counts as beaten when a stylize point of the same pair is no worse on all
 three figures and took no more wall time.
@@ -85,6 +86,7 @@ class Point:
     seconds: float
     scores: Scores
     path: str
+    iterations: int
 
 
 def _stylize(content: Path, style: Path, out: Path, weight: float, size: int, iterations: int) -> list[str]:
@@ -152,6 +154,17 @@ TOOLS = {  # name: (command, swept style weights, default weight)
     "neural-style-pt": (_neural_style, (33.0, 100.0, 300.0), 100.0),
     "pastiche": (_pastiche, (0.3, 1.0, 3.0), 1.0),
 }
+LONGER = 2  # stylize's longer runs: this many times the sweep's iterations, at the weights below
+LONGER_WEIGHTS = tuple(_OURS * f for f in (2.5, 4, 7, 15))
+
+
+def settings(tool: str, iterations: int, defaults: bool) -> list[tuple[float, int]]:
+    """The (style weight, iterations) a tool's points are made at: the default only with `defaults`."""
+    _, weights, default = TOOLS[tool]
+    if defaults:
+        return [(default, iterations)]
+    longer = [(w, iterations * LONGER) for w in LONGER_WEIGHTS] if tool == "stylize" else []
+    return [(w, iterations) for w in weights] + longer
 
 
 def render_point(
@@ -183,14 +196,15 @@ def sweep(
         folder = OUT / f"{cname}-{sname}"
         folder.mkdir(parents=True, exist_ok=True)
         for tool in tools:
-            _, weights, default = TOOLS[tool]
-            for weight in (default,) if defaults else weights:
-                out = folder / f"{tool}-{weight:g}.png"
-                seconds = render_point(tool, content, style, out, weight, size, iterations, tool in reuse)
+            default = TOOLS[tool][2]
+            for weight, its in settings(tool, iterations, defaults):
+                out = folder / (f"{tool}-{weight:g}.png" if its == iterations else f"{tool}-{weight:g}-{its}it.png")
+                seconds = render_point(tool, content, style, out, weight, size, its, tool in reuse)
                 scores = evaluator.score(out, content, style)
-                points.append(Point(pair, tool, weight, weight == default, round(seconds, 1), scores, str(out)))
+                usual = weight == default and its == iterations
+                points.append(Point(pair, tool, weight, usual, round(seconds, 1), scores, str(out), its))
                 print(
-                    f"{pair:32} {tool:16} {weight:8g} {seconds:6.1f} s  content {scores.content:.4g}"
+                    f"{pair:32} {tool:16} {weight:8g} {its:4d} it {seconds:6.1f} s  content {scores.content:.4g}"
                     f"  gram {scores.gram:.4g}  swd {scores.swd:.4g}",
                     flush=True,
                 )
@@ -239,6 +253,12 @@ def markdown(points: list[Point], verdict: dict, size: int, iterations: int) -> 
     ]
     if verdict["missed"]:
         lines += ["Not matched: " + "; ".join(verdict["missed"]) + ".", ""]
+    if any(p.iterations != iterations for p in points):
+        lines += [
+            f"stylize's points: its weight sweep at {iterations} iterations and, at a few weights, "
+            f"{iterations * LONGER} (the iterations column).",
+            "",
+        ]
     lines += [
         "Our default dominated by a peer's default: " + ("; ".join(verdict["default_dominated"]) or "never") + ".",
         "",
@@ -251,16 +271,15 @@ def markdown(points: list[Point], verdict: dict, size: int, iterations: int) -> 
         lines += [
             f"## {pair}",
             "",
-            "| tool | style weight | content | Gram | SWD | wall | beaten by |",
-            "|---|---|---|---|---|---|---|",
+            "| tool | style weight | iterations | content | Gram | SWD | wall | beaten by |",
+            "|---|---|---|---|---|---|---|---|",
         ]
         for p in (q for q in points if q.pair == pair):
             mark = " (default)" if p.default else ""
-            win = (
-                "" if p.tool == "stylize" else (f"stylize {b.weight:g}" if (b := beaten_by(p, points)) else "**none**")
-            )
+            b = beaten_by(p, points) if p.tool != "stylize" else None
+            win = "" if p.tool == "stylize" else f"stylize {b.weight:g}, {b.iterations} it" if b else "**none**"
             lines.append(
-                f"| {p.tool} | {p.weight:g}{mark} | {p.scores.content:.3g} | {p.scores.gram:.3g} | "
+                f"| {p.tool} | {p.weight:g}{mark} | {p.iterations} | {p.scores.content:.3g} | {p.scores.gram:.3g} | "
                 f"{p.scores.swd:.4g} | {p.seconds:.1f} s | {win} |"
             )
         lines.append("")
@@ -283,16 +302,18 @@ def scatter(points: list[Point], path: Path) -> None:
         for row, figure in enumerate(("gram", "swd")):
             ax = axes[row][col]
             for tool, colour in COLOURS.items():
-                mine = sorted((p for p in points if p.pair == pair and p.tool == tool), key=lambda p: p.weight)
-                if mine:
+                here = [p for p in points if p.pair == pair and p.tool == tool]
+                for its in sorted({p.iterations for p in here}):
+                    mine = sorted((p for p in here if p.iterations == its), key=lambda p: p.weight)
+                    longer = its != min(p.iterations for p in points)
                     ax.plot(
                         [p.scores.content for p in mine],
                         [getattr(p.scores, figure) for p in mine],
-                        "o-",
+                        "o--" if longer else "o-",
                         color=colour,
                         ms=3,
                         lw=1,
-                        label=tool,
+                        label=f"{tool}, {its} it" if longer else tool,
                     )
                     ax.scatter(
                         [p.scores.content for p in mine if p.default],
