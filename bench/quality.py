@@ -297,6 +297,7 @@ def scatter(points: list[Point], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     names = list(dict.fromkeys(p.pair for p in points))
+    sweep_iterations = min(p.iterations for p in points)  # the longer runs are drawn dashed
     fig, axes = plt.subplots(2, len(names), figsize=(2.6 * len(names), 5.2), squeeze=False)
     for col, pair in enumerate(names):
         for row, figure in enumerate(("gram", "swd")):
@@ -305,7 +306,7 @@ def scatter(points: list[Point], path: Path) -> None:
                 here = [p for p in points if p.pair == pair and p.tool == tool]
                 for its in sorted({p.iterations for p in here}):
                     mine = sorted((p for p in here if p.iterations == its), key=lambda p: p.weight)
-                    longer = its != min(p.iterations for p in points)
+                    longer = its != sweep_iterations
                     ax.plot(
                         [p.scores.content for p in mine],
                         [getattr(p.scores, figure) for p in mine],
