@@ -31,7 +31,7 @@ from bench.evaluator import Evaluator
 from pipeline.batch.config import OptimizeConfig
 from pipeline.core.optimize import Settings, scale_shapes, style_targets, stylize
 from pipeline.core.packed import available as packed_available
-from pipeline.core.vgg import VGGFeatures
+from pipeline.core.vgg import Tap, VGGFeatures
 from pipeline.media.weights import resolve_weights
 from pipeline.render.renderer import Renderer, resolve_precision
 from pipeline.run.allocator import keep_freed_memory
@@ -149,10 +149,10 @@ class _Recorder(nn.Module):
         super().__init__()
         self.model, self.image = model, None
 
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward(self, x: torch.Tensor, tap: Tap | None = None) -> dict[str, torch.Tensor]:
         if torch.is_grad_enabled():
             self.image = x.detach()
-        return self.model(x)
+        return self.model(x, tap)
 
 
 def schedule_race(size: int = 256, iterations: int = 100, every: int = 10, cap: int = 400) -> dict:

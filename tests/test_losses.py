@@ -10,6 +10,7 @@ from pipeline.core.losses import (
     style_loss,
     style_statistics,
     style_targets_of,
+    tapped_gram,
     tv_loss,
 )
 
@@ -73,6 +74,35 @@ def test_gram_gradient_matches_autograd_of_the_plain_formula():
     flat = plain.reshape(2, 3, 20)
     ((flat @ flat.transpose(1, 2) / 20) * weights).sum().backward()
     assert torch.allclose(f.grad, plain.grad)
+
+
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_tapped_gram_adds_both_gradients_as_autograd_would(layout):
+    """A tapped layer's two gradients, the Gram's and the rest of the network's, summed inside the Gram's backward:
+    the same as autograd's sum of the plain formula's gradient and the layer's, in either memory layout."""
+    x = torch.randn(2, 3, 4, 5, dtype=torch.float64).contiguous(memory_format=layout)
+    weights, onward = torch.randn(2, 3, 3, dtype=torch.float64), torch.randn(2, 3, 4, 5, dtype=torch.float64)
+
+    def loss(passed: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+        return (g * weights).sum() + (passed.pow(2) * onward).sum()  # the Gram's loss, and the network going on
+
+    fused = x.clone().requires_grad_(True)
+    passed, g = tapped_gram(fused)
+    assert torch.equal(passed, fused) and torch.equal(g, gram(x))
+    loss(passed, g).backward()
+    plain = x.clone().requires_grad_(True)
+    flat = plain.reshape(2, 3, 20)
+    loss(plain, flat @ flat.transpose(1, 2) / 20).backward()
+    assert torch.allclose(fused.grad, plain.grad)
+    assert fused.grad.is_contiguous(memory_format=layout)
+    assert torch.autograd.gradcheck(lambda t: loss(*tapped_gram(t)), (x.clone().requires_grad_(True),))
+
+
+def test_tapped_gram_of_a_cast_passes_the_features_untouched():
+    x = torch.randn(1, 4, 3, 3, dtype=torch.float16)
+    passed, g = tapped_gram(x)
+    assert passed is x and g.dtype == torch.float32
+    assert torch.allclose(g, gram(x.float()))
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])

@@ -45,21 +45,48 @@ _FLOOR = 1e-8  # the backward of tr √A holds A's eigenvalues at least this fra
 
 
 class _Gram(torch.autograd.Function):
-    """F Fᵀ / n for (N, C, n) F; the backward is one batched matmul, (G' + G'ᵀ) F / n, not autograd's two.
-    The gradient keeps F's memory layout, so that it meets the layer's own gradient without a copy."""
+    """(X, F Fᵀ / n) for (N, C, H, W) X, F its (N, C, n) positions: the Gram, and X passed through (a view).
+
+    Where the network goes on from the passed X, the backward gets both gradients at once and adds the Gram's,
+    (G' + G'ᵀ) F / n, into the layer's own X' inside one batched matmul (`baddbmm_`), in place where autograd
+    holds X' alone: autograd's own Gram would make the product and then sum the two, two more passes over a
+    feature-sized tensor. The 1/n is taken on C × C, and the gradient keeps X's memory layout.
+    """
 
     @staticmethod
-    def forward(ctx: torch.autograd.function.FunctionCtx, f: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        ctx.save_for_backward(f)
-        return torch.bmm(f, f.transpose(1, 2)).div_(f.shape[-1])
+    def forward(ctx: torch.autograd.function.FunctionCtx, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # type: ignore[override]
+        ctx.save_for_backward(x)
+        ctx.set_materialize_grads(False)
+        f = _by_position(x)
+        return x.view_as(x), torch.bmm(f, f.transpose(1, 2)).div_(f.shape[-1])
 
     @staticmethod
-    def backward(ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        (f,) = ctx.saved_tensors
-        both = (grad + grad.transpose(1, 2)).div_(f.shape[-1]).to(f.dtype)  # the 1/n on C × C, not on F's size
-        if f.transpose(1, 2).is_contiguous():  # positions × channels in memory (channels-last features)
-            return torch.bmm(f.transpose(1, 2), both).transpose(1, 2)
-        return torch.bmm(both, f)
+    def backward(  # type: ignore[override]
+        ctx: torch.autograd.function.FunctionCtx, grad_x: torch.Tensor | None, grad: torch.Tensor | None
+    ) -> torch.Tensor | None:
+        (x,) = ctx.saved_tensors
+        if grad is None:
+            return grad_x
+        f = _by_position(x)
+        both = (grad + grad.transpose(1, 2)).div_(f.shape[-1]).to(x.dtype)
+        layout = torch.channels_last if f.transpose(1, 2).is_contiguous() else torch.contiguous_format
+        # autograd's own test for reusing a gradient: no other reference (torch's InputBuffer steals on the same)
+        alone = grad_x is not None and grad_x._use_count() == 1 and grad_x._base is None
+        into = grad_x if alone and grad_x.is_contiguous(memory_format=layout) else None
+        if layout == torch.channels_last:  # positions × channels in memory: Fᵀ both, as both is symmetric
+            ft, n, c, h, w = f.transpose(1, 2), *x.shape
+            if into is not None:
+                _by_position(into).transpose(1, 2).baddbmm_(ft, both)
+                return into
+            out = (
+                torch.bmm(ft, both) if grad_x is None else torch.baddbmm(_by_position(grad_x).transpose(1, 2), ft, both)
+            )
+            return out.view(n, h, w, c).permute(0, 3, 1, 2)
+        if into is not None:
+            _by_position(into).baddbmm_(both, f)
+            return into
+        out = torch.bmm(both, f) if grad_x is None else torch.baddbmm(_by_position(grad_x), both, f)
+        return out.view(x.shape)
 
 
 def _by_position(features: torch.Tensor) -> torch.Tensor:
@@ -70,17 +97,24 @@ def _by_position(features: torch.Tensor) -> torch.Tensor:
     return features.permute(0, 2, 3, 1).reshape(n, h * w, c).transpose(1, 2)
 
 
+def tapped_gram(features: torch.Tensor, exact: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """(features passed through, `gram(features, exact)`): let the network go on from the first, and the Gram's
+    gradient joins the layer's own inside the Gram's backward (see `_Gram`), where the product runs in the
+    features' own precision; otherwise the features come back as they are, beside the Gram of their cast."""
+    reduced = features.dtype == torch.bfloat16 and not exact
+    dtype = features.dtype if reduced else torch.promote_types(features.dtype, torch.float32)
+    with torch.autocast(features.device.type, enabled=False):  # under autocast too: the product stays as asked
+        passed, g = _Gram.apply(features) if dtype == features.dtype else (features, _Gram.apply(features.to(dtype))[1])
+        return passed, g.to(torch.promote_types(g.dtype, torch.float32))
+
+
 def gram(features: torch.Tensor, exact: bool = False) -> torch.Tensor:
     """Gram matrices of (N, C, H, W) features, shape (N, C, C), divided by H·W, in float32 (or float64).
 
     bfloat16 features are multiplied as they are (the products accumulate in float32; the result carries
     bfloat16's rounding, 2⁻⁹ of each entry) unless `exact`; any other reduced precision is cast to float32 first.
     """
-    reduced = features.dtype == torch.bfloat16 and not exact
-    f = features if reduced else features.to(torch.promote_types(features.dtype, torch.float32))
-    with torch.autocast(f.device.type, enabled=False):  # under autocast too: the product stays as asked
-        g = _Gram.apply(_by_position(f))
-        return g.to(torch.promote_types(g.dtype, torch.float32))
+    return tapped_gram(features, exact)[1]
 
 
 def squared_error(x: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

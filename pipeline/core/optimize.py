@@ -21,9 +21,9 @@ from pipeline.core.losses import (
     layer_of,
     statistic_names,
     statistics_loss,
-    style_loss,
     style_statistics,
     style_targets_of,
+    tapped_gram,
     tv_loss,
 )
 from pipeline.core.scaling import loss_scale_for
@@ -314,19 +314,22 @@ class Objective:
 
     def __call__(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Returns (total loss, [total, content, style, tv, temporal] per image, shape (5, N)) for (N, 3, H, W) images."""
-        feats = self.model(image)
+        s = self.settings
+        grams: dict[str, torch.Tensor] = {}  # the Gram loss's statistics, made as the features pass
+
+        def tap(name: str, x: torch.Tensor) -> torch.Tensor:
+            if s.style_loss == "gram" and name in self.style_targets:
+                x, grams[name] = tapped_gram(x)
+            return x
+
+        feats = self.model(image, tap)
+        stats = grams or style_statistics(feats, list(dict.fromkeys(map(layer_of, self.style_targets))), s.style_loss)
         tv = tv_loss(image)
         tm = temporal_loss(image, self.held) if self.held else torch.zeros_like(tv)
         return _combine(
-            self.settings,
+            s,
             content_loss(feats, self.content_targets),
-            style_loss(
-                feats,
-                self.style_targets,
-                self.settings.style_layers,
-                self.settings.style_loss,
-                self.settings.style_balance,
-            ),
+            statistics_loss(stats, self.style_targets, s.style_layers, s.style_loss, s.style_balance),
             tv,
             tm,
         )

@@ -9,7 +9,7 @@ is part of the model, so callers never see it. Where the weights come from is
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from functools import cache
 
@@ -57,6 +57,8 @@ def layer_error(names: Iterable[str], arch: str = "vgg19", where: str = "") -> s
 LAYER_NAMES = layer_names("vgg19")
 LAYER_INDEX = layer_index("vgg19")
 CONV_NAMES = tuple(n for n in LAYER_NAMES if n.startswith("conv"))
+
+Tap = Callable[[str, torch.Tensor], torch.Tensor]  # (layer name, activation) -> what goes on in its place
 
 CAFFE_BGR_MEAN = (103.939, 116.779, 123.68)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -178,12 +180,14 @@ class VGGFeatures(nn.Module):
         self.requires_grad_(False)
         self.eval()
 
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward(self, x: torch.Tensor, tap: Tap | None = None) -> dict[str, torch.Tensor]:
+        """{layer name: activation} for the requested layers; `tap(name, activation)`, where given, returns what
+        stands for each of them, in the result and for the layers after it (see `losses.tapped_gram`)."""
         out: dict[str, torch.Tensor] = {}
         x = self.preprocess(x).to(dtype=self.dtype, memory_format=self.layout)
         for i, module in enumerate(self.body):
             x = module(x)
             name = self._taps.get(i)
             if name is not None:
-                out[name] = x
+                x = out[name] = tap(name, x) if tap else x
         return out
