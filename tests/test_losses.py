@@ -10,6 +10,7 @@ from pipeline.core.losses import (
     style_loss,
     style_statistics,
     style_targets_of,
+    tapped_error,
     tapped_gram,
     tv_loss,
 )
@@ -96,6 +97,43 @@ def test_tapped_gram_adds_both_gradients_as_autograd_would(layout):
     assert torch.allclose(fused.grad, plain.grad)
     assert fused.grad.is_contiguous(memory_format=layout)
     assert torch.autograd.gradcheck(lambda t: loss(*tapped_gram(t)), (x.clone().requires_grad_(True),))
+
+
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_tapped_error_adds_both_gradients_as_autograd_would(layout):
+    x = torch.randn(2, 3, 4, 5, dtype=torch.float64).contiguous(memory_format=layout)
+    target, onward = torch.randn_like(x), torch.randn_like(x)
+    weights = torch.tensor([0.5, 2.0], dtype=torch.float64)
+
+    def loss(passed: torch.Tensor, error: torch.Tensor) -> torch.Tensor:
+        return (error * weights).sum() + (passed.pow(2) * onward).sum()
+
+    fused = x.clone().requires_grad_(True)
+    passed, error = tapped_error(fused, target)
+    assert torch.equal(passed, fused) and torch.allclose(error, (x - target).pow(2).sum((1, 2, 3)))
+    loss(passed, error).backward()
+    plain = x.clone().requires_grad_(True)
+    loss(plain, (plain - target).pow(2).sum((1, 2, 3))).backward()
+    assert torch.allclose(fused.grad, plain.grad)
+    assert torch.autograd.gradcheck(lambda t: loss(*tapped_error(t, target)), (x.clone().requires_grad_(True),))
+
+
+@pytest.mark.parametrize("tapped", [lambda x: tapped_gram(x), lambda x: tapped_error(x, torch.zeros_like(x))])
+def test_a_tap_adds_into_no_gradient_the_caller_holds(tapped):
+    """The in-place sum is for gradients autograd made and holds alone: one handed in by the caller stays as it was."""
+    x = torch.randn(1, 3, 4, 4, requires_grad=True)
+    passed, statistic = tapped(x)
+    given = torch.ones_like(x)
+    torch.autograd.backward([passed, statistic.sum()], [given, None])
+    assert torch.equal(given, torch.ones_like(x))
+    assert not torch.allclose(x.grad, given)
+
+
+def test_tapped_error_of_float16_is_autograds():
+    x = torch.randn(1, 4, 3, 3, dtype=torch.float16)
+    passed, error = tapped_error(x, torch.zeros_like(x))
+    assert passed is x and error.dtype == torch.float32
+    assert torch.allclose(error, x.float().pow(2).sum((1, 2, 3)))
 
 
 def test_tapped_gram_of_a_cast_passes_the_features_untouched():

@@ -37,7 +37,7 @@ from collections.abc import Mapping, Sequence
 
 import torch
 
-_EPS = 1e-8
+EPS = 1e-8
 STYLE_LOSSES = ("gram", "wasserstein")
 STYLE_BALANCES = ("total", "layer")  # how the Gram loss weighs its layers (see gram_loss)
 MEAN, SQRT = ".mean", ".sqrt"  # the suffixes of a layer's mean and covariance square root (see the module docstring)
@@ -70,9 +70,7 @@ class _Gram(torch.autograd.Function):
         f = _by_position(x)
         both = (grad + grad.transpose(1, 2)).div_(f.shape[-1]).to(x.dtype)
         layout = torch.channels_last if f.transpose(1, 2).is_contiguous() else torch.contiguous_format
-        # autograd's own test for reusing a gradient: no other reference (torch's InputBuffer steals on the same)
-        alone = grad_x is not None and grad_x._use_count() == 1 and grad_x._base is None
-        into = grad_x if alone and grad_x.is_contiguous(memory_format=layout) else None
+        into = grad_x if _alone(grad_x) and grad_x.is_contiguous(memory_format=layout) else None
         if layout == torch.channels_last:  # positions × channels in memory: Fᵀ both, as both is symmetric
             ft, n, c, h, w = f.transpose(1, 2), *x.shape
             if into is not None:
@@ -117,6 +115,60 @@ def gram(features: torch.Tensor, exact: bool = False) -> torch.Tensor:
     return tapped_gram(features, exact)[1]
 
 
+class _Error(torch.autograd.Function):
+    """(X, ‖X − T‖² per image) for (N, C, H, W) X and a target T of X's dtype: X passed through, as in `_Gram`.
+
+    The difference is taken in X's precision (exact for near values, as bfloat16 features are near their
+    targets; else rounded as X is), its squares summed in float32 at least. The backward adds 2(X − T)·e' into
+    the layer's own gradient in one pass (`addcmul_`), in place where autograd holds it alone: autograd's own
+    squared error would cast both tensors up, and take five more passes over them.
+    """
+
+    @staticmethod
+    def forward(
+        ctx: torch.autograd.function.FunctionCtx, x: torch.Tensor, target: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:  # type: ignore[override]
+        d = x - target
+        ctx.save_for_backward(d)
+        ctx.set_materialize_grads(False)
+        sums = torch.promote_types(x.dtype, torch.float32)
+        return x.view_as(x), torch.linalg.vector_norm(_by_image(d), dim=1, dtype=sums).square()
+
+    @staticmethod
+    def backward(  # type: ignore[override]
+        ctx: torch.autograd.function.FunctionCtx, grad_x: torch.Tensor | None, grad: torch.Tensor | None
+    ) -> tuple[torch.Tensor | None, None]:
+        if grad is None:
+            return grad_x, None
+        (d,) = ctx.saved_tensors
+        scale = (2 * grad).to(d.dtype).view(-1, *(1,) * (d.dim() - 1))
+        if _alone(grad_x) and grad_x.stride() == d.stride():
+            return grad_x.addcmul_(d, scale), None
+        return (d * scale if grad_x is None else torch.addcmul(grad_x, d, scale)), None
+
+
+def _alone(grad: torch.Tensor | None) -> bool:
+    """Whether autograd holds `grad` alone, so a backward may add into it (torch's InputBuffer steals on the same)."""
+    return grad is not None and grad._use_count() == 1 and grad._base is None
+
+
+def _by_image(x: torch.Tensor) -> torch.Tensor:
+    """(N, …) as (N, rest), a view where x's memory is dense in either layout (its order does not matter to sums)."""
+    if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+        return x.permute(0, 2, 3, 1).reshape(x.shape[0], -1)
+    return x.reshape(x.shape[0], -1)
+
+
+def tapped_error(features: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(features passed through, ‖features − target‖² per image in float32 at least), `target` of the features'
+    dtype: let the network go on from the first (see `_Error`). float16 features (whose range the gradient's
+    scale can leave) come back as they are, beside the error of their cast (`squared_error`)."""
+    if features.dtype == torch.float16:
+        return features, squared_error(features, target)[0]
+    with torch.autocast(features.device.type, enabled=False):
+        return _Error.apply(features, target)
+
+
 def squared_error(x: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(‖x − target‖², ‖target‖²) per batch element, each of shape (N,), in float32 at least."""
     dtype = torch.promote_types(x.dtype, torch.float32)  # reduced precision -> float32; float64 stays
@@ -128,7 +180,7 @@ def squared_error(x: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, 
 def relative_error(x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """‖x − target‖² / ‖target‖², per batch element: shape (N,)."""
     error, norm = squared_error(x, target)
-    return error / (norm + _EPS)
+    return error / (norm + EPS)
 
 
 def content_loss(features: Mapping[str, torch.Tensor], targets: Mapping[str, torch.Tensor]) -> torch.Tensor:
@@ -227,11 +279,9 @@ def gram_loss(
     total = sum(layer_weights.values())
     errors = {k: squared_error(grams[k], t.expand(grams[k].shape[0], *t.shape[-2:])) for k, t in targets.items()}
     if balance == "layer":
-        return sum(layer_weights[k] / total * (e / (n + _EPS)) for k, (e, n) in errors.items())
+        return sum(layer_weights[k] / total * (e / (n + EPS)) for k, (e, n) in errors.items())
     scale = {k: layer_weights[k] / total / grams[k].shape[-1] ** 4 for k in errors}  # neural-style's MSE of G/C
-    return sum(scale[k] * e for k, (e, _) in errors.items()) / (
-        sum(scale[k] * n for k, (_, n) in errors.items()) + _EPS
-    )
+    return sum(scale[k] * e for k, (e, _) in errors.items()) / (sum(scale[k] * n for k, (_, n) in errors.items()) + EPS)
 
 
 def wasserstein_loss(
@@ -270,7 +320,7 @@ def wasserstein(
             + _trace(t_cov)
             - 2 * _TraceSqrtm.apply((cross + cross.transpose(1, 2)) / 2)
         )
-        return (distance / (_trace(t_second) + _EPS)).to(dtype)
+        return (distance / (_trace(t_second) + EPS)).to(dtype)
 
 
 def _covariance(mean: torch.Tensor, second: torch.Tensor) -> torch.Tensor:

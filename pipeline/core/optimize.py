@@ -17,12 +17,13 @@ import torch.nn.functional as F
 
 from pipeline.core.descent import adam, lbfgs
 from pipeline.core.losses import (
-    content_loss,
+    EPS,
     layer_of,
     statistic_names,
     statistics_loss,
     style_statistics,
     style_targets_of,
+    tapped_error,
     tapped_gram,
     tv_loss,
 )
@@ -306,6 +307,7 @@ class Objective:
         self.held = [(resize(w, self.shape), resize(m, self.shape)) for w, m in held]
         self.loss_scale = loss_scale_for(model)  # scales only for float16 layers (see scaling)
         self._encode(content)
+        self.content_norms = _norms(self.content_targets)  # outside inference mode: autograd keeps them
 
     @torch.inference_mode()
     def _encode(self, content: torch.Tensor) -> None:
@@ -315,9 +317,12 @@ class Objective:
     def __call__(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Returns (total loss, [total, content, style, tv, temporal] per image, shape (5, N)) for (N, 3, H, W) images."""
         s = self.settings
-        grams: dict[str, torch.Tensor] = {}  # the Gram loss's statistics, made as the features pass
+        errors: dict[str, torch.Tensor] = {}  # made as the features pass, where the next layers take them over
+        grams: dict[str, torch.Tensor] = {}  # the Gram loss's statistics, likewise
 
         def tap(name: str, x: torch.Tensor) -> torch.Tensor:
+            if name in self.content_targets:
+                x, errors[name] = tapped_error(x, self.content_targets[name])
             if s.style_loss == "gram" and name in self.style_targets:
                 x, grams[name] = tapped_gram(x)
             return x
@@ -328,7 +333,7 @@ class Objective:
         tm = temporal_loss(image, self.held) if self.held else torch.zeros_like(tv)
         return _combine(
             s,
-            content_loss(feats, self.content_targets),
+            sum(errors[k] / self.content_norms[k] for k in errors) / len(errors),
             statistics_loss(stats, self.style_targets, s.style_layers, s.style_loss, s.style_balance),
             tv,
             tm,
@@ -345,6 +350,11 @@ class Objective:
 
         self.loss_scale.backward(total, image)
         return out[0]
+
+
+def _norms(targets: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """‖T‖² + ε per image of each content target, in float32 (the denominators of `losses.relative_error`)."""
+    return {k: t.float().flatten(1).pow(2).sum(1) + EPS for k, t in targets.items()}
 
 
 def _combine(
@@ -381,9 +391,6 @@ class TiledObjective(Objective):
                     rows, cols = (n // stride(k) for n in self.shape)
                     self.content_targets[k] = piece.new_zeros(*piece.shape[:2], rows, cols)
                 self.content_targets[k][(..., *t.placed(k))] = piece
-        self.content_norms = {  # ‖T‖² + ε per image and content layer (as relative_error)
-            k: f.float().flatten(1).pow(2).sum(1) + 1e-8 for k, f in self.content_targets.items()
-        }
 
     def _tile_share(
         self,

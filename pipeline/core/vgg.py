@@ -132,7 +132,8 @@ class ScaledAvgPool2d(nn.Module):
 class VGGFeatures(nn.Module):
     """Frozen VGG-19 or VGG-16 `features` (the weights' network), truncated after the deepest requested layer.
 
-    `forward(x)` returns {layer name: activation} for the requested layers.
+    `forward(x)` returns {layer name: activation} for the requested layers; `forward(x, tap)` lets `tap` stand
+    something in for each (the optimiser makes its Grams there: see `losses.tapped_gram`).
     """
 
     def __init__(
