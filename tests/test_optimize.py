@@ -7,6 +7,7 @@ import pytest
 import torch
 from conftest import gpu
 
+from pipeline.core.losses import content_loss, style_loss, tv_loss
 from pipeline.core.optimize import (
     Objective,
     Settings,
@@ -20,6 +21,7 @@ from pipeline.core.optimize import (
     style_targets,
     stylize,
 )
+from pipeline.core.packed import available as packed_available
 from pipeline.core.vgg import VGGFeatures
 from pipeline.media.images import read_image
 
@@ -67,6 +69,34 @@ def test_converged_compares_the_loss_with_the_one_a_window_before():
 def test_coarse_levels_get_more_iterations():
     s = Settings(iterations=100, coarse_iterations=2.0)
     assert iterations_per_scale(s, 3) == [400, 200, 100]
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+def test_the_objective_is_the_losses_plain_formulas(shared, bundled, model, dtype):
+    """The objective makes its losses at the taps, its gradients summed inside their nodes (`tapped_gram`,
+    `tapped_error`): the same parts and gradient as autograd through `content_loss`, `style_loss` and `tv_loss`
+    on the features, in float64, and in bfloat16 (packed convs where the CPU runs them) up to its round-off."""
+    layers = VGGFeatures(bundled, model.layers, dtype=dtype, packed=packed_available(dtype))
+    content, style = _inputs(shared)
+    image = read_image(shared / "content" / "coffee.png", 64)[..., : content.shape[-2], : content.shape[-1]]
+    image = torch.nn.functional.interpolate(image, size=content.shape[-2:]).to(
+        torch.promote_types(dtype, torch.float32)
+    )
+    objective = Objective(layers, TINY, content.to(image.dtype), _targets(layers, content, style, TINY)[0])
+    fused = image.clone().requires_grad_()
+    parts = objective.backward(fused)
+    plain = image.clone().requires_grad_()
+    feats = layers(plain)
+    expected = [
+        content_loss(feats, objective.content_targets),
+        style_loss(feats, objective.style_targets, TINY.style_layers),
+        tv_loss(plain),
+    ]
+    (sum(w * p for w, p in zip((TINY.content_weight, TINY.style_weight, TINY.tv_weight), expected)).sum()).backward()
+    close = {"rtol": 1e-9} if dtype == torch.float64 else {"rtol": 0.01}
+    assert all(torch.allclose(parts[i + 1].double(), e.detach().double(), **close) for i, e in enumerate(expected))
+    error = float((fused.grad - plain.grad).norm() / plain.grad.norm())
+    assert error < (1e-9 if dtype == torch.float64 else 0.02)
 
 
 @pytest.mark.slow

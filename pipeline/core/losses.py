@@ -69,22 +69,21 @@ class _Gram(torch.autograd.Function):
             return grad_x
         f = _by_position(x)
         both = (grad + grad.transpose(1, 2)).div_(f.shape[-1]).to(x.dtype)
-        layout = torch.channels_last if f.transpose(1, 2).is_contiguous() else torch.contiguous_format
-        into = grad_x if _alone(grad_x) and grad_x.is_contiguous(memory_format=layout) else None
-        if layout == torch.channels_last:  # positions × channels in memory: Fᵀ both, as both is symmetric
-            ft, n, c, h, w = f.transpose(1, 2), *x.shape
-            if into is not None:
-                _by_position(into).transpose(1, 2).baddbmm_(ft, both)
-                return into
-            out = (
-                torch.bmm(ft, both) if grad_x is None else torch.baddbmm(_by_position(grad_x).transpose(1, 2), ft, both)
-            )
-            return out.view(n, h, w, c).permute(0, 3, 1, 2)
-        if into is not None:
-            _by_position(into).baddbmm_(both, f)
-            return into
-        out = torch.bmm(both, f) if grad_x is None else torch.baddbmm(_by_position(grad_x), both, f)
-        return out.view(x.shape)
+        # channels-last features hold positions × channels in memory: there the product is Fᵀ both (both is
+        # symmetric), so that the matmuls read and write each tensor in its own layout
+        last = f.transpose(1, 2).is_contiguous()
+        a, b = (f.transpose(1, 2), both) if last else (both, f)
+
+        def product_view(t: torch.Tensor) -> torch.Tensor:  # a gradient in the product's (N, n, C) or (N, C, n)
+            return _by_position(t).transpose(1, 2) if last else _by_position(t)
+
+        layout = torch.channels_last if last else torch.contiguous_format
+        if _alone(grad_x) and grad_x.is_contiguous(memory_format=layout):
+            product_view(grad_x).baddbmm_(a, b)
+            return grad_x
+        out = torch.bmm(a, b) if grad_x is None else torch.baddbmm(product_view(grad_x), a, b)
+        n, c, h, w = x.shape
+        return out.view(n, h, w, c).permute(0, 3, 1, 2) if last else out.view(x.shape)
 
 
 def _by_position(features: torch.Tensor) -> torch.Tensor:

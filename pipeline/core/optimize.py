@@ -353,8 +353,10 @@ class Objective:
 
 
 def _norms(targets: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """‖T‖² + ε per image of each content target, in float32 (the denominators of `losses.relative_error`)."""
-    return {k: t.float().flatten(1).pow(2).sum(1) + EPS for k, t in targets.items()}
+    """‖T‖² + ε per image of each content target, in float32 at least (the denominators of `losses.relative_error`)."""
+    return {
+        k: t.to(torch.promote_types(t.dtype, torch.float32)).flatten(1).pow(2).sum(1) + EPS for k, t in targets.items()
+    }
 
 
 def _combine(
