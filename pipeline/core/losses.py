@@ -168,12 +168,17 @@ def tapped_error(features: torch.Tensor, target: torch.Tensor) -> tuple[torch.Te
         return _Error.apply(features, target)
 
 
+def squared_norm(x: torch.Tensor) -> torch.Tensor:
+    """‖x‖² per batch element, shape (N,), in float32 at least (reduced precision -> float32; float64 stays)."""
+    x = x.to(torch.promote_types(x.dtype, torch.float32))
+    return x.pow(2).sum(tuple(range(1, x.dim())))  # summed in place: flattening a channels-last tensor would copy it
+
+
 def squared_error(x: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(‖x − target‖², ‖target‖²) per batch element, each of shape (N,), in float32 at least."""
-    dtype = torch.promote_types(x.dtype, torch.float32)  # reduced precision -> float32; float64 stays
-    dims = tuple(range(1, x.dim()))  # summed in place: flattening a channels-last tensor would copy it
+    dtype = torch.promote_types(x.dtype, torch.float32)
     x, target = x.to(dtype), target.to(dtype)
-    return (x - target).pow(2).sum(dims), target.pow(2).sum(dims)
+    return squared_norm(x - target), squared_norm(target)
 
 
 def relative_error(x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

@@ -19,6 +19,7 @@ from pipeline.core.descent import adam, lbfgs
 from pipeline.core.losses import (
     EPS,
     layer_of,
+    squared_norm,
     statistic_names,
     statistics_loss,
     style_statistics,
@@ -354,9 +355,7 @@ class Objective:
 
 def _norms(targets: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """‖T‖² + ε per image of each content target, in float32 at least (the denominators of `losses.relative_error`)."""
-    return {
-        k: t.to(torch.promote_types(t.dtype, torch.float32)).flatten(1).pow(2).sum(1) + EPS for k, t in targets.items()
-    }
+    return {k: squared_norm(t) + EPS for k, t in targets.items()}
 
 
 def _combine(
