@@ -29,6 +29,8 @@ from torch import nn
 from bench import BIN, image_command, machine
 from bench.evaluator import Evaluator
 from pipeline.batch.config import OptimizeConfig
+from pipeline.core.descent import History
+from pipeline.core.losses import add_gram_gradient, gram
 from pipeline.core.optimize import Settings, scale_shapes, style_targets, stylize
 from pipeline.core.packed import available as packed_available
 from pipeline.core.vgg import Tap, VGGFeatures
@@ -110,14 +112,60 @@ def floor_and_iteration(sizes: list[int]) -> list[dict]:
         for precision, model in ours.items():
             own = min(v for k, v in times.items() if k.startswith(precision))
             iteration = _iteration_seconds(model, size, 4 * repeats)  # its noise is the ratio's: more samples
+            grams, pairs = _gram_seconds(model, x), _history_seconds(x)
             row[precision] = {
                 "iteration_s": round(iteration, 3),
                 "vs_fastest_own": round(iteration / own, 3),
                 "vs_fastest": round(iteration / times[fastest], 3),
+                "gram_s": round(grams, 4),
+                "history_s": round(pairs, 4),
+                "least_vs_own": round((own + grams + pairs) / own, 3),
             }
         print(f"  {size}px: {row}", flush=True)
         rows.append(row)
     return rows
+
+
+def _gram_seconds(model: VGGFeatures, x: torch.Tensor, repeats: int = 20) -> float:
+    """The Gram loss's own products alone, at the style layers' features of `x` as the iteration's network makes
+    them (precision, layout): each Gram, and its gradient (C × C) times the features added into a gradient of
+    the layer's size, as the iteration's backward does (`add_gram_gradient`)."""
+    layers = set(Settings().style_layers)
+    features: list[torch.Tensor] = []
+
+    def keep(name: str, f: torch.Tensor) -> torch.Tensor:
+        if name in layers:
+            features.append(f.detach())
+        return f
+
+    with torch.no_grad():
+        model(x, keep)
+    into = [torch.zeros_like(f) for f in features]
+    sides = [f.new_ones(f.shape[0], f.shape[1], f.shape[1]) for f in features]
+
+    @torch.no_grad()
+    def products() -> None:
+        for f, side, grad in zip(features, sides, into):
+            gram(f)
+            add_gram_gradient(f, side, grad)
+
+    return _median_seconds(products, repeats)
+
+
+def _history_seconds(x: torch.Tensor, repeats: int = 20) -> float:
+    """L-BFGS's two passes over a full history (`Settings().history` pairs of image-sized vectors) alone: the
+    products of a new pair and gradient with all pairs, and the direction's combination of them."""
+    size, n = Settings().history, x.numel()
+    history = History(size, x)
+    for _ in range(size):
+        history.push(torch.randn(n), torch.randn(n), torch.tensor(1.0))
+    s, y, grad = torch.randn(n), torch.randn(n), torch.randn(n)
+
+    def passes() -> None:
+        history.push(s, y, torch.tensor(1.0), grad)
+        history.direction(grad, torch.tensor(1.0))
+
+    return _median_seconds(passes, repeats)
 
 
 def _iteration_seconds(model: VGGFeatures, size: int, iterations: int = 8) -> float:
@@ -723,9 +771,34 @@ def _floor_markdown(rows: list[dict]) -> list[str]:
     return lines
 
 
+def _least_markdown(rows: list[dict]) -> list[str]:
+    """The table of the work an iteration cannot leave out, each part timed alone, against the floor."""
+    ours = [p for p in ("fp32", "bf16") if rows and "least_vs_own" in rows[0].get(p, {})]
+    if not ours:
+        return []
+    lines = [
+        "What no iteration of this loss can leave out, each timed alone (Gram products: the five Grams and "
+        "their backward products; L-BFGS: its two passes over 20 pairs), in seconds, median, against the "
+        "fastest bare pass of that precision:",
+        "",
+        "| size | precision | fastest bare pass | Gram products | L-BFGS passes | floor + both | our iteration |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        for p in ours:
+            own = min(v for k, v in r["passes"].items() if k.startswith(p))
+            q = r[p]
+            lines.append(
+                f"| {r['size']}² | {p} | {own:.3f} | {q['gram_s']:.4f} | {q['history_s']:.4f} "
+                f"| {q['least_vs_own']:.2f}× | {q['vs_fastest_own']:.2f}× |"
+            )
+    return lines
+
+
 def _markdown(results: dict) -> str:
     lines = [f"Machine: {results['machine']}; torch {results['torch']}; {results['threads']} threads.", ""]
     lines += _floor_markdown(results.get("per_iteration", []))
+    lines += ["", *_least_markdown(results.get("per_iteration", []))]
     p = results.get("pastiche")
     if p:
         lines += [

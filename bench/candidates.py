@@ -41,6 +41,8 @@ VARIANTS: dict[str, dict] = {  # name: OptimizeConfig fields changed from the de
     "tolerance": {"tolerance": 1e-3},
     "tv-0.1": {"tv_weight": 0.1},
     "history-20": {"history": 20},
+    "history-10": {"history": 10},
+    "history-5": {"history": 5},
     "layer-balance": {"style_balance": "layer"},
 }
 

@@ -67,23 +67,30 @@ class _Gram(torch.autograd.Function):
         (x,) = ctx.saved_tensors
         if grad is None:
             return grad_x
-        f = _by_position(x)
-        both = (grad + grad.transpose(1, 2)).div_(f.shape[-1]).to(x.dtype)
-        # channels-last features hold positions × channels in memory: there the product is Fᵀ both (both is
-        # symmetric), so that the matmuls read and write each tensor in its own layout
-        last = f.transpose(1, 2).is_contiguous()
-        a, b = (f.transpose(1, 2), both) if last else (both, f)
+        both = (grad + grad.transpose(1, 2)).div_(x.shape[-2] * x.shape[-1]).to(x.dtype)
+        return add_gram_gradient(x, both, grad_x)
 
-        def product_view(t: torch.Tensor) -> torch.Tensor:  # a gradient in the product's (N, n, C) or (N, C, n)
-            return _by_position(t).transpose(1, 2) if last else _by_position(t)
 
-        layout = torch.channels_last if last else torch.contiguous_format
-        if _alone(grad_x) and grad_x.is_contiguous(memory_format=layout):
-            product_view(grad_x).baddbmm_(a, b)
-            return grad_x
-        out = torch.bmm(a, b) if grad_x is None else torch.baddbmm(product_view(grad_x), a, b)
-        n, c, h, w = x.shape
-        return out.view(n, h, w, c).permute(0, 3, 1, 2) if last else out.view(x.shape)
+def add_gram_gradient(x: torch.Tensor, both: torch.Tensor, grad_x: torch.Tensor | None) -> torch.Tensor:
+    """grad_x + both · F for (N, C, H, W) features X, F their (N, C, n) positions, and a symmetric (N, C, C)
+    `both` of X's dtype: one batched matmul in X's memory layout, added into grad_x in place where nothing
+    else holds it (autograd's own buffer), else into a new tensor (grad_x None: the product alone)."""
+    f = _by_position(x)
+    # channels-last features hold positions × channels in memory: there the product is Fᵀ both (both is
+    # symmetric), so that the matmuls read and write each tensor in its own layout
+    last = f.transpose(1, 2).is_contiguous()
+    a, b = (f.transpose(1, 2), both) if last else (both, f)
+
+    def product_view(t: torch.Tensor) -> torch.Tensor:  # a gradient in the product's (N, n, C) or (N, C, n)
+        return _by_position(t).transpose(1, 2) if last else _by_position(t)
+
+    layout = torch.channels_last if last else torch.contiguous_format
+    if _alone(grad_x) and grad_x.is_contiguous(memory_format=layout):
+        product_view(grad_x).baddbmm_(a, b)
+        return grad_x
+    out = torch.bmm(a, b) if grad_x is None else torch.baddbmm(product_view(grad_x), a, b)
+    n, c, h, w = x.shape
+    return out.view(n, h, w, c).permute(0, 3, 1, 2) if last else out.view(x.shape)
 
 
 def _by_position(features: torch.Tensor) -> torch.Tensor:
