@@ -116,7 +116,7 @@ def markdown(points: list[dict], size: int, iterations: int) -> str:
         mine = [p for p in points if p["variant"] == name]
         seconds = statistics.median(p["seconds"] for p in mine)
         base = [p["seconds"] for p in points if p["variant"] == "default" and p.get("run") == mine[0].get("run")]
-        ratio = f"{seconds / statistics.median(base):.2f}" if base else "—"
+        ratio = "1.00" if name == "default" else f"{seconds / statistics.median(base):.2f}" if base else "—"
         settings = ", ".join(f"{k}: {v}" for k, v in VARIANTS[name].items()) or "(the defaults)"
         lines.append(
             f"| {name} | {settings} | {shift(points, name, 'gram'):.3f} | {shift(points, name, 'swd'):.3f} "
