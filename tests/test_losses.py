@@ -6,12 +6,15 @@ import torch
 from pipeline.core.losses import (
     content_loss,
     gram,
+    gram_errors_loss,
+    gram_loss,
     relative_error,
     style_loss,
     style_statistics,
     style_targets_of,
     tapped_error,
     tapped_gram,
+    tapped_gram_error,
     tv_loss,
 )
 
@@ -118,7 +121,61 @@ def test_tapped_error_adds_both_gradients_as_autograd_would(layout):
     assert torch.autograd.gradcheck(lambda t: loss(*tapped_error(t, target)), (x.clone().requires_grad_(True),))
 
 
-@pytest.mark.parametrize("tapped", [lambda x: tapped_gram(x), lambda x: tapped_error(x, torch.zeros_like(x))])
+@pytest.mark.parametrize("target_shape", [(3, 3), (2, 3, 3)])  # one target for all images, or one per image
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_tapped_gram_error_adds_both_gradients_as_autograd_would(layout, target_shape):
+    """The Gram's error ‖G − A‖² made at the tap: its value and the two gradients summed inside its backward
+    are autograd's through the plain formula and the layer's own."""
+    x = torch.randn(2, 3, 4, 5, dtype=torch.float64).contiguous(memory_format=layout)
+    target, onward = torch.randn(target_shape, dtype=torch.float64), torch.randn_like(x)
+    weights = torch.tensor([0.5, 2.0], dtype=torch.float64)
+
+    def loss(passed: torch.Tensor, error: torch.Tensor) -> torch.Tensor:
+        return (error * weights).sum() + (passed.pow(2) * onward).sum()
+
+    fused = x.clone().requires_grad_(True)
+    passed, error = tapped_gram_error(fused, target)
+    loss(passed, error).backward()
+    plain = x.clone().requires_grad_(True)
+    flat = plain.reshape(2, 3, 20)
+    expected = (flat @ flat.transpose(1, 2) / 20 - target).pow(2).sum((1, 2))
+    assert torch.equal(passed, fused) and torch.allclose(error, expected)
+    loss(plain, expected).backward()
+    assert torch.allclose(fused.grad, plain.grad)
+    assert fused.grad.is_contiguous(memory_format=layout)
+    check = x.clone().requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda t: loss(*tapped_gram_error(t, target)), (check,))
+
+
+@pytest.mark.parametrize("balance", ["total", "layer"])
+def test_the_gram_loss_of_errors_made_at_the_taps_is_the_gram_loss(balance):
+    features = {f"relu{i}_1": torch.randn(2, 2 * i, 6, 5, dtype=torch.float64) for i in (1, 2, 3)}
+    targets = {k: gram(torch.randn(1, f.shape[1], 6, 5, dtype=torch.float64))[0] for k, f in features.items()}
+    weights = {"relu1_1": 1.0, "relu2_1": 0.5, "relu3_1": 2.0}
+    errors = {
+        k: (tapped_gram_error(f, targets[k])[1], t.pow(2).sum())
+        for (k, f), t in zip(features.items(), targets.values())
+    }
+    plain = gram_loss({k: gram(f) for k, f in features.items()}, targets, weights, balance)
+    assert torch.allclose(gram_errors_loss(errors, targets, weights, balance), plain)
+
+
+def test_tapped_gram_error_of_bfloat16_is_the_error_of_its_gram():
+    x = torch.randn(1, 8, 6, 6).to(torch.bfloat16).contiguous(memory_format=torch.channels_last)
+    target = torch.rand(8, 8)
+    passed, error = tapped_gram_error(x, target)
+    assert passed.dtype == torch.bfloat16 and error.dtype == torch.float32
+    assert torch.allclose(error, (gram(x) - target).pow(2).sum((1, 2)), rtol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "tapped",
+    [
+        lambda x: tapped_gram(x),
+        lambda x: tapped_error(x, torch.zeros_like(x)),
+        lambda x: tapped_gram_error(x, torch.eye(x.shape[1])),
+    ],
+)
 def test_a_tap_adds_into_no_gradient_the_caller_holds(tapped):
     """The in-place sum is for gradients autograd made and holds alone: one handed in by the caller stays as it was."""
     x = torch.randn(1, 3, 4, 4, requires_grad=True)
@@ -141,6 +198,9 @@ def test_tapped_gram_of_a_cast_passes_the_features_untouched():
     passed, g = tapped_gram(x)
     assert passed is x and g.dtype == torch.float32
     assert torch.allclose(g, gram(x.float()))
+    passed, error = tapped_gram_error(x, torch.eye(4))
+    assert passed is x and error.dtype == torch.float32
+    assert torch.allclose(error, (gram(x.float()) - torch.eye(4)).pow(2).sum((1, 2)))
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])

@@ -45,7 +45,8 @@ _FLOOR = 1e-8  # the backward of tr √A holds A's eigenvalues at least this fra
 
 
 class _Gram(torch.autograd.Function):
-    """(X, F Fᵀ / n) for (N, C, H, W) X, F its (N, C, n) positions: the Gram, and X passed through (a view).
+    """(X, F Fᵀ / n) for (N, C, H, W) X, F its (N, C, n) positions: the Gram (float32 at least), and X passed
+    through (a view).
 
     Where the network goes on from the passed X, the backward gets both gradients at once and adds the Gram's,
     (G' + G'ᵀ) F / n, into the layer's own X' inside one batched matmul (`baddbmm_`), in place where autograd
@@ -58,7 +59,8 @@ class _Gram(torch.autograd.Function):
         ctx.save_for_backward(x)
         ctx.set_materialize_grads(False)
         f = _by_position(x)
-        return x.view_as(x), torch.bmm(f, f.transpose(1, 2)).div_(f.shape[-1])
+        sums = torch.promote_types(x.dtype, torch.float32)  # a bfloat16 product is divided in float32
+        return x.view_as(x), torch.bmm(f, f.transpose(1, 2)).to(sums).div_(f.shape[-1])
 
     @staticmethod
     def backward(  # type: ignore[override]
@@ -93,6 +95,37 @@ def add_gram_gradient(x: torch.Tensor, both: torch.Tensor, grad_x: torch.Tensor 
     return out.view(n, h, w, c).permute(0, 3, 1, 2) if last else out.view(x.shape)
 
 
+class _GramError(torch.autograd.Function):
+    """(X, ‖F Fᵀ / n − A‖² per image) for (N, C, H, W) X, F its (N, C, n) positions, and a target Gram A
+    ((N or 1, C, C), float32 at least): the Gram's error made at the tap, X passed through as in `_Gram`.
+
+    The backward adds the error's gradient, 2 (D + Dᵀ) F / n for D = G − A, into the layer's own as `_Gram`'s
+    does (for a symmetric A, as Grams are, 4 D F / n). The loss
+    on the Gram made apart would take the difference, the square, the sum and their gradients, and symmetrise
+    the Gram's gradient, each a pass of its own over C × C.
+    """
+
+    @staticmethod
+    def forward(
+        ctx: torch.autograd.function.FunctionCtx, x: torch.Tensor, target: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:  # type: ignore[override]
+        f = _by_position(x)
+        d = torch.bmm(f, f.transpose(1, 2)).to(target.dtype).div_(f.shape[-1]).sub_(target)
+        ctx.save_for_backward(x, d)
+        ctx.set_materialize_grads(False)
+        return x.view_as(x), torch.linalg.vector_norm(d.flatten(1), dim=1).square()
+
+    @staticmethod
+    def backward(  # type: ignore[override]
+        ctx: torch.autograd.function.FunctionCtx, grad_x: torch.Tensor | None, grad: torch.Tensor | None
+    ) -> tuple[torch.Tensor | None, None]:
+        if grad is None:
+            return grad_x, None
+        x, d = ctx.saved_tensors
+        both = ((d + d.transpose(1, 2)) * (grad * (2 / (x.shape[-2] * x.shape[-1]))).view(-1, 1, 1)).to(x.dtype)
+        return add_gram_gradient(x, both, grad_x), None
+
+
 def _by_position(features: torch.Tensor) -> torch.Tensor:
     """(N, C, H, W) features as (N, C, H·W), a view in either memory layout (no copy of channels-last ones)."""
     n, c, h, w = features.shape
@@ -101,15 +134,30 @@ def _by_position(features: torch.Tensor) -> torch.Tensor:
     return features.permute(0, 2, 3, 1).reshape(n, h * w, c).transpose(1, 2)
 
 
+def _gram_precision(features: torch.Tensor, exact: bool) -> torch.dtype:
+    """The precision a Gram of `features` is multiplied in: bfloat16 as it is unless `exact`, else float32 at least."""
+    reduced = features.dtype == torch.bfloat16 and not exact
+    return features.dtype if reduced else torch.promote_types(features.dtype, torch.float32)
+
+
 def tapped_gram(features: torch.Tensor, exact: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """(features passed through, `gram(features, exact)`): let the network go on from the first, and the Gram's
     gradient joins the layer's own inside the Gram's backward (see `_Gram`), where the product runs in the
     features' own precision; otherwise the features come back as they are, beside the Gram of their cast."""
-    reduced = features.dtype == torch.bfloat16 and not exact
-    dtype = features.dtype if reduced else torch.promote_types(features.dtype, torch.float32)
+    dtype = _gram_precision(features, exact)
     with torch.autocast(features.device.type, enabled=False):  # under autocast too: the product stays as asked
-        passed, g = _Gram.apply(features) if dtype == features.dtype else (features, _Gram.apply(features.to(dtype))[1])
-        return passed, g.to(torch.promote_types(g.dtype, torch.float32))
+        return _Gram.apply(features) if dtype == features.dtype else (features, _Gram.apply(features.to(dtype))[1])
+
+
+def tapped_gram_error(features: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(features passed through, ‖gram(features) − target‖² per image, in float32 at least): the Gram's error
+    made at the tap (see `_GramError`), the Gram multiplied as `gram` does; for `gram_errors_loss`."""
+    dtype = _gram_precision(features, exact=False)
+    target = target.to(torch.promote_types(dtype, torch.float32))
+    with torch.autocast(features.device.type, enabled=False):
+        if dtype == features.dtype:
+            return _GramError.apply(features, target)
+        return features, _GramError.apply(features.to(dtype), target)[1]
 
 
 def gram(features: torch.Tensor, exact: bool = False) -> torch.Tensor:
@@ -285,13 +333,24 @@ def gram_loss(
     balance `total`: the layers' squared errors of Grams divided by C, summed, relative to the targets'
     sum (neural-style's balance, see the module docstring); `layer`: the mean of each layer's relative error.
     """
+    errors = {k: squared_error(grams[k], t.expand(grams[k].shape[0], *t.shape[-2:])) for k, t in targets.items()}
+    return gram_errors_loss(errors, targets, layer_weights, balance)
+
+
+def gram_errors_loss(
+    errors: Mapping[str, tuple[torch.Tensor, torch.Tensor]],
+    targets: Mapping[str, torch.Tensor],
+    layer_weights: Mapping[str, float],
+    balance: str = "total",
+) -> torch.Tensor:
+    """`gram_loss` from each layer's (‖G − A‖², ‖A‖²), both (N,) and already made (`tapped_gram_error`,
+    `squared_norm`), the target Grams A giving each layer's C; shape (N,)."""
     if balance not in STYLE_BALANCES:
         raise ValueError(f"unknown style balance {balance!r}; use total or layer")
     total = sum(layer_weights.values())
-    errors = {k: squared_error(grams[k], t.expand(grams[k].shape[0], *t.shape[-2:])) for k, t in targets.items()}
     if balance == "layer":
         return sum(layer_weights[k] / total * (e / (n + EPS)) for k, (e, n) in errors.items())
-    scale = {k: layer_weights[k] / total / grams[k].shape[-1] ** 4 for k in errors}  # neural-style's MSE of G/C
+    scale = {k: layer_weights[k] / total / targets[k].shape[-1] ** 4 for k in errors}  # neural-style's MSE of G/C
     return sum(scale[k] * e for k, (e, _) in errors.items()) / (sum(scale[k] * n for k, (_, n) in errors.items()) + EPS)
 
 

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from pipeline.core.descent import adam, lbfgs
 from pipeline.core.losses import (
     EPS,
+    gram_errors_loss,
     layer_of,
     squared_norm,
     statistic_names,
@@ -25,7 +26,7 @@ from pipeline.core.losses import (
     style_statistics,
     style_targets_of,
     tapped_error,
-    tapped_gram,
+    tapped_gram_error,
     tv_loss,
 )
 from pipeline.core.scaling import loss_scale_for
@@ -309,6 +310,8 @@ class Objective:
         self.loss_scale = loss_scale_for(model)  # scales only for float16 layers (see scaling)
         self._encode(content)
         self.content_norms = _norms(self.content_targets)  # outside inference mode: autograd keeps them
+        # ‖A‖² per image of each target Gram ((C, C) for all images, or (N, C, C)), for the Gram loss
+        self.style_norms = {k: squared_norm(t.reshape(-1, *t.shape[-2:])) for k, t in self.style_targets.items()}
 
     @torch.inference_mode()
     def _encode(self, content: torch.Tensor) -> None:
@@ -319,26 +322,25 @@ class Objective:
         """Returns (total loss, [total, content, style, tv, temporal] per image, shape (5, N)) for (N, 3, H, W) images."""
         s = self.settings
         errors: dict[str, torch.Tensor] = {}  # made as the features pass, where the next layers take them over
-        grams: dict[str, torch.Tensor] = {}  # the Gram loss's statistics, likewise
+        style_errors: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # the Gram loss's, likewise
 
         def tap(name: str, x: torch.Tensor) -> torch.Tensor:
             if name in self.content_targets:
                 x, errors[name] = tapped_error(x, self.content_targets[name])
             if s.style_loss == "gram" and name in self.style_targets:
-                x, grams[name] = tapped_gram(x)
+                x, error = tapped_gram_error(x, self.style_targets[name])
+                style_errors[name] = (error, self.style_norms[name])
             return x
 
         feats = self.model(image, tap)
-        stats = grams or style_statistics(feats, list(dict.fromkeys(map(layer_of, self.style_targets))), s.style_loss)
+        if style_errors:
+            style = gram_errors_loss(style_errors, self.style_targets, s.style_layers, s.style_balance)
+        else:
+            stats = style_statistics(feats, list(dict.fromkeys(map(layer_of, self.style_targets))), s.style_loss)
+            style = statistics_loss(stats, self.style_targets, s.style_layers, s.style_loss, s.style_balance)
         tv = tv_loss(image)
         tm = temporal_loss(image, self.held) if self.held else torch.zeros_like(tv)
-        return _combine(
-            s,
-            sum(errors[k] / self.content_norms[k] for k in errors) / len(errors),
-            statistics_loss(stats, self.style_targets, s.style_layers, s.style_loss, s.style_balance),
-            tv,
-            tm,
-        )
+        return _combine(s, sum(errors[k] / self.content_norms[k] for k in errors) / len(errors), style, tv, tm)
 
     def backward(self, image: torch.Tensor) -> torch.Tensor:
         """The loss components at `image` (as `__call__`), with the gradient of the total left in `image.grad`."""
