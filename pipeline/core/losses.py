@@ -119,9 +119,9 @@ class _GramError(torch.autograd.Function):
     def backward(  # type: ignore[override]
         ctx: torch.autograd.function.FunctionCtx, grad_x: torch.Tensor | None, grad: torch.Tensor | None
     ) -> tuple[torch.Tensor | None, None]:
-        if grad is None:
-            return grad_x, None
         x, d = ctx.saved_tensors
+        if grad is None:  # the error left out of the loss: the layer's own gradient goes on as it is
+            return grad_x, None
         both = ((d + d.transpose(1, 2)) * (grad * (2 / (x.shape[-2] * x.shape[-1]))).view(-1, 1, 1)).to(x.dtype)
         return add_gram_gradient(x, both, grad_x), None
 
