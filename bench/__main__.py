@@ -984,13 +984,12 @@ def main() -> None:
         args.skip_core = args.skip_pipeline = True
         print("stylize against pastiche", flush=True)
         results["pastiche"] = versus_pastiche(out)
+    if args.only_iteration or not args.skip_core:
+        print("per-iteration time against the floor", flush=True)
+        results["per_iteration"] = floor_and_iteration(args.sizes)
     if args.only_iteration:
         args.skip_core = args.skip_pipeline = True
-        print("per-iteration time against the floor", flush=True)
-        results["per_iteration"] = floor_and_iteration(args.sizes)
     if not args.skip_core:
-        print("per-iteration time against the floor", flush=True)
-        results["per_iteration"] = floor_and_iteration(args.sizes)
         print("single scale against coarse to fine: time to the same loss", flush=True)
         results["schedules"] = schedule_race()
         print("batched Adam: images per second against batch size", flush=True)

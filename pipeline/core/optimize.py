@@ -311,7 +311,8 @@ class Objective:
         self._encode(content)
         self.content_norms = _norms(self.content_targets)  # outside inference mode: autograd keeps them
         # ‖A‖² per image of each target Gram ((C, C) for all images, or (N, C, C)), for the Gram loss
-        self.style_norms = {k: squared_norm(t.reshape(-1, *t.shape[-2:])) for k, t in self.style_targets.items()}
+        grams = self.style_targets if settings.style_loss == "gram" else {}
+        self.style_norms = {k: squared_norm(t.reshape(-1, *t.shape[-2:])) for k, t in grams.items()}
 
     @torch.inference_mode()
     def _encode(self, content: torch.Tensor) -> None:
