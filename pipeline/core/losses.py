@@ -58,9 +58,7 @@ class _Gram(torch.autograd.Function):
     def forward(ctx: torch.autograd.function.FunctionCtx, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # type: ignore[override]
         ctx.save_for_backward(x)
         ctx.set_materialize_grads(False)
-        f = _by_position(x)
-        sums = torch.promote_types(x.dtype, torch.float32)  # a bfloat16 product is divided in float32
-        return x.view_as(x), torch.bmm(f, f.transpose(1, 2)).to(sums).div_(f.shape[-1])
+        return x.view_as(x), _gram_of(x)
 
     @staticmethod
     def backward(  # type: ignore[override]
@@ -71,6 +69,12 @@ class _Gram(torch.autograd.Function):
             return grad_x
         both = (grad + grad.transpose(1, 2)).div_(x.shape[-2] * x.shape[-1]).to(x.dtype)
         return add_gram_gradient(x, both, grad_x)
+
+
+def _gram_of(x: torch.Tensor) -> torch.Tensor:
+    """F Fᵀ / n of (N, C, H, W) X in X's precision, divided in float32 at least (a new tensor): `_Gram`'s forward."""
+    f = _by_position(x)
+    return torch.bmm(f, f.transpose(1, 2)).to(torch.promote_types(x.dtype, torch.float32)).div_(f.shape[-1])
 
 
 def add_gram_gradient(x: torch.Tensor, both: torch.Tensor, grad_x: torch.Tensor | None) -> torch.Tensor:
@@ -109,8 +113,7 @@ class _GramError(torch.autograd.Function):
     def forward(
         ctx: torch.autograd.function.FunctionCtx, x: torch.Tensor, target: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:  # type: ignore[override]
-        f = _by_position(x)
-        d = torch.bmm(f, f.transpose(1, 2)).to(target.dtype).div_(f.shape[-1]).sub_(target)
+        d = _gram_of(x).sub_(target)
         ctx.save_for_backward(x, d)
         ctx.set_materialize_grads(False)
         return x.view_as(x), torch.linalg.vector_norm(d.flatten(1), dim=1).square()
