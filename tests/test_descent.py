@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from pipeline.core.descent import History, adam, lbfgs
+from pipeline.core.descent import CHUNKS, History, adam, lbfgs
 
 
 def _quadratic(seed: int = 0, n: int = 40):
@@ -78,19 +78,22 @@ def _two_loop(grad, pairs, gamma):
     return q
 
 
-def test_the_stacked_history_gives_the_two_loop_direction():
+@pytest.mark.parametrize("n", [30, CHUNKS, 5 * CHUNKS + 17])  # the pass's pieces: none, one column each, a rest
+@pytest.mark.parametrize("with_grad", [False, True])
+def test_the_stacked_history_gives_the_two_loop_direction(n, with_grad):
     """Seven pairs through a ring of four (so it wraps), one of them left out (ρ = 0): the stacked solve
-    equals the pair-by-pair recursion over the four newest."""
+    equals the pair-by-pair recursion over the four newest, the gradient's products made at the last push or
+    apart."""
     g = torch.Generator().manual_seed(7)
-    n, history = 30, History(4, torch.zeros(30, dtype=torch.float64))
+    history = History(4, torch.zeros(n, dtype=torch.float64))
+    grad, gamma = torch.randn(n, generator=g, dtype=torch.float64), torch.tensor(0.7, dtype=torch.float64)
     pairs = []
     for k in range(7):
         s, y = torch.randn(n, generator=g, dtype=torch.float64), torch.randn(n, generator=g, dtype=torch.float64)
         y = y + 3 * s  # mostly positive curvature
         rho = torch.tensor(0.0 if k == 5 else 1 / y.dot(s).item(), dtype=torch.float64)
-        history.push(s, y, rho)
+        history.push(s, y, rho, grad if with_grad and k == 6 else None)
         pairs.append((s, y, rho))
-    grad, gamma = torch.randn(n, generator=g, dtype=torch.float64), torch.tensor(0.7, dtype=torch.float64)
     assert torch.allclose(history.direction(grad, gamma), _two_loop(grad, pairs[-4:], gamma), rtol=1e-10, atol=1e-12)
     assert torch.equal(History(3, grad).direction(grad, gamma), -gamma * grad)  # no pairs yet
 

@@ -69,6 +69,24 @@ def _gradient(x: torch.Tensor, evaluate: Evaluate) -> torch.Tensor:
     return x.grad
 
 
+CHUNKS = 64  # the pass of `_products` splits the image-sized axis into this many pieces
+
+
+def _products(rows: torch.Tensor, pairs: torch.Tensor) -> torch.Tensor:
+    """rows @ pairs.T for a few image-sized rows: one pass over the pairs, as CHUNKS products of pieces of the
+    long axis in one batched matmul, summed (the rest, under CHUNKS columns, in one more). A single matmul of
+    two or three rows runs the CPU's GEMM far below the memory's speed; the pieces keep both cores streaming,
+    and their sum adds fewer terms in a row. The figures: docs/performance.md."""
+    k, n = rows.shape
+    piece = n // CHUNKS
+    whole = piece * CHUNKS
+    products = torch.bmm(
+        rows[:, :whole].view(k, CHUNKS, piece).transpose(0, 1),
+        pairs[:, :whole].view(len(pairs), CHUNKS, piece).permute(1, 2, 0),
+    ).sum(0)
+    return products.addmm_(rows[:, whole:], pairs[:, whole:].T)
+
+
 class History:
     """L-BFGS's last `size` pairs (s, y), stacked as the rows of one tensor in a ring, with their weights
     ρ = 1/yᵀs (0: left out) and the small matrices of their products sᵢᵀyⱼ and yᵢᵀyⱼ.
@@ -93,7 +111,7 @@ class History:
         size = len(self.rho)
         i = self.count % size
         self.s[i], self.y[i], self.rho[i] = s, y, rho
-        products = torch.stack([s, y] if grad is None else [s, y, grad]) @ self.pairs.T  # one pass over the pairs
+        products = _products(torch.stack([s, y] if grad is None else [s, y, grad]), self.pairs)
         self.sy[i], self.sy[:, i] = products[0, size:], products[1, :size]  # sᵢᵀyⱼ and sⱼᵀyᵢ for the new pair i
         self.yy[i], self.yy[:, i] = products[1, size:], products[1, size:]
         self._grad = (grad, products[2]) if grad is not None else None
