@@ -124,10 +124,11 @@ def test_tapped_error_adds_both_gradients_as_autograd_would(layout):
 @pytest.mark.parametrize("target_shape", [(3, 3), (2, 3, 3)])  # one target for all images, or one per image
 @pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
 def test_tapped_gram_error_adds_both_gradients_as_autograd_would(layout, target_shape):
-    """The Gram's error ‖G − A‖² made at the tap: its value and the two gradients summed inside its backward
-    are autograd's through the plain formula and the layer's own."""
+    """The Gram's error ‖G − A‖² made at the tap, for a symmetric A: its value and the two gradients summed
+    inside its backward are autograd's through the plain formula and the layer's own."""
     x = torch.randn(2, 3, 4, 5, dtype=torch.float64).contiguous(memory_format=layout)
-    target, onward = torch.randn(target_shape, dtype=torch.float64), torch.randn_like(x)
+    r, onward = torch.randn(target_shape, dtype=torch.float64), torch.randn_like(x)
+    target = r + r.transpose(-1, -2)
     weights = torch.tensor([0.5, 2.0], dtype=torch.float64)
 
     def loss(passed: torch.Tensor, error: torch.Tensor) -> torch.Tensor:

@@ -77,6 +77,11 @@ def _gram_of(x: torch.Tensor) -> torch.Tensor:
     return torch.bmm(f, f.transpose(1, 2)).to(torch.promote_types(x.dtype, torch.float32)).div_(f.shape[-1])
 
 
+def _cast_product(d: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """d · scale made straight into `dtype` (one pass over C × C, not a product and then its cast)."""
+    return torch.mul(d, scale, out=torch.empty(d.shape, dtype=dtype, device=d.device))
+
+
 def add_gram_gradient(x: torch.Tensor, both: torch.Tensor, grad_x: torch.Tensor | None) -> torch.Tensor:
     """grad_x + both · F for (N, C, H, W) features X, F their (N, C, n) positions, and a symmetric (N, C, C)
     `both` of X's dtype: one batched matmul in X's memory layout, added into grad_x in place where nothing
@@ -100,13 +105,12 @@ def add_gram_gradient(x: torch.Tensor, both: torch.Tensor, grad_x: torch.Tensor 
 
 
 class _GramError(torch.autograd.Function):
-    """(X, ‖F Fᵀ / n − A‖² per image) for (N, C, H, W) X, F its (N, C, n) positions, and a target Gram A
-    ((N or 1, C, C), float32 at least): the Gram's error made at the tap, X passed through as in `_Gram`.
+    """(X, ‖F Fᵀ / n − A‖² per image) for (N, C, H, W) X, F its (N, C, n) positions, and a symmetric target
+    Gram A ((N or 1, C, C), float32 at least): the Gram's error made at the tap, X passed through as in `_Gram`.
 
-    The backward adds the error's gradient, 2 (D + Dᵀ) F / n for D = G − A, into the layer's own as `_Gram`'s
-    does (for a symmetric A, as Grams are, 4 D F / n). The loss
-    on the Gram made apart would take the difference, the square, the sum and their gradients, and symmetrise
-    the Gram's gradient, each a pass of its own over C × C.
+    The backward adds the error's gradient, 4 D F / n for D = G − A (symmetric, as G and A are), into the
+    layer's own as `_Gram`'s does. The loss on the Gram made apart would take the difference, the square,
+    the sum and their gradients, and symmetrise the Gram's gradient, each a pass of its own over C × C.
     """
 
     @staticmethod
@@ -125,7 +129,7 @@ class _GramError(torch.autograd.Function):
         x, d = ctx.saved_tensors
         if grad is None:  # the error left out of the loss: the layer's own gradient goes on as it is
             return grad_x, None
-        both = ((d + d.transpose(1, 2)) * (grad * (2 / (x.shape[-2] * x.shape[-1]))).view(-1, 1, 1)).to(x.dtype)
+        both = _cast_product(d, (grad * (4 / (x.shape[-2] * x.shape[-1]))).view(-1, 1, 1), x.dtype)
         return add_gram_gradient(x, both, grad_x), None
 
 
@@ -153,8 +157,9 @@ def tapped_gram(features: torch.Tensor, exact: bool = False) -> tuple[torch.Tens
 
 
 def tapped_gram_error(features: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(features passed through, ‖gram(features) − target‖² per image, in float32 at least): the Gram's error
-    made at the tap (see `_GramError`), the Gram multiplied as `gram` does; for `gram_errors_loss`."""
+    """(features passed through, ‖gram(features) − target‖² per image, in float32 at least), for a symmetric
+    `target` (a Gram; the gradient takes it as one): the Gram's error made at the tap (see `_GramError`), the
+    Gram multiplied as `gram` does; for `gram_errors_loss`."""
     dtype = _gram_precision(features, exact=False)
     target = target.to(torch.promote_types(dtype, torch.float32))
     with torch.autocast(features.device.type, enabled=False):
