@@ -63,6 +63,17 @@ def test_tv_loss_by_hand():
     assert tv_loss(torch.ones(1, 3, 5, 5)).item() == 0.0
 
 
+def test_tv_loss_and_its_gradient_are_the_plain_formulas():
+    """The total variation's own backward gives autograd's gradient of the formula, per image of a batch."""
+    x = torch.rand(2, 3, 7, 5, dtype=torch.float64, requires_grad=True)
+    weights = torch.tensor([0.3, 1.7], dtype=torch.float64)
+    plain = (x[:, :, 1:] - x[:, :, :-1]).pow(2).mean((1, 2, 3)) + (x[..., 1:] - x[..., :-1]).pow(2).mean((1, 2, 3))
+    expected = torch.autograd.grad((plain * weights).sum(), x)[0]
+    assert torch.allclose(tv_loss(x), plain)
+    assert torch.allclose(torch.autograd.grad((tv_loss(x) * weights).sum(), x)[0], expected)
+    assert torch.autograd.gradcheck(lambda t: tv_loss(t) * weights, (x,))
+
+
 def test_losses_are_per_batch_element():
     x = torch.rand(3, 3, 8, 8)
     assert tv_loss(x).shape == (3,)
