@@ -77,11 +77,6 @@ def _gram_of(x: torch.Tensor) -> torch.Tensor:
     return torch.bmm(f, f.transpose(1, 2)).to(torch.promote_types(x.dtype, torch.float32)).div_(f.shape[-1])
 
 
-def _cast_product(d: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """d · scale made straight into `dtype` (one pass over C × C, not a product and then its cast)."""
-    return torch.mul(d, scale, out=torch.empty(d.shape, dtype=dtype, device=d.device))
-
-
 def add_gram_gradient(x: torch.Tensor, both: torch.Tensor, grad_x: torch.Tensor | None) -> torch.Tensor:
     """grad_x + both · F for (N, C, H, W) features X, F their (N, C, n) positions, and a symmetric (N, C, C)
     `both` of X's dtype: one batched matmul in X's memory layout, added into grad_x in place where nothing
@@ -129,7 +124,8 @@ class _GramError(torch.autograd.Function):
         x, d = ctx.saved_tensors
         if grad is None:  # the error left out of the loss: the layer's own gradient goes on as it is
             return grad_x, None
-        both = _cast_product(d, (grad * (4 / (x.shape[-2] * x.shape[-1]))).view(-1, 1, 1), x.dtype)
+        scale = (grad * (4 / (x.shape[-2] * x.shape[-1]))).view(-1, 1, 1)
+        both = torch.mul(d, scale, out=d.new_empty(d.shape, dtype=x.dtype))  # made in X's dtype: no second pass
         return add_gram_gradient(x, both, grad_x), None
 
 
