@@ -99,7 +99,9 @@ def floor_and_iteration(sizes: list[int]) -> list[dict]:
     """Our optimiser's iteration against the floor, the fastest bare pass (see `bare_passes`), overall and in
     the iteration's own precision: fp32 (the Winograd layers `precision: fp32` runs on a CPU) and, where
     `precision: auto` picks it, bf16 (its packed convs). The iteration also taps relu1_1..relu5_1 and relu4_2.
-    Beside it, the work no iteration of the Gram loss can leave out, each part timed alone."""
+    Against its own precision's floor, the two are timed in turn over a few rounds (`_paired_rounds`) and the
+    ratio is the median of the rounds' ratios. Beside it, the work no iteration of the Gram loss can leave out,
+    each part timed alone."""
     weights = resolve_weights("bundled")
     passes = bare_passes(weights)
     ours = {p: Renderer(Settings(), device="cpu", precision=p).model for p in dict.fromkeys(("fp32", PRECISION))}
@@ -110,18 +112,18 @@ def floor_and_iteration(sizes: list[int]) -> list[dict]:
         times = {name: _median_seconds(lambda m=model: bare(m, x), repeats) for name, model in passes.items()}
         row: dict = {"size": size, "gflop": round(_conv_gflop(passes["fp32 NCHW"], size), 1)}
         for precision, model in ours.items():
-            iteration = _iteration_seconds(model, size, 4 * repeats)  # its noise is the ratio's: more samples
-            # the floor timed again right after the iteration, and the faster kept: the machine's speed drifts
             best = min((k for k in times if k.startswith(precision)), key=times.get)
-            times[best] = min(times[best], _median_seconds(lambda m=passes[best]: bare(m, x), repeats))
-            own = times[best]
+            floors, iterations = _paired_rounds(passes[best], model, x, 4 if size <= 512 else 3, repeats)
+            own = times[best] = statistics.median(floors)
+            iteration = statistics.median(iterations)
             grams, pairs = _gram_seconds(model, x), _history_seconds(x)
             row[precision] = {
                 "iteration_s": round(iteration, 3),
-                "vs_fastest_own": round(iteration / own, 3),
+                "vs_fastest_own": round(statistics.median(i / f for i, f in zip(iterations, floors)), 3),
                 "gram_s": round(grams, 4),
                 "history_s": round(pairs, 4),
                 "least_vs_own": round((own + grams + pairs) / own, 3),
+                "rounds_s": [[round(f, 4), round(i, 4)] for f, i in zip(floors, iterations)],
             }
         fastest = min(times, key=times.get)
         row |= {"passes": {k: round(v, 3) for k, v in times.items()}, "fastest": fastest}
@@ -130,6 +132,19 @@ def floor_and_iteration(sizes: list[int]) -> list[dict]:
         print(f"  {size}px: {row}", flush=True)
         rows.append(row)
     return rows
+
+
+def _paired_rounds(
+    floor: VGGFeatures, model: VGGFeatures, x: torch.Tensor, rounds: int, repeats: int
+) -> tuple[list[float], list[float]]:
+    """The floor's bare pass and our iteration timed in turn, `rounds` times: per round, the median of
+    `repeats` bare passes and the median iteration of a short run (`repeats` + 1 of its iterations), so
+    that a drift of the machine's speed moves both sides of each round's ratio."""
+    floors, iterations = [], []
+    for _ in range(rounds):
+        floors.append(_median_seconds(lambda: bare(floor, x), repeats))
+        iterations.append(_iteration_seconds(model, x.shape[-1], repeats + 3))
+    return floors, iterations
 
 
 def _gram_seconds(model: VGGFeatures, x: torch.Tensor, repeats: int = 20) -> float:
@@ -760,7 +775,9 @@ def _floor_markdown(rows: list[dict]) -> list[str]:
     ours = [p for p in ("fp32", "bf16") if p in rows[0]]
     lines = [
         "Bare VGG-19 forward + backward to relu5_1, no taps (the floor is the fastest), and one iteration of "
-        "our optimiser (L-BFGS, one scale, taps at relu1_1..relu5_1 and relu4_2), in seconds, median:",
+        "our optimiser (L-BFGS, one scale, taps at relu1_1..relu5_1 and relu4_2), in seconds, median; the fastest "
+        "pass of each precision and our iteration in it timed in turn, 3 or 4 rounds, the ratio the median of "
+        "the rounds' ratios:",
         "",
         "| size | conv GFLOP | "
         + " | ".join(names)
