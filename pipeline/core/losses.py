@@ -72,9 +72,29 @@ class _Gram(torch.autograd.Function):
 
 
 def _gram_of(x: torch.Tensor) -> torch.Tensor:
-    """F Fᵀ / n of (N, C, H, W) X in X's precision, divided in float32 at least (a new tensor): `_Gram`'s forward."""
+    """F Fᵀ / n of (N, C, H, W) X in X's precision, divided in float32 at least (a new tensor): `_Gram`'s forward.
+    Where `_pieces` splits the positions, each piece's product is rounded to X's precision and the pieces are
+    summed in float32."""
+    n, c, h, w = x.shape
+    pieces = _pieces(x)
+    if pieces > 1:  # channels-last: (N, H, W, C) in memory, so each piece of positions is a view
+        f = x.permute(0, 2, 3, 1).reshape(n * pieces, h * w // pieces, c)
+        return torch.bmm(f.transpose(1, 2), f).view(n, pieces, c, c).sum(1, dtype=torch.float32).div_(h * w)
     f = _by_position(x)
-    return torch.bmm(f, f.transpose(1, 2)).to(torch.promote_types(x.dtype, torch.float32)).div_(f.shape[-1])
+    return torch.bmm(f, f.transpose(1, 2)).to(torch.promote_types(x.dtype, torch.float32)).div_(h * w)
+
+
+def _pieces(x: torch.Tensor) -> int:
+    """How many pieces of its positions the Gram of (N, C, H, W) X is multiplied in, one per CPU thread, where
+    that is faster: bfloat16 channels-last features of at most 256 channels on the CPU, whose one product over
+    all positions oneDNN splits among the threads poorly (the figures: docs/performance.md). Else 1."""
+    last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+    if x.device.type != "cpu" or x.dtype != torch.bfloat16 or not last or x.shape[1] > 256:
+        return 1
+    pieces = torch.get_num_threads()
+    while x.shape[-2] * x.shape[-1] % pieces:
+        pieces -= 1
+    return pieces
 
 
 def add_gram_gradient(x: torch.Tensor, both: torch.Tensor, grad_x: torch.Tensor | None) -> torch.Tensor:
@@ -167,8 +187,8 @@ def tapped_gram_error(features: torch.Tensor, target: torch.Tensor) -> tuple[tor
 def gram(features: torch.Tensor, exact: bool = False) -> torch.Tensor:
     """Gram matrices of (N, C, H, W) features, shape (N, C, C), divided by H·W, in float32 (or float64).
 
-    bfloat16 features are multiplied as they are (the products accumulate in float32; the result carries
-    bfloat16's rounding, 2⁻⁹ of each entry) unless `exact`; any other reduced precision is cast to float32 first.
+    bfloat16 features are multiplied as they are (the products accumulate in float32; the result, or on the CPU
+    each piece of it (see `_pieces`), carries bfloat16's rounding, 2⁻⁹ of each entry) unless `exact`; any other reduced precision is cast to float32 first.
     """
     return tapped_gram(features, exact)[1]
 
