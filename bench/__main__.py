@@ -179,12 +179,14 @@ def _history_seconds(x: torch.Tensor, repeats: int = 20) -> float:
     size, n = Settings().history, x.numel()
     history = History(size, x)
     for _ in range(size):
-        history.push(torch.randn(n), torch.randn(n), torch.tensor(1.0))
-    s, y, grad = torch.randn(n), torch.randn(n), torch.randn(n)
+        history.rows[0].normal_()  # a step
+        history.push(torch.randn(n))
+    grads, gamma = [torch.randn(n), torch.randn(n)], torch.tensor(1.0)
 
     def passes() -> None:
-        history.push(s, y, torch.tensor(1.0), grad)
-        history.direction(grad, torch.tensor(1.0))
+        grads.reverse()
+        history.push(grads[0])
+        history.direction(grads[0], gamma)
 
     return _median_seconds(passes, repeats)
 

@@ -81,21 +81,35 @@ def _two_loop(grad, pairs, gamma):
 @pytest.mark.parametrize("n", [30, CHUNKS, 5 * CHUNKS + 17])  # the pass's pieces: none, one column each, a rest
 @pytest.mark.parametrize("with_grad", [False, True])
 def test_the_stacked_history_gives_the_two_loop_direction(n, with_grad):
-    """Seven pairs through a ring of four (so it wraps), one of them left out (ρ = 0): the stacked solve
-    equals the pair-by-pair recursion over the four newest, the gradient's products made at the last push or
-    apart."""
+    """Seven pairs through a ring of four (so it wraps), one of them left out by the curvature condition
+    (sᵀy < 0): the stacked solve equals the pair-by-pair recursion over the four newest, the gradient's
+    products made at the last push or apart."""
     g = torch.Generator().manual_seed(7)
     history = History(4, torch.zeros(n, dtype=torch.float64))
-    grad, gamma = torch.randn(n, generator=g, dtype=torch.float64), torch.tensor(0.7, dtype=torch.float64)
+    gamma = torch.tensor(0.7, dtype=torch.float64)
     pairs = []
     for k in range(7):
         s, y = torch.randn(n, generator=g, dtype=torch.float64), torch.randn(n, generator=g, dtype=torch.float64)
-        y = y + 3 * s  # mostly positive curvature
-        rho = torch.tensor(0.0 if k == 5 else 1 / y.dot(s).item(), dtype=torch.float64)
-        history.push(s, y, rho, grad if with_grad and k == 6 else None)
-        pairs.append((s, y, rho))
-    assert torch.allclose(history.direction(grad, gamma), _two_loop(grad, pairs[-4:], gamma), rtol=1e-10, atol=1e-12)
-    assert torch.equal(History(3, grad).direction(grad, gamma), -gamma * grad)  # no pairs yet
+        y = -s if k == 5 else y + 3 * s  # mostly positive curvature
+        history.rows[0] = s  # the last step, where `direction` leaves it
+        pushed = history.rows[2] + y  # the gradient after the step
+        ys, yy = history.push(pushed)
+        assert torch.allclose(ys, s.dot(y)) and torch.allclose(yy, y.dot(y))
+        pairs.append((s, y, torch.where(ys > 1e-10, 1 / ys, 0.0)))
+    grad = pushed if with_grad else torch.randn(n, generator=g, dtype=torch.float64)
+    step, restart = history.direction(grad, gamma)
+    assert not restart and step.data_ptr() == history.rows[0].data_ptr()
+    assert torch.allclose(step, _two_loop(grad, pairs[-4:], gamma), rtol=1e-10, atol=1e-12)
+    assert torch.equal(history.rows[2], grad)  # the last gradient, for the next pair's y
+
+
+def test_with_no_pair_kept_the_step_is_the_cautious_one_along_the_gradient():
+    grad = torch.tensor([0.5, -2.0, 1.0], dtype=torch.float64)
+    step, restart = History(3, grad).direction(grad, torch.tensor(0.7, dtype=torch.float64))
+    assert restart and torch.allclose(step, -grad / 3.5)  # -min(1, 1/|g|₁)·g
+    small = grad / 10
+    step, restart = History(3, grad).direction(small, torch.tensor(0.7, dtype=torch.float64))
+    assert restart and torch.allclose(step, -small)
 
 
 def test_lbfgs_never_reads_a_value_back_from_the_device(monkeypatch):

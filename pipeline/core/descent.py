@@ -37,26 +37,14 @@ def lbfgs(x: torch.Tensor, evaluate: Evaluate, iterations: int, history: int = 5
     """
     pairs = History(min(history, max(iterations - 1, 1)), x)
     gamma = x.new_tensor(1.0)  # initial inverse-Hessian scale sᵀy / yᵀy
-    prev_grad: torch.Tensor | None = None
-    step: torch.Tensor | None = None
-    for _ in range(iterations):
+    for k in range(iterations):
         grad = _gradient(x, evaluate).flatten()
-        if step is not None and prev_grad is not None:
-            y = grad - prev_grad
-            ys = y.dot(step)
-            curved = ys > 1e-10  # curvature condition; dropping the pair otherwise keeps H positive definite
-            pairs.push(step, y, torch.where(curved, ys.reciprocal(), 0.0), grad)
-            gamma = torch.where(curved, ys / y.dot(y), gamma)
-        direction = pairs.direction(grad, gamma)
-        # No usable pair, or not a descent direction: restart along the gradient with the cautious
-        # first step that torch.optim.LBFGS takes, min(1, 1/|g|₁).
-        restart = pairs.rho.eq(0).all() | (direction.dot(grad) >= 0)
-        pairs.rho.mul_(~restart)
+        if k:
+            ys, yy = pairs.push(grad)
+            gamma = torch.where(ys > CURVED, ys / yy, gamma)
+        step, restart = pairs.direction(grad, gamma)
         gamma = torch.where(restart, 1.0, gamma)
-        cautious = grad.abs().sum().reciprocal().clamp(max=1.0)
-        direction = torch.where(restart, grad * -cautious, direction)
-        x.view(-1).add_(direction)
-        step, prev_grad = direction, grad  # x.grad is a fresh tensor at every evaluation
+        x.view(-1).add_(step)
         if stop is not None and stop():
             return
 
@@ -69,6 +57,7 @@ def _gradient(x: torch.Tensor, evaluate: Evaluate) -> torch.Tensor:
     return x.grad
 
 
+CURVED = 1e-10  # a pair is kept where sᵀy exceeds this (the curvature condition keeps H positive definite)
 CHUNKS = 64  # the pass of `_products` splits the image-sized axis into this many pieces
 
 
@@ -94,6 +83,7 @@ class History:
     `direction` is the compact form of Byrd, Nocedal & Schnabel (1994): the two-loop recursion's result from
     Sᵀg and Yᵀg and small triangular solves. Over the pairs, which at 512 px hold 300 MB, an iteration makes
     two passes: one product of the stacked pairs with (s, y, g) at `push`, one combination in `direction`.
+    `rows` holds the last step (written by `direction`), its y and the last gradient, stacked for that product.
     """
 
     def __init__(self, size: int, like: torch.Tensor) -> None:
@@ -102,30 +92,59 @@ class History:
         self.rho = like.new_zeros(size)
         self.sy = like.new_zeros(size, size)  # sy[i, j] = sᵢᵀyⱼ, rows and columns in ring order
         self.yy = like.new_zeros(size, size)  # yy[i, j] = yᵢᵀyⱼ
+        self.rows = like.new_zeros(3, like.numel())  # the last step s, its y, the last gradient
         self.count = 0  # pairs pushed so far
-        self._grad: tuple[torch.Tensor, torch.Tensor] | None = None  # a gradient and its products [Sᵀg; Yᵀg]
+        self._on_grad: tuple[torch.Tensor, torch.Tensor] | None = None  # the last `push`'s gradient, [Sᵀg; Yᵀg]
 
-    def push(self, s: torch.Tensor, y: torch.Tensor, rho: torch.Tensor, grad: torch.Tensor | None = None) -> None:
-        """Keep the pair (s, y) with weight `rho`, in place of the oldest once the ring is full; with `grad`, the
-        products `direction(grad)` needs come from the same pass over the pairs."""
+    def push(self, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keep the pair of the last step s and y = `grad` − the last gradient, in place of the oldest once the
+        ring is full, with weight 1/sᵀy where sᵀy > CURVED (the curvature condition), else 0; `grad` becomes the
+        last gradient, its products with the pairs made in the same pass. Returns (sᵀy, yᵀy) of the pair."""
         size = len(self.rho)
         i = self.count % size
-        self.s[i], self.y[i], self.rho[i] = s, y, rho
-        products = _products(torch.stack([s, y] if grad is None else [s, y, grad]), self.pairs)
+        s, y, last = self.rows
+        torch.sub(grad, last, out=y)
+        last.copy_(grad)
+        self.s[i], self.y[i] = s, y
+        products = _products(self.rows, self.pairs)
+        ys, yy = products[0, size + i], products[1, size + i]
+        self.rho[i] = torch.where(ys > CURVED, ys.reciprocal(), 0.0)
         self.sy[i], self.sy[:, i] = products[0, size:], products[1, :size]  # sᵢᵀyⱼ and sⱼᵀyᵢ for the new pair i
         self.yy[i], self.yy[:, i] = products[1, size:], products[1, size:]
-        self._grad = (grad, products[2]) if grad is not None else None
+        self._on_grad = (grad, products[2])
         self.count += 1
+        return ys, yy
 
-    def direction(self, grad: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
-        """-H·grad for the inverse Hessian approximation H of the pairs kept, with initial scale `gamma`."""
+    def direction(self, grad: torch.Tensor, gamma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(the step, whether it restarted): -H·grad for the inverse Hessian approximation H of the pairs kept,
+        with initial scale `gamma`; where no pair is kept or that is not a descent direction, all pairs are
+        dropped and the step is the cautious one along the gradient that torch.optim.LBFGS takes first,
+        -min(1, 1/|g|₁)·g. The step is written into rows[0] (the s of the next `push`); the descent test
+        takes gᵀ(-H·g) from the small products, so the step is made in one pass over the pairs."""
+        if self._on_grad is not None and self._on_grad[0] is grad:
+            on_grad = self._on_grad[1]
+        else:  # no `push` made this gradient's products: it becomes the last gradient here
+            self.rows[2].copy_(grad)
+            on_grad = self.pairs @ grad if self.count else None
+        self._on_grad = None
+        coefficients = self._coefficients(on_grad, gamma) if on_grad is not None else None
+        slope = -gamma * grad.dot(grad)  # gᵀ(-H·g) = -γ gᵀg - cᵀ[Sᵀg; Yᵀg]
+        if coefficients is not None:
+            slope = slope - coefficients.dot(on_grad)
+        restart = self.rho.eq(0).all() | (slope >= 0)
+        self.rho.mul_(~restart)
+        cautious = torch.linalg.vector_norm(grad, 1).reciprocal().clamp(max=1.0)
+        step = torch.mul(grad, -torch.where(restart, cautious, gamma), out=self.rows[0])
+        if coefficients is not None:
+            step.addmv_(self.pairs.T, coefficients * ~restart, alpha=-1)
+        return step, restart
+
+    def _coefficients(self, on_grad: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
+        """c with -H·g = -γ g − [S Y] c, per row of the pairs, from the gradient's products [Sᵀg; Yᵀg]."""
         size = len(self.rho)
         kept = min(self.count, size)
-        if kept == 0:
-            return grad * -gamma
-        on_grad = self._grad[1] if self._grad is not None and self._grad[0] is grad else self.pairs @ grad
-        order = torch.arange(self.count - kept, self.count, device=grad.device) % size  # oldest first
-        keep = self.rho[order].ne(0).to(grad.dtype)  # a pair left out (ρ = 0) is made inert
+        order = torch.arange(self.count - kept, self.count, device=on_grad.device) % size  # oldest first
+        keep = self.rho[order].ne(0).to(on_grad.dtype)  # a pair left out (ρ = 0) is made inert
         both = keep[:, None] * keep[None, :]
         products = self.sy[order][:, order] * both
         upper = products.triu() + torch.diag(1 - keep)  # R, sᵢᵀyⱼ for i ≤ j
@@ -133,8 +152,7 @@ class History:
         v = torch.linalg.solve_triangular(upper, p[:, None], upper=True)  # R⁻¹Sᵀg
         middle = torch.diag(products.diagonal()) + gamma * self.yy[order][:, order] * both  # D + γYᵀY
         u = torch.linalg.solve_triangular(upper.T, middle @ v - gamma * q[:, None], upper=False)[:, 0]
-        coefficients = torch.cat([self._ring(u, order), self._ring(-gamma * v[:, 0], order)])
-        return grad * -gamma - self.pairs.T @ coefficients
+        return torch.cat([self._ring(u, order), self._ring(-gamma * v[:, 0], order)])
 
     def _ring(self, values: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
         """Per-pair `values` (oldest first) placed at their pairs' rows of the ring (0 at rows not kept)."""
