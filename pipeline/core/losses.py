@@ -72,16 +72,21 @@ class _Gram(torch.autograd.Function):
 
 
 def _gram_of(x: torch.Tensor) -> torch.Tensor:
-    """F Fᵀ / n of (N, C, H, W) X in X's precision, divided in float32 at least (a new tensor): `_Gram`'s forward.
-    Where `_pieces` splits the positions, each piece's product is rounded to X's precision and the pieces are
-    summed in float32."""
+    """F Fᵀ / n of (N, C, H, W) X, F its (N, C, n) positions, in float32 at least (a new tensor): `_Gram`'s
+    forward, the product (`_product`) divided in float32."""
+    return _product(x).to(torch.promote_types(x.dtype, torch.float32)).div_(x.shape[-2] * x.shape[-1])
+
+
+def _product(x: torch.Tensor) -> torch.Tensor:
+    """F Fᵀ of (N, C, H, W) X, F its (N, C, n) positions, in X's precision; where `_pieces` splits the
+    positions, each piece's product is rounded to X's precision and the pieces are summed in float32."""
     n, c, h, w = x.shape
     pieces = _pieces(x)
     if pieces > 1:  # channels-last: (N, H, W, C) in memory, so each piece of positions is a view
         f = x.permute(0, 2, 3, 1).reshape(n * pieces, h * w // pieces, c)
-        return torch.bmm(f.transpose(1, 2), f).view(n, pieces, c, c).sum(1, dtype=torch.float32).div_(h * w)
+        return torch.bmm(f.transpose(1, 2), f).view(n, pieces, c, c).sum(1, dtype=torch.float32)
     f = _by_position(x)
-    return torch.bmm(f, f.transpose(1, 2)).to(torch.promote_types(x.dtype, torch.float32)).div_(h * w)
+    return torch.bmm(f, f.transpose(1, 2))
 
 
 def _pieces(x: torch.Tensor) -> int:
@@ -126,26 +131,27 @@ class _GramError(torch.autograd.Function):
     The backward adds the error's gradient, 4 D F / n for D = G − A (symmetric, as G and A are), into the
     layer's own as `_Gram`'s does. The loss on the Gram made apart would take the difference, the square,
     the sum and their gradients, and symmetrise the Gram's gradient, each a pass of its own over C × C.
+    The forward makes A − G from the product in one pass (float32, one rounding), and keeps it.
     """
 
     @staticmethod
     def forward(
         ctx: torch.autograd.function.FunctionCtx, x: torch.Tensor, target: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:  # type: ignore[override]
-        d = _gram_of(x).sub_(target)
-        ctx.save_for_backward(x, d)
+        minus = torch.add(target, _product(x), alpha=-1 / (x.shape[-2] * x.shape[-1]))  # A − G = −D
+        ctx.save_for_backward(x, minus)
         ctx.set_materialize_grads(False)
-        return x.view_as(x), torch.linalg.vector_norm(d.flatten(1), dim=1).square()
+        return x.view_as(x), torch.linalg.vector_norm(minus.flatten(1), dim=1).square()
 
     @staticmethod
     def backward(  # type: ignore[override]
         ctx: torch.autograd.function.FunctionCtx, grad_x: torch.Tensor | None, grad: torch.Tensor | None
     ) -> tuple[torch.Tensor | None, None]:
-        x, d = ctx.saved_tensors
+        x, minus = ctx.saved_tensors
         if grad is None:  # the error left out of the loss: the layer's own gradient goes on as it is
             return grad_x, None
-        scale = (grad * (4 / (x.shape[-2] * x.shape[-1]))).view(-1, 1, 1)
-        both = torch.mul(d, scale, out=d.new_empty(d.shape, dtype=x.dtype))  # made in X's dtype: no second pass
+        scale = (grad * (-4 / (x.shape[-2] * x.shape[-1]))).view(-1, 1, 1)
+        both = torch.mul(minus, scale, out=minus.new_empty(minus.shape, dtype=x.dtype))  # in X's dtype: one pass
         return add_gram_gradient(x, both, grad_x), None
 
 
