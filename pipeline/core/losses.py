@@ -194,7 +194,8 @@ def gram(features: torch.Tensor, exact: bool = False) -> torch.Tensor:
     """Gram matrices of (N, C, H, W) features, shape (N, C, C), divided by H·W, in float32 (or float64).
 
     bfloat16 features are multiplied as they are (the products accumulate in float32; the result, or on the CPU
-    each piece of it (see `_pieces`), carries bfloat16's rounding, 2⁻⁹ of each entry) unless `exact`; any other reduced precision is cast to float32 first.
+    each piece of it (see `_pieces`), carries bfloat16's rounding, 2⁻⁹ of each entry) unless `exact`; any other
+    reduced precision is cast to float32 first.
     """
     return tapped_gram(features, exact)[1]
 
