@@ -182,11 +182,12 @@ def test_tapped_gram_error_of_bfloat16_is_the_error_of_its_gram():
 
 @pytest.mark.parametrize("threads", [1, 2, 3, 4])
 def test_a_bfloat16_gram_made_in_pieces_is_the_gram_to_bfloat16s_rounding(monkeypatch, threads):
-    """On the CPU, channels-last bfloat16 Grams are multiplied in one piece of the positions per thread (36
-    positions: 1, 2, 3 and 4 pieces; 35: one); each piece rounds to bfloat16, the sum is float32."""
+    """On the CPU, channels-last bfloat16 Grams are multiplied in one piece of the positions per thread, each
+    of at least PIECE positions (6144 positions: 1, 2, 3 and 3 pieces; 6111: one, as 2 does not divide it;
+    1024: one); each piece rounds to bfloat16, the sum is float32."""
     monkeypatch.setattr(torch, "get_num_threads", lambda: threads)
-    for h in (6, 5):
-        x = torch.randn(2, 16, h, 7 if h == 5 else 6).to(torch.bfloat16).contiguous(memory_format=torch.channels_last)
+    for h, w in ((64, 96), (97, 63), (32, 32)):
+        x = torch.randn(2, 16, h, w).to(torch.bfloat16).contiguous(memory_format=torch.channels_last)
         f = x.double().flatten(2)
         exact = f @ f.transpose(1, 2) / f.shape[-1]
         g = gram(x)

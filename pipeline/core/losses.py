@@ -41,6 +41,7 @@ EPS = 1e-8
 STYLE_LOSSES = ("gram", "wasserstein")
 STYLE_BALANCES = ("total", "layer")  # how the Gram loss weighs its layers (see gram_loss)
 MEAN, SQRT = ".mean", ".sqrt"  # the suffixes of a layer's mean and covariance square root (see the module docstring)
+PIECE = 2048  # the fewest positions a piece of a Gram's product is made over (see `_pieces`)
 _FLOOR = 1e-8  # the backward of tr √A holds A's eigenvalues at least this fraction of its largest
 
 
@@ -92,12 +93,14 @@ def _product(x: torch.Tensor) -> torch.Tensor:
 def _pieces(x: torch.Tensor) -> int:
     """How many pieces of its positions the Gram of (N, C, H, W) X is multiplied in, one per CPU thread, where
     that is faster: bfloat16 channels-last features of at most 256 channels on the CPU, whose one product over
-    all positions oneDNN splits among the threads poorly (the figures: docs/performance.md). Else 1."""
+    all positions oneDNN splits among the threads poorly, at least PIECE positions a piece (below that, the
+    pieces' sum costs more than it saves; the figures: docs/performance.md). Else 1."""
     last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
     if x.device.type != "cpu" or x.dtype != torch.bfloat16 or not last or x.shape[1] > 256:
         return 1
-    pieces = torch.get_num_threads()
-    while x.shape[-2] * x.shape[-1] % pieces:
+    positions = x.shape[-2] * x.shape[-1]
+    pieces = max(1, min(torch.get_num_threads(), positions // PIECE))
+    while positions % pieces:
         pieces -= 1
     return pieces
 
