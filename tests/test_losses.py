@@ -213,6 +213,18 @@ def test_a_tap_adds_into_no_gradient_the_caller_holds(tapped):
     assert not torch.allclose(x.grad, given)
 
 
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_tapped_error_of_bfloat16_is_the_exact_error_to_bfloat16s_rounding(layout):
+    """The squares of bfloat16 differences are summed as norms of rows, each rounded to bfloat16 (2⁻⁹) and
+    squared: the sum is within 2⁻⁸ of the exact one, whatever the CPU's order of summing."""
+    x = torch.randn(2, 64, 20, 30).to(torch.bfloat16).contiguous(memory_format=layout)
+    target = (x.float() + 0.1 * torch.randn(x.shape)).to(torch.bfloat16).contiguous(memory_format=layout)
+    passed, error = tapped_error(x, target)
+    exact = (x.double() - target.double()).pow(2).sum((1, 2, 3))
+    assert passed.dtype == torch.bfloat16 and error.dtype == torch.float32 and error.shape == (2,)
+    assert ((error.double() - exact).abs() <= 2**-8 * exact).all()
+
+
 def test_tapped_error_of_float16_is_autograds():
     x = torch.randn(1, 4, 3, 3, dtype=torch.float16)
     passed, error = tapped_error(x, torch.zeros_like(x))

@@ -207,7 +207,7 @@ class _Error(torch.autograd.Function):
     """(X, ‖X − T‖² per image) for (N, C, H, W) X and a target T of X's dtype: X passed through, as in `_Gram`.
 
     The difference is taken in X's precision (exact for near values, as bfloat16 features are near their
-    targets; else rounded as X is), its squares summed in float32 at least. The backward adds 2(X − T)·e' into
+    targets; else rounded as X is), its squares summed in float32 at least (`_squares`). The backward adds 2(X − T)·e' into
     the layer's own gradient in one pass (`addcmul_`), in place where autograd holds it alone: autograd's own
     squared error would cast both tensors up, and take five more passes over them.
     """
@@ -219,8 +219,7 @@ class _Error(torch.autograd.Function):
         d = x - target
         ctx.save_for_backward(d)
         ctx.set_materialize_grads(False)
-        sums = torch.promote_types(x.dtype, torch.float32)
-        return x.view_as(x), torch.linalg.vector_norm(_by_image(d), dim=1, dtype=sums).square()
+        return x.view_as(x), _squares(d)
 
     @staticmethod
     def backward(  # type: ignore[override]
@@ -240,11 +239,20 @@ def _alone(grad: torch.Tensor | None) -> bool:
     return grad is not None and grad._use_count() == 1 and grad._base is None
 
 
-def _by_image(x: torch.Tensor) -> torch.Tensor:
-    """(N, …) as (N, rest), a view where x's memory is dense in either layout (its order does not matter to sums)."""
+def _by_row(x: torch.Tensor) -> torch.Tensor:
+    """(N, …) as (N, rows, width), the rows those of x's memory, a view where it is dense in either layout (its
+    order does not matter to sums): channels-last (N, C, H, W) as (N, H·W, C), any other as (N, …, last)."""
     if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
-        return x.permute(0, 2, 3, 1).reshape(x.shape[0], -1)
-    return x.reshape(x.shape[0], -1)
+        return x.permute(0, 2, 3, 1).reshape(x.shape[0], -1, x.shape[1])
+    return x.reshape(x.shape[0], -1, x.shape[-1])
+
+
+def _squares(x: torch.Tensor) -> torch.Tensor:
+    """‖x‖² per image, shape (N,), in float32 at least: the norm of each row of x's memory (`_by_row`) in x's
+    precision, accumulated in float32 inside, their squares summed in float32. One norm of the whole would cast
+    a reduced-precision x to float32 first, a copy, and run several times slower (docs/performance.md)."""
+    norms = torch.linalg.vector_norm(_by_row(x), dim=2)
+    return norms.to(torch.promote_types(x.dtype, torch.float32)).square().sum(1)
 
 
 def tapped_error(features: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -477,7 +485,7 @@ class _TotalVariation(torch.autograd.Function):
     def forward(ctx: torch.autograd.function.FunctionCtx, image: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
         dy, dx = image[:, :, 1:] - image[:, :, :-1], image[..., 1:] - image[..., :-1]
         ctx.save_for_backward(dy, dx)
-        return sum(torch.linalg.vector_norm(d.flatten(1), dim=1).square() / d[0].numel() for d in (dy, dx))
+        return sum(_squares(d) / d[0].numel() for d in (dy, dx))
 
     @staticmethod
     def backward(ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
