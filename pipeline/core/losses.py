@@ -120,8 +120,7 @@ def _pieces(x: torch.Tensor) -> int:
     that is faster: bfloat16 channels-last features of at most 256 channels on the CPU, whose one product over
     all positions oneDNN splits among the threads poorly, at least PIECE positions a piece (below that, the
     pieces' sum costs more than it saves; the figures: docs/performance.md). Else 1."""
-    last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
-    if x.device.type != "cpu" or x.dtype != torch.bfloat16 or not last or x.shape[1] > 256:
+    if x.device.type != "cpu" or x.dtype != torch.bfloat16 or not _channels_last(x) or x.shape[1] > 256:
         return 1
     positions = x.shape[-2] * x.shape[-1]
     pieces = max(1, min(torch.get_num_threads(), positions // PIECE))
@@ -183,10 +182,15 @@ class _GramError(torch.autograd.Function):
         return add_gram_gradient(x, both, grad_x), None
 
 
+def _channels_last(x: torch.Tensor) -> bool:
+    """Whether (N, C, H, W) x is dense channels-last, (N, H, W, C) in memory, and not also dense as (N, C, H, W)."""
+    return x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+
+
 def _by_position(features: torch.Tensor) -> torch.Tensor:
     """(N, C, H, W) features as (N, C, H·W), a view in either memory layout (no copy of channels-last ones)."""
     n, c, h, w = features.shape
-    if features.is_contiguous() or not features.is_contiguous(memory_format=torch.channels_last):
+    if not _channels_last(features):
         return features.reshape(n, c, h * w)
     return features.permute(0, 2, 3, 1).reshape(n, h * w, c).transpose(1, 2)
 
@@ -232,9 +236,9 @@ class _Error(torch.autograd.Function):
     """(X, ‖X − T‖² per image) for (N, C, H, W) X and a target T of X's dtype: X passed through, as in `_Gram`.
 
     The difference is taken in X's precision (exact for near values, as bfloat16 features are near their
-    targets; else rounded as X is), its squares summed in float32 at least (`_squares`). The backward adds 2(X − T)·e' into
-    the layer's own gradient in one pass (`addcmul_`), in place where autograd holds it alone: autograd's own
-    squared error would cast both tensors up, and take five more passes over them.
+    targets; else rounded as X is), its squares summed in float32 at least (`_squares`). The backward adds
+    2(X − T)·e' into the layer's own gradient in one pass (`addcmul_`), in place where autograd holds it alone:
+    autograd's own squared error would cast both tensors up, and take five more passes over them.
     """
 
     @staticmethod
@@ -267,7 +271,7 @@ def _alone(grad: torch.Tensor | None) -> bool:
 def _by_row(x: torch.Tensor) -> torch.Tensor:
     """(N, …) as (N, rows, width), the rows those of x's memory, a view where it is dense in either layout (its
     order does not matter to sums): channels-last (N, C, H, W) as (N, H·W, C), any other as (N, …, last)."""
-    if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+    if x.dim() == 4 and _channels_last(x):
         return x.permute(0, 2, 3, 1).reshape(x.shape[0], -1, x.shape[1])
     return x.reshape(x.shape[0], -1, x.shape[-1])
 
