@@ -103,17 +103,15 @@ def _bands(x: torch.Tensor) -> int:
 
 
 def _symmetric(f: torch.Tensor, bands: int) -> torch.Tensor:
-    """F Fᵀ of (N, C, n) F, symmetric by construction: each band of rows multiplied with the rows from its own
-    on (its diagonal block and those right of it), the blocks right of the diagonal mirrored below it, and each
-    diagonal block's upper triangle mirrored onto its lower (a GEMM need not sum (i, j) and (j, i) alike: MKL's
-    AVX2 kernels do not)."""
+    """F Fᵀ of (N, C, n) F: each band of rows multiplied with the rows from its own on (its diagonal block and
+    those right of it), and the blocks right of the diagonal mirrored below it. The diagonal blocks are as the
+    GEMM makes them: symmetric to its round-off, not always to the bit (MKL's AVX2 kernels sum (i, j) and
+    (j, i) in different orders), as a Gram made in one product is."""
     n, c, _ = f.shape
     edges = [c * i // bands for i in range(bands + 1)]
     out = f.new_empty(n, c, c)
     for lo, hi in zip(edges, edges[1:]):
         rows = torch.bmm(f[:, lo:hi], f[:, lo:].transpose(1, 2))
-        diagonal = rows[:, :, : hi - lo]
-        diagonal.copy_(diagonal.triu() + diagonal.triu(1).transpose(1, 2))
         out[:, lo:hi, lo:] = rows
         out[:, hi:, lo:hi] = rows[:, :, hi - lo :].transpose(1, 2)
     return out
