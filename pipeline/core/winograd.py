@@ -1,31 +1,16 @@
-"""Winograd F(m x m, 3 x 3) convolution for frozen 3x3 stride-1 pad-1 convs.
+"""Winograd F(4 x 4, 3 x 3) convolution for frozen 3x3 stride-1 pad-1 convs.
 
 `WinogradConv3x3` replaces a frozen `nn.Conv2d`; its backward returns the
 input gradient only, itself a Winograd conv with the flipped, transposed
 kernel (grad_x = conv2d(grad_y, W.flip(2, 3).transpose(0, 1), padding=1)).
 Kernels are transformed once, at construction. `use_winograd` swaps in the
 layers for which it wins. fp32 error vs F.conv2d: <= 1e-5 relative (max abs
-err / max abs value), F(4x4) on VGG-scale inputs.
+err / max abs value) on VGG-scale inputs.
 
-Measured fwd + input-grad ms per layer, 2-thread AVX2 EPYC, torch 2.14 CPU,
-median of 5, direct conv (contiguous / channels_last) vs Winograd F(2), F(4):
-
-    layer   C->K     map   direct    d_cl  wino2  wino4 | map   direct   d_cl  wino2  wino4
-    conv1_2  64->64  256     89-103   71-97   227    128 | 512    536    331    968    592
-    conv2_1  64->128 128     40-43    37-39    70     42 | 256    181    141    277    164
-    conv2_2 128->128 128     84       75      125     66 | 256    337    255    448    277
-    conv3_1 128->256  64     33       30       39     24 | 128    134    126    151     96
-    conv3_x 256->256  64     62       59       57     35 | 128    243    231    240    151
-    conv4_1 256->512  32     38       39       30     21 |  64    122    117    100     59
-    conv4_x 512->512  32     75       69       47     33 |  64    240    257    161    100
-    conv5_1 512->512  16     23       23       16     16 |  32     71     64     41     30
-    512->512 at 8x8: direct 9.2, wino4 18.4; at 4x4: 5.0 vs 17.1
-
-F(4x4) is never slower than F(2x2). The transforms are memory-bound, so
-Winograd only pays once the GEMMs dominate: the rule is in_channels >= 128
-(MIN_IN_CHANNELS) and, at run time, H*W >= 256 (MIN_PIXELS; smaller maps fall
-back to F.conv2d). VGG-19 fwd + bwd to relu5_1 (contiguous direct -> rule):
-256x256 0.70 s -> 0.50 s, 512x512 3.85 s -> 2.98 s.
+Winograd only pays once the GEMMs dominate, as its transforms are memory-bound:
+the rule is in_channels >= 128 (MIN_IN_CHANNELS) and, at run time, H*W >= 256
+(MIN_PIXELS; smaller maps fall back to F.conv2d). F(4x4) is never slower than
+F(2x2); the per-layer figures behind the rule: docs/performance.md, Winograd.
 
 On CPU each thread keeps two scratch buffers (see `_Workspace`), sized to
 the largest layer it has run and held for reuse.
@@ -43,33 +28,24 @@ from torch import nn
 MIN_IN_CHANNELS = 128  # thinner convs: transforms are memory-bound and cost more than they save
 MIN_PIXELS = 256  # smaller maps (e.g. conv5_1 at 4x4): too few tiles, direct conv is faster
 
-# Lavin & Gray (2016) transforms: Y = Aᵀ [(G g Gᵀ) ⊙ (Bᵀ d B)] A.
-_TRANSFORMS: dict[int, tuple[list[list[float]], list[list[float]], list[list[float]]]] = {
-    2: (
-        [[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]],
-        [[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]],
-        [[1, 1, 1, 0], [0, 1, -1, -1]],
-    ),
-    4: (
-        [
-            [4, 0, -5, 0, 1, 0],
-            [0, -4, -4, 1, 1, 0],
-            [0, 4, -4, -1, 1, 0],
-            [0, -2, -1, 2, 1, 0],
-            [0, 2, -1, -2, 1, 0],
-            [0, 4, 0, -5, 0, 1],
-        ],
-        [
-            [1 / 4, 0, 0],
-            [-1 / 6, -1 / 6, -1 / 6],
-            [-1 / 6, 1 / 6, -1 / 6],
-            [1 / 24, 1 / 12, 1 / 6],
-            [1 / 24, -1 / 12, 1 / 6],
-            [0, 0, 1],
-        ],
-        [[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 0], [0, 1, 1, 4, 4, 0], [0, 1, -1, 8, -8, 1]],
-    ),
-}
+# Lavin & Gray (2016) transforms for F(4x4, 3x3): Y = Aᵀ [(G g Gᵀ) ⊙ (Bᵀ d B)] A.
+_BT = [
+    [4, 0, -5, 0, 1, 0],
+    [0, -4, -4, 1, 1, 0],
+    [0, 4, -4, -1, 1, 0],
+    [0, -2, -1, 2, 1, 0],
+    [0, 2, -1, -2, 1, 0],
+    [0, 4, 0, -5, 0, 1],
+]
+_G = [
+    [1 / 4, 0, 0],
+    [-1 / 6, -1 / 6, -1 / 6],
+    [-1 / 6, 1 / 6, -1 / 6],
+    [1 / 24, 1 / 12, 1 / 6],
+    [1 / 24, -1 / 12, 1 / 6],
+    [0, 0, 1],
+]
+_AT = [[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 0], [0, 1, 1, 4, 4, 0], [0, 1, -1, 8, -8, 1]]
 
 
 def _transform_weight(weight: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
@@ -184,17 +160,14 @@ class _WinogradFn(torch.autograd.Function):
 
 
 class WinogradConv3x3(nn.Module):
-    """Drop-in replacement for a frozen 3x3/stride-1/pad-1 `nn.Conv2d`, computed with Winograd F(m, 3)."""
+    """Drop-in replacement for a frozen 3x3/stride-1/pad-1 `nn.Conv2d`, computed with Winograd F(4x4, 3x3)."""
 
-    def __init__(self, conv: nn.Conv2d, block: int = 4, min_pixels: int = MIN_PIXELS) -> None:
+    def __init__(self, conv: nn.Conv2d, min_pixels: int = MIN_PIXELS) -> None:
         super().__init__()
         if not eligible(conv):
             raise ValueError(f"WinogradConv3x3 needs a 3x3 stride-1 pad-1 dense conv, got {conv}")
-        if block not in _TRANSFORMS:
-            raise ValueError(f"block must be one of {sorted(_TRANSFORMS)}, got {block}")
-        bt, g, at = (torch.tensor(t, dtype=torch.float64) for t in _TRANSFORMS[block])
+        bt, g, at = (torch.tensor(t, dtype=torch.float64) for t in (_BT, _G, _AT))
         weight = conv.weight.detach()
-        self.block = block
         self.min_pixels = min_pixels
         self.register_buffer("weight", weight.clone())
         self.register_buffer("u", _transform_weight(weight, g))
@@ -211,11 +184,11 @@ class WinogradConv3x3(nn.Module):
 
     def extra_repr(self) -> str:
         k, c = self.u.shape[1:]
-        return f"{c}, {k}, block={self.block}, min_pixels={self.min_pixels}"
+        return f"{c}, {k}, min_pixels={self.min_pixels}"
 
 
 def use_winograd(
-    features: nn.Sequential, min_in_channels: int = MIN_IN_CHANNELS, block: int = 4, min_pixels: int = MIN_PIXELS
+    features: nn.Sequential, min_in_channels: int = MIN_IN_CHANNELS, min_pixels: int = MIN_PIXELS
 ) -> nn.Sequential:
     """Replace, in place, each eligible 3x3 conv with at least `min_in_channels` inputs by `WinogradConv3x3`.
 
@@ -223,5 +196,5 @@ def use_winograd(
     """
     for i, module in enumerate(features):
         if isinstance(module, nn.Conv2d) and module.in_channels >= min_in_channels and eligible(module):
-            features[i] = WinogradConv3x3(module, block, min_pixels)
+            features[i] = WinogradConv3x3(module, min_pixels)
     return features
