@@ -15,6 +15,7 @@ Writes bench/results.json and bench/results.md. Inputs come from ../shared/data.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -192,25 +193,34 @@ def _history_seconds(x: torch.Tensor, repeats: int = 20) -> float:
 
 
 def _iteration_seconds(model: VGGFeatures, size: int, iterations: int = 8) -> float:
-    """Median wall time between consecutive iterations of the real optimiser (scales=1, L-BFGS), its losses
-    read back at every iteration (`optimize.READ_EVERY` 0: on the CPU a read costs nothing, and reads in
-    bursts would give the callbacks the times of the bursts)."""
+    """Median wall time between consecutive iterations of the real optimiser (scales=1, L-BFGS), over the first
+    `iterations` of a run of the default length, so that L-BFGS keeps the ring of `Settings().history` pairs a
+    real run keeps (a run of 8 iterations would keep 7, and its passes over them would cost a third as much).
+    Its losses are read back at every iteration (`optimize.READ_EVERY` 0: on the CPU a read costs nothing, and
+    reads in bursts would give the callbacks the times of the bursts)."""
     from pipeline.core import optimize
     from pipeline.media.images import read_image
 
     optimize.READ_EVERY = 0.0
 
-    settings = Settings(size=size, scales=1, iterations=iterations)
+    settings = Settings(size=size, scales=1)
     content = torch.nn.functional.interpolate(read_image(CONTENT), size=(size, size), mode="bilinear", antialias=True)
     h, w = scale_shapes(size, size, size, 1)[0]
     targets = [style_targets(model, [(read_image(STYLE), 1.0)], h * w, list(settings.style_layers))]
     stamps: list[float] = []
-    stylize(model, content, targets, settings, callback=lambda p: stamps.append(time.perf_counter()))
+
+    def stamp(_) -> None:
+        stamps.append(time.perf_counter())
+        if len(stamps) == iterations:
+            raise _Reached
+
+    with contextlib.suppress(_Reached):
+        stylize(model, content, targets, settings, callback=stamp)
     return statistics.median(b - a for a, b in zip(stamps[1:], stamps[2:]))
 
 
 class _Reached(Exception):
-    """Stops a run once it reaches the target loss."""
+    """Stops a run early: once it reaches the target loss, or once its iterations to time are done."""
 
 
 class _Recorder(nn.Module):
