@@ -139,8 +139,8 @@ def _paired_rounds(
     floor: VGGFeatures, model: VGGFeatures, x: torch.Tensor, rounds: int, repeats: int
 ) -> tuple[list[float], list[float]]:
     """The floor's bare pass and our iteration timed in turn, `rounds` times: per round, the median of
-    `repeats` bare passes and the median iteration of a short run (`repeats` + 1 of its iterations), so
-    that a drift of the machine's speed moves both sides of each round's ratio."""
+    `repeats` bare passes and the median of `repeats` + 1 iterations (`_iteration_seconds`), so that a drift
+    of the machine's speed moves both sides of each round's ratio."""
     floors, iterations = [], []
     for _ in range(rounds):
         floors.append(_median_seconds(lambda: bare(floor, x), repeats))
