@@ -195,7 +195,7 @@ def _history_seconds(x: torch.Tensor, repeats: int = 20) -> float:
 def _iteration_seconds(model: VGGFeatures, size: int, iterations: int = 8) -> float:
     """Median wall time between consecutive iterations of the real optimiser (scales=1, L-BFGS), over the first
     `iterations` of a run of the default length, so that L-BFGS keeps the ring of `Settings().history` pairs a
-    real run keeps (a run of 8 iterations would keep 7, and its passes over them would cost a third as much).
+    real run keeps (a run of 8 iterations would keep 7: L-BFGS's passes would read 14 rows of pairs, not 40).
     Its losses are read back at every iteration (`optimize.READ_EVERY` 0: on the CPU a read costs nothing, and
     reads in bursts would give the callbacks the times of the bursts)."""
     from pipeline.core import optimize
